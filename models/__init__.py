@@ -1,0 +1,1 @@
+"""Network and flow definitions: pure ``nn.Module``s, no I/O (see ``contract.py``)."""

@@ -1,0 +1,120 @@
+"""The one model contract shared by training, export and serving.
+
+Every method is an :class:`AnomalyModel`. Training calls ``forward`` and ``losses``; export and serving
+only ever see ``score``, traced into ONNX with the input and output names below, so the service never
+branches on the method.
+
+Inputs (all float32):
+    frames: (B, T, C, H, W) in [0, 1]; frames t-T+1 .. t, the last one is the frame being scored.
+    flows:  (B, T-1, 2, H, W) optical flow in pixels between consecutive frames (x then y, OpenCV's
+            convention ``prev(y, x) ~ next(y + v, x + u)``), computed with the model's flow settings.
+Outputs:
+    components: (B, K) raw score components, each oriented so that higher = more anomalous.
+    heatmap:    (B, 1, H, W) non-negative per-pixel error (appearance and motion errors, summed).
+    prediction: (B, C, H, W) the predicted frame t in [0, 1].
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+INPUT_NAMES = ("frames", "flows")
+OUTPUT_NAMES = ("components", "heatmap", "prediction")
+
+# Default scale that maps flow in pixels at model resolution to roughly [-1, 1] inside the networks.
+FLOW_SCALE = 4.0
+
+
+def to_signed(x: torch.Tensor) -> torch.Tensor:
+    """Map [0, 1] pixels to the [-1, 1] range the networks work in."""
+    return x * 2.0 - 1.0
+
+
+def neg_psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample negative PSNR in dB for images in [-1, 1] (peak-to-peak 2): higher = worse."""
+    mse = ((pred - target) ** 2).flatten(1).mean(1)
+    return 10.0 * torch.log10(mse + 1e-8) - 20.0 * math.log10(2.0)
+
+
+def patch_max(error: torch.Tensor, patch: int) -> torch.Tensor:
+    """Mean error of the worst ``patch``x``patch`` window (stride patch/2) per sample: (B, 1, H, W) -> (B,)."""
+    stride = max(1, patch // 2)
+    pooled = nn.functional.avg_pool2d(error, patch, stride=stride)
+    return pooled.flatten(1).amax(1)
+
+
+class AnomalyModel(nn.Module, abc.ABC):
+    """Base class of all methods. Subclasses keep every learned or updated state (memory items
+    included) as parameters or buffers, so a state dict is the whole model."""
+
+    method: ClassVar[str] = ""
+    component_names: ClassVar[tuple[str, ...]] = ()
+    # Weights of the components in the final score (service: z-scored sum; eval: min-max per clip).
+    default_weights: ClassVar[tuple[float, ...]] = ()
+
+    def __init__(self, *, clip_len: int, channels: int, height: int, width: int,
+                 flow_scale: float = FLOW_SCALE) -> None:
+        super().__init__()
+        if clip_len < 3:
+            raise ValueError(f"clip_len must be >= 3 (two past frames and a target), got {clip_len}")
+        if height % 8 or width % 8:
+            raise ValueError(f"height and width must be multiples of 8, got {height}x{width}")
+        self.clip_len = clip_len
+        self.channels = channels
+        self.height = height
+        self.width = width
+        self.flow_scale = flow_scale
+
+    # -- training -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def forward(self, frames: torch.Tensor, flows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Method-specific named outputs used by ``losses`` and ``score``."""
+
+    @abc.abstractmethod
+    def losses(self, out: dict[str, torch.Tensor], frames: torch.Tensor,
+               flows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named, already weighted loss terms; training minimises their sum."""
+
+    # -- export / serving ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def score(self, frames: torch.Tensor, flows: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(components, heatmap, prediction) as described in the module docstring."""
+
+    def check_inputs(self, frames: torch.Tensor, flows: torch.Tensor) -> None:
+        """Raise a ValueError naming the shape when inputs do not follow the contract."""
+        want_f = (self.clip_len, self.channels, self.height, self.width)
+        want_o = (self.clip_len - 1, 2, self.height, self.width)
+        if frames.dim() != 5 or tuple(frames.shape[1:]) != want_f:
+            raise ValueError(f"frames must have shape (B, {', '.join(map(str, want_f))}), "
+                             f"got {tuple(frames.shape)}")
+        if flows.dim() != 5 or tuple(flows.shape[1:]) != want_o or flows.shape[0] != frames.shape[0]:
+            raise ValueError(f"flows must have shape (B, {', '.join(map(str, want_o))}), "
+                             f"got {tuple(flows.shape)}")
+
+    def split(self, frames: torch.Tensor, flows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The common views of a clip, in the networks' value ranges.
+
+        past: (B, (T-1)*C, H, W) frames 1..t-1 stacked on channels; target: (B, C, H, W) frame t;
+        last: (B, C, H, W) frame t-1; past_flows: (B, (T-2)*2, H, W) flows among the past frames;
+        target_flow: (B, 2, H, W) flow from frame t-1 to t. All scaled to about [-1, 1].
+        """
+        b = frames.shape[0]
+        f = to_signed(frames)
+        o = flows / self.flow_scale
+        return {
+            "past": f[:, :-1].reshape(b, -1, self.height, self.width),
+            "target": f[:, -1],
+            "last": f[:, -2],
+            "past_flows": o[:, :-1].reshape(b, -1, self.height, self.width),
+            "target_flow": o[:, -1],
+        }
+
+    @abc.abstractmethod
+    def model_args(self) -> dict:
+        """Keyword arguments that rebuild this module (saved in checkpoints and ONNX metadata)."""

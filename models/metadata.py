@@ -1,0 +1,40 @@
+"""The self-description stored inside every exported ONNX file (``metadata_props["amvad"]``)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+METADATA_KEY = "amvad"
+FORMAT_VERSION = 1
+
+
+class ComponentStats(BaseModel):
+    """One score component, its weight in the final score and its training-set statistics."""
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    weight: float
+    mean: float
+    std: float = Field(gt=0)
+
+
+class ModelMetadata(BaseModel):
+    """Everything serving needs to reproduce training-time inputs and scores."""
+    model_config = ConfigDict(extra="forbid")
+    format_version: int = FORMAT_VERSION
+    method: str
+    model_args: dict
+    clip_len: int = Field(ge=3)
+    channels: int = Field(ge=1, le=3)
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    value_range: tuple[float, float] = (0.0, 1.0)
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    flow: dict = Field(description="models.flow spec: build_flow(**flow) rebuilds the estimator")
+    components: list[ComponentStats]
+    threshold: float = Field(description="default anomaly threshold on the causal score")
+    smoothing: int = Field(ge=1, description="causal moving-average window of the score, frames")
+    training: dict = Field(default_factory=dict, description="data, epochs, time, machine, date")
+
+    def to_json(self) -> str:
+        return self.model_dump_json()

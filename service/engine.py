@@ -1,0 +1,95 @@
+"""An exported model ready to score: ONNX Runtime session + its metadata + the flow it was trained with."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from models.flow import build_flow
+from models.metadata import METADATA_KEY, ModelMetadata
+from models.registry import resolve_model
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """Named outputs of one batch (see models/contract.py)."""
+    components: np.ndarray   # (B, K)
+    heatmap: np.ndarray      # (B, 1, H, W)
+    prediction: np.ndarray   # (B, C, H, W)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class ExportedModel:
+    """Loads a bundled model name or ``.onnx`` path; CUDA execution provider when available."""
+
+    def __init__(self, model: str | Path = "ped2", *, device: torch.device | None = None,
+                 threads: int | None = None) -> None:
+        self.path = resolve_model(model)
+        self.device = device or pick_device()
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+        meta_map = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta_map:
+            raise ValueError(f"{self.path}: not an amvad model (no {METADATA_KEY!r} metadata)")
+        self.meta = ModelMetadata.model_validate(json.loads(meta_map[METADATA_KEY]))
+        self.flow = build_flow(**self.meta.flow).to(self.device).eval()
+        m = self.meta
+        self.frame_shape = (m.clip_len, m.channels, m.height, m.width)
+        self.flow_shape = (m.clip_len - 1, 2, m.height, m.width)
+        self.run(np.zeros((1, *self.frame_shape), np.float32), np.zeros((1, *self.flow_shape), np.float32))
+
+    def run(self, frames: np.ndarray, flows: np.ndarray) -> ModelOutput:
+        """Score a batch of windows: frames (B, T, C, H, W) in [0, 1], flows (B, T-1, 2, H, W) pixels."""
+        if frames.ndim != 5 or frames.shape[1:] != self.frame_shape:
+            raise ValueError(f"frames must have shape (B, {self.frame_shape}), got {frames.shape}")
+        if flows.ndim != 5 or flows.shape[1:] != self.flow_shape or len(flows) != len(frames):
+            raise ValueError(f"flows must have shape ({len(frames)}, {self.flow_shape}), got {flows.shape}")
+        outs = self.session.run(None, {"frames": np.ascontiguousarray(frames, dtype=np.float32),
+                                       "flows": np.ascontiguousarray(flows, dtype=np.float32)})
+        return ModelOutput(*outs)
+
+    @torch.no_grad()
+    def compute_flows(self, frames: np.ndarray, batch: int = 32) -> np.ndarray:
+        """Flow between consecutive preprocessed frames: (N, C, H, W) -> (N-1, 2, H, W)."""
+        return compute_flows(self.flow, frames, self.device, batch)
+
+    def score_clip(self, frames: np.ndarray, batch: int = 16) -> np.ndarray:
+        """Raw components for every frame of a clip that has a full window: (N, C, H, W) ->
+        (N - T + 1, K); row i belongs to frame i + T - 1."""
+        t = self.meta.clip_len
+        if len(frames) < t:
+            raise ValueError(f"clip has {len(frames)} frames, fewer than the clip length {t}")
+        flows = self.compute_flows(frames)
+        out = []
+        for start in range(0, len(frames) - t + 1, batch):
+            ids = range(start, min(start + batch, len(frames) - t + 1))
+            fw = np.stack([frames[i:i + t] for i in ids])
+            ow = np.stack([flows[i:i + t - 1] for i in ids])
+            out.append(self.run(fw, ow).components)
+        return np.concatenate(out)
+
+
+def compute_flows(flow: torch.nn.Module, frames: np.ndarray, device: torch.device,
+                  batch: int = 32) -> np.ndarray:
+    """Batched flow over consecutive frames of a clip, (N, C, H, W) float32 -> (N-1, 2, H, W)."""
+    out = []
+    x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))
+    for s in range(0, len(frames) - 1, batch):
+        e = min(s + batch, len(frames) - 1)
+        prev, nxt = x[s:e].to(device), x[s + 1:e + 1].to(device)
+        out.append(flow(prev, nxt).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 2, *frames.shape[2:]), np.float32)

@@ -1,0 +1,91 @@
+"""Causal scoring: training statistics, running normalisation and smoothing over past frames only.
+
+score(t) = mean over the last ``smoothing`` frames of sum_k w_k * (c_k - mu_k) / sigma_k, where mu and
+sigma start at the training statistics and follow frames judged normal with exponential forgetting.
+Higher = more anomalous; ``score >= threshold`` flags an anomaly.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.metadata import ComponentStats, ModelMetadata
+
+
+@dataclass
+class RunningStats:
+    """Per-component running mean and variance, updated only with frames judged normal."""
+    mean: np.ndarray
+    var: np.ndarray
+    count: int = 0
+
+    @classmethod
+    def from_components(cls, components: list[ComponentStats]) -> "RunningStats":
+        return cls(mean=np.array([c.mean for c in components], dtype=np.float64),
+                   var=np.array([c.std ** 2 for c in components], dtype=np.float64))
+
+    def update(self, x: np.ndarray, forget: float) -> None:
+        delta = x - self.mean
+        self.mean = self.mean + forget * delta
+        self.var = (1.0 - forget) * (self.var + forget * delta * delta)
+        self.count += 1
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "var": self.var.tolist(), "count": self.count}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunningStats":
+        return cls(mean=np.asarray(d["mean"], dtype=np.float64),
+                   var=np.asarray(d["var"], dtype=np.float64), count=int(d["count"]))
+
+
+class StreamScorer:
+    """Turns per-frame score components into causal, normalised scores for one stream."""
+
+    def __init__(self, components: list[ComponentStats], *, threshold: float, smoothing: int,
+                 forget: float = 0.01, min_std_ratio: float = 0.5,
+                 stats: RunningStats | None = None) -> None:
+        self.weights = np.array([c.weight for c in components], dtype=np.float64)
+        self.train_std = np.array([c.std for c in components], dtype=np.float64)
+        self.threshold = threshold
+        self.forget = forget                # exponential forgetting per frame judged normal
+        self.min_std_ratio = min_std_ratio  # running std never drops below this share of training std
+        self.stats = stats or RunningStats.from_components(components)
+        self._recent: deque[float] = deque(maxlen=smoothing)
+
+    @classmethod
+    def from_metadata(cls, meta: ModelMetadata, **kwargs) -> "StreamScorer":
+        kwargs.setdefault("threshold", meta.threshold)
+        return cls(meta.components, smoothing=meta.smoothing, **kwargs)
+
+    def normalise(self, components: np.ndarray) -> float:
+        """Weighted z-score of one frame's components under the current running stats."""
+        std = np.maximum(np.sqrt(self.stats.var), self.min_std_ratio * self.train_std)
+        return float(np.dot(self.weights, (components - self.stats.mean) / std))
+
+    def update(self, components: np.ndarray) -> float:
+        """Score one frame (components of shape (K,)) and learn from it if it looks normal."""
+        components = np.asarray(components, dtype=np.float64)
+        self._recent.append(self.normalise(components))
+        score = float(np.mean(self._recent))
+        if score < self.threshold and self.forget > 0:
+            self.stats.update(components, self.forget)
+        return score
+
+    def score_clip(self, components: np.ndarray) -> np.ndarray:
+        """Causal scores of consecutive frames, (N, K) -> (N,)."""
+        return np.array([self.update(c) for c in components])
+
+    def reset_window(self) -> None:
+        """Forget the smoothing window (after a gap in the stream); keep the learned stats."""
+        self._recent.clear()
+
+
+def min_max_per_clip(components: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The papers' protocol (looks at the whole clip, not causal): min-max normalise each component
+    over the clip, then take the weighted sum. components: (N, K) -> (N,)."""
+    lo, hi = components.min(0), components.max(0)
+    return ((components - lo) / np.maximum(hi - lo, 1e-12)) @ weights

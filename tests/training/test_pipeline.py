@@ -1,0 +1,80 @@
+"""Every method: train one short epoch -> export to ONNX -> score through ONNX Runtime -> evaluate,
+through the same code paths as a real run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from service.engine import ExportedModel
+from tests.synthetic import tiny_config
+from training.cli import main
+from training.config import load_config
+from training.evaluate import evaluate
+from training.export import export
+from training.train import train
+
+
+def write_config(tmp_path, cfg: dict):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("method", ["ammc", "amsrc", "comemory"])
+def test_train_export_score_eval(method, synthetic_dataset, tmp_path):
+    # given a tiny config for the method (AMMC-Net runs one epoch of each stage)
+    optim = {"epochs": 2, "stage1_epochs": 1} if method == "ammc" else {}
+    cfg = load_config(write_config(tmp_path, tiny_config(synthetic_dataset, tmp_path / "run", method, **optim)))
+    # when trained, exported and evaluated
+    ckpt = train(cfg, progress=False)
+    onnx_path = tmp_path / f"{method}.onnx"
+    meta = export(ckpt, onnx_path)
+    res = evaluate(onnx_path, synthetic_dataset, json_out=tmp_path / "eval.json", plot_dir=tmp_path / "plots",
+                   progress=False)
+    # then the model describes itself and every frame with a full window is scored
+    assert meta.method == method and meta.flow["name"] == "tvl1" and meta.flow["levels"] == 2
+    assert [c.name for c in meta.components] and all(c.std > 0 for c in meta.components)
+    assert res["frames_scored"] == 2 * (14 - 3) and res["frames_total"] == 28
+    assert 0.0 <= res["auc_paper"] <= 1.0 and 0.0 <= res["auc_stream"] <= 1.0
+    assert json.loads((tmp_path / "eval.json").read_text())["per_clip"][0]["clip"] == "01"
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["01.png", "02.png"]
+    # and the exported model scores a batch with the shapes of the contract
+    em = ExportedModel(onnx_path)
+    frames = np.random.rand(3, 4, 1, 32, 48).astype(np.float32)
+    out = em.run(frames, em.compute_flows(frames.reshape(12, 1, 32, 48))[:9].reshape(3, 3, 2, 32, 48))
+    assert out.components.shape == (3, len(meta.components))
+    assert out.heatmap.shape == (3, 1, 32, 48) and (out.heatmap >= 0).all()
+    assert np.isfinite(out.components).all()
+
+
+def test_resume_continues_and_export_refuses_unfinished(synthetic_dataset, tmp_path):
+    import torch
+    raw = tiny_config(synthetic_dataset, tmp_path / "run", "amsrc")
+    cfg = load_config(write_config(tmp_path, raw))
+    ckpt = train(cfg, progress=False)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] == 1 and state["complete"]
+    # an unfinished checkpoint (as left by an interrupted run) is refused by export
+    state["complete"] = False
+    unfinished = tmp_path / "unfinished.pt"
+    torch.save(state, unfinished)
+    with pytest.raises(ValueError, match="did not finish"):
+        export(unfinished, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+    # resuming with more epochs continues from epoch 1
+    raw["optim"]["epochs"] = 2
+    ckpt2 = train(load_config(write_config(tmp_path, raw)), resume=True, progress=False)
+    assert torch.load(ckpt2, weights_only=False)["epoch"] == 2
+
+
+def test_cli_reports_bad_config_and_missing_data(tmp_path, capsys, synthetic_dataset):
+    raw = tiny_config(synthetic_dataset, tmp_path / "run", "amsrc")
+    raw["optim"]["epochz"] = 3
+    assert main(["train", "--config", str(write_config(tmp_path, raw)), "--quiet"]) == 2
+    assert "epochz" in capsys.readouterr().err
+    assert main(["eval", "--model", "nope.onnx", "--data", str(tmp_path), "--quiet"]) == 2
+    assert "nope.onnx" in capsys.readouterr().err

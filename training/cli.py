@@ -1,0 +1,91 @@
+"""The ``amvad`` command: ``train``, ``eval``, ``export`` and ``flow-check``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .train import train
+    overrides = {"data.root": args.data} if args.data else {}
+    if args.epochs:
+        overrides["optim.epochs"] = args.epochs
+    if args.out:
+        overrides["out_dir"] = args.out
+    cfg = load_config(args.config, overrides)
+    path = train(cfg, resume=args.resume, progress=not args.quiet)
+    print(f"checkpoint: {path}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .export import export
+    meta = export(args.checkpoint, args.out)
+    print(f"exported {meta.method} to {args.out} (threshold {meta.threshold:.3f}, "
+          f"components {[c.name for c in meta.components]})")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate
+    res = evaluate(args.model, args.data, split=args.split, json_out=args.json, plot_dir=args.plot,
+                   progress=not args.quiet)
+    summary = {k: res[k] for k in ("method", "auc_paper", "auc_stream", "frames_scored", "seconds")}
+    print(json.dumps(summary))
+
+
+def _flow_check(args: argparse.Namespace) -> None:
+    from .flow_check import run_flow_check
+    res = run_flow_check(args.data, size=args.size, pairs=args.pairs, progress=not args.quiet)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="amvad", description="Video anomaly detection: train, evaluate, "
+                                "export two-stream memory networks.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a method from a YAML config")
+    t.add_argument("--config", required=True, type=Path)
+    t.add_argument("--data", help="override data.root")
+    t.add_argument("--out", help="override out_dir")
+    t.add_argument("--epochs", type=int, help="override optim.epochs")
+    t.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    t.set_defaults(func=_train)
+    e = sub.add_parser("eval", help="frame-level ROC AUC of an exported model")
+    e.add_argument("--model", default="ped2", help="path to an exported .onnx or a bundled name")
+    e.add_argument("--data", required=True, type=Path)
+    e.add_argument("--split", default="testing")
+    e.add_argument("--json", type=Path, help="write the full results here")
+    e.add_argument("--plot", type=Path, help="write one PNG score curve per clip into this folder")
+    e.set_defaults(func=_eval)
+    x = sub.add_parser("export", help="export a finished checkpoint to ONNX with metadata")
+    x.add_argument("--checkpoint", required=True, type=Path)
+    x.add_argument("--out", required=True, type=Path)
+    x.set_defaults(func=_export)
+    f = sub.add_parser("flow-check", help="flow accuracy and speed on synthetic warps of real frames")
+    f.add_argument("--data", required=True, type=Path)
+    f.add_argument("--size", type=int, default=256)
+    f.add_argument("--pairs", type=int, default=20)
+    f.add_argument("--json", type=Path)
+    f.set_defaults(func=_flow_check)
+    for sp in (t, e, f):
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"amvad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

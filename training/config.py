@@ -1,0 +1,82 @@
+"""Typed training configuration (YAML validated by pydantic; unknown keys are errors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    root: Path = Field(description="dataset root with <split>/frames/<clip>/ folders or <split>/*.mp4")
+    train_split: str = "training"
+    test_split: str = "testing"
+    stride: int = Field(1, ge=1, description="step between sampled target frames")
+    max_clips: int | None = Field(None, ge=1, description="use only the first N training clips")
+    flow_cache: Path | None = Field(Path.home() / ".cache" / "amvad" / "flows",
+                                    description="folder for cached flows; null disables the cache")
+
+
+class ModelConfig(Strict):
+    method: Literal["ammc", "amsrc", "comemory"]
+    args: dict = Field(default_factory=dict, description="constructor arguments of the method")
+
+
+class OptimConfig(Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    stage1_epochs: int = Field(0, ge=0, description="AMMC-Net: epochs before AMFT and all losses")
+    disc_lr: float = Field(2e-5, gt=0, description="discriminator learning rate (AMMC-Net)")
+    grad_clip: float | None = Field(5.0, gt=0)
+
+
+class ScoreConfig(Strict):
+    weights: list[float] | None = Field(None, description="component weights; default: the method's")
+    smoothing: int = Field(5, ge=1, description="causal moving-average window, frames")
+    threshold_quantile: float = Field(0.99, gt=0, lt=1,
+                                      description="default threshold = this quantile of training scores")
+
+
+class TrainConfig(Strict):
+    seed: int = 0
+    out_dir: Path = Path("runs/default")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    flow: dict = Field(default_factory=lambda: {"name": "default"},
+                       description="models.flow.build_flow arguments")
+    data: DataConfig
+    model: ModelConfig
+    optim: OptimConfig = OptimConfig()
+    score: ScoreConfig = ScoreConfig()
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    """Read and validate a YAML config; errors name the file and the offending keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config {path}: invalid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"config {path}: expected a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(f"config {path}: {exc}") from None

@@ -1,0 +1,139 @@
+"""Datasets: frame folders (``<root>/<split>/frames/<clip>/*.jpg``) or video files
+(``<root>/<split>/*.mp4``), preprocessed like serving does, with a flow cache on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from models.preprocess import to_model_frame
+from service.decode import iter_video_frames
+from service.engine import compute_flows
+
+FRAME_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
+
+
+@dataclass(frozen=True)
+class ClipSource:
+    """One clip on disk: a folder of frame images or a video file."""
+    name: str
+    path: Path
+
+    @property
+    def is_video(self) -> bool:
+        return self.path.is_file()
+
+
+def find_clips(root: str | Path, split: str) -> list[ClipSource]:
+    """The clips of a split, sorted by name; a clear error when the layout is not recognised."""
+    base = Path(root) / split
+    if not base.is_dir():
+        raise FileNotFoundError(f"{base}: missing; expected {base}/frames/<clip>/*.jpg or {base}/*.mp4")
+    frames_dir = base / "frames"
+    if frames_dir.is_dir():
+        clips = [ClipSource(d.name, d) for d in sorted(frames_dir.iterdir()) if d.is_dir()]
+    else:
+        clips = [ClipSource(f.stem, f) for f in sorted(base.iterdir()) if f.suffix.lower() in VIDEO_EXTS]
+    if not clips:
+        raise FileNotFoundError(f"{base}: no clips (no sub-folders of {frames_dir}, no video files)")
+    return clips
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in FRAME_EXTS)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no frame images ({', '.join(sorted(FRAME_EXTS))})")
+    return files
+
+
+def load_clip(src: ClipSource, *, height: int, width: int, channels: int) -> np.ndarray:
+    """All frames of a clip, preprocessed: (N, C, H, W) float32 in [0, 1]."""
+    out = []
+    if src.is_video:
+        for rgb in iter_video_frames(src.path):
+            out.append(to_model_frame(rgb, height=height, width=width, channels=channels))
+    else:
+        for f in _frame_files(src.path):
+            bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise ValueError(f"{f}: unreadable image")
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            out.append(to_model_frame(rgb, height=height, width=width, channels=channels))
+    if not out:
+        raise ValueError(f"{src.path}: no decodable frames")
+    return np.stack(out)
+
+
+def load_labels(root: str | Path, split: str, clips: list[ClipSource], lengths: list[int]) -> list[np.ndarray]:
+    """Frame labels per clip (1 = anomalous): ``<root>/<split>/labels/<clip>.npy`` per clip, or one
+    ``<root>/frame_labels_*.npy`` with all clips concatenated in order (the Ped2 layout)."""
+    root = Path(root)
+    per_clip = root / split / "labels"
+    if per_clip.is_dir():
+        labels = [np.load(per_clip / f"{c.name}.npy").reshape(-1) for c in clips]
+    else:
+        found = sorted(root.glob("frame_labels_*.npy"))
+        if not found:
+            raise FileNotFoundError(f"{root}: no labels (expected {per_clip}/<clip>.npy or "
+                                    f"{root}/frame_labels_<name>.npy)")
+        flat = np.load(found[0]).reshape(-1)
+        if len(flat) != sum(lengths):
+            raise ValueError(f"{found[0]}: {len(flat)} labels for {sum(lengths)} frames in {root / split}")
+        labels = np.split(flat, np.cumsum(lengths)[:-1])
+    for c, lab, n in zip(clips, labels, lengths):
+        if len(lab) != n:
+            raise ValueError(f"labels of clip {c.name}: {len(lab)} values for {n} frames")
+    return [lab.astype(np.int64) for lab in labels]
+
+
+def cached_flows(src: ClipSource, frames: np.ndarray, flow: torch.nn.Module, spec: dict,
+                 device: torch.device, cache_dir: Path | None) -> np.ndarray:
+    """Flows of a clip computed once with the given flow settings and kept on disk."""
+    if cache_dir is None:
+        return compute_flows(flow, frames, device)
+    stat = src.path.stat()
+    key = json.dumps({"flow": spec, "path": str(src.path.resolve()), "mtime": stat.st_mtime,
+                      "shape": list(frames.shape), "sum": float(frames.sum())}, sort_keys=True)
+    file = Path(cache_dir) / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+    if file.is_file():
+        return np.load(file)
+    flows = compute_flows(flow, frames, device)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, flows)
+    os.replace(tmp, file)
+    return flows
+
+
+class ClipDataset(Dataset):
+    """Windows of ``clip_len`` frames with explicit ids: item i is (frames, flows) ending at frame
+    ``index[i] = (clip, frame_id)``."""
+
+    def __init__(self, clips: list[tuple[np.ndarray, np.ndarray]], clip_len: int, stride: int = 1,
+                 names: list[str] | None = None) -> None:
+        self.clips = clips
+        self.clip_len = clip_len
+        self.index: list[tuple[int, int]] = []
+        for c, (frames, _) in enumerate(clips):
+            if len(frames) < clip_len:
+                name = names[c] if names else str(c)
+                raise ValueError(f"clip {name} has {len(frames)} frames, fewer than clip_len={clip_len}")
+            self.index += [(c, fid) for fid in range(clip_len - 1, len(frames), stride)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        c, fid = self.index[i]
+        frames, flows = self.clips[c]
+        s = fid - self.clip_len + 1
+        return torch.from_numpy(frames[s:fid + 1]), torch.from_numpy(flows[s:fid])

@@ -1,0 +1,91 @@
+"""``amvad export``: a finished checkpoint -> a self-describing ONNX file, checked against PyTorch."""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from models.contract import INPUT_NAMES, OUTPUT_NAMES, AnomalyModel
+from models.metadata import METADATA_KEY, ModelMetadata
+from models.registry import build_model
+
+OPSET = 17
+
+
+class ScoreGraph(torch.nn.Module):
+    """What gets exported: the contract's ``score`` and nothing else."""
+
+    def __init__(self, model: AnomalyModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: torch.Tensor, flows: torch.Tensor):
+        return self.model.score(frames, flows)
+
+
+def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict]:
+    """Rebuild the model of a checkpoint from the arguments it carries."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_model(ckpt["method"], **ckpt["model_args"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+def build_metadata(model: AnomalyModel, ckpt: dict) -> ModelMetadata:
+    stats, cfg = ckpt["stats"], ckpt["config"]
+    return ModelMetadata(
+        method=model.method, model_args=model.model_args(), clip_len=model.clip_len,
+        channels=model.channels, height=model.height, width=model.width,
+        input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, flow=ckpt["flow_spec"],
+        components=stats["components"], threshold=stats["threshold"], smoothing=stats["smoothing"],
+        training={"data": str(cfg["data"]["root"]), "epochs": ckpt["epoch"],
+                  "train_seconds": round(ckpt["train_seconds"], 1), "machine": ckpt["machine"],
+                  "config": cfg, "exported": date.today().isoformat()})
+
+
+def export(checkpoint: str | Path, out: str | Path, *, atol: float = 1e-4) -> ModelMetadata:
+    """Export, attach metadata, and compare ONNX Runtime with PyTorch on the real training windows
+    stored in the checkpoint; refuse (and leave ``out`` untouched) when they differ by more than atol."""
+    model, ckpt = load_checkpoint(checkpoint)
+    if not ckpt.get("complete"):
+        raise ValueError(f"{checkpoint}: training did not finish (epoch {ckpt.get('epoch')}); "
+                         f"finish it with `amvad train --config ... --resume` before exporting")
+    meta = build_metadata(model, ckpt)
+    frames, flows = ckpt["verify_inputs"]["frames"], ckpt["verify_inputs"]["flows"]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    graph = ScoreGraph(model).eval()
+    axes = {n: {0: "batch"} for n in (*INPUT_NAMES, *OUTPUT_NAMES)}
+    with torch.no_grad():
+        torch.onnx.export(graph, (frames, flows), str(tmp), input_names=list(INPUT_NAMES),
+                          output_names=list(OUTPUT_NAMES), dynamic_axes=axes, opset_version=OPSET,
+                          dynamo=False)
+        expected = [t.numpy() for t in graph(frames, flows)]
+    proto = onnx.load(str(tmp))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, meta.to_json()
+    proto.producer_name = "amvad"
+    onnx.save(proto, str(tmp))
+    try:
+        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"frames": frames.numpy(), "flows": flows.numpy()})
+        for name, e, g in zip(OUTPUT_NAMES, expected, got):
+            diff = float(np.abs(e - g).max())
+            if not diff <= atol:
+                raise ValueError(f"export check failed: ONNX Runtime output {name!r} differs from "
+                                 f"PyTorch by {diff:.3g} > {atol:g}")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    return meta

@@ -1,0 +1,185 @@
+"""``amvad train``: fit one method on normal clips, with checkpoints that carry their config and
+resume, then calibrate the score statistics on the training data and store them in the checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from models.contract import AnomalyModel
+from models.discriminator import PatchDiscriminator
+from models.flow import build_flow
+from models.metadata import ComponentStats
+from models.registry import build_model
+from service.scoring import StreamScorer
+
+from .config import TrainConfig
+from .data import ClipDataset, cached_flows, find_clips, load_clip
+
+CHECKPOINT = "last.pt"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def load_split(cfg: TrainConfig, model: AnomalyModel, split: str, device: torch.device,
+               progress: bool = True, max_clips: int | None = None
+               ) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]]]:
+    """Preprocessed frames and cached flows of every clip of a split."""
+    flow = build_flow(**cfg.flow).to(device).eval()
+    sources = find_clips(cfg.data.root, split)[:max_clips]
+    clips = []
+    for src in tqdm(sources, desc=f"loading {split} + flow", disable=not progress):
+        frames = load_clip(src, height=model.height, width=model.width, channels=model.channels)
+        with torch.no_grad():
+            flows = cached_flows(src, frames, flow, flow.spec, device, cfg.data.flow_cache)
+        clips.append((frames, flows))
+    return [s.name for s in sources], clips
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """Write then rename, so an interrupted save never replaces a good checkpoint."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def clip_components(model: AnomalyModel, ds: ClipDataset, device: torch.device,
+                    batch: int = 16) -> list[np.ndarray]:
+    """Raw score components of every window, grouped per clip in frame order."""
+    model.eval()
+    loader = DataLoader(ds, batch_size=batch, shuffle=False)
+    rows = torch.cat([model.score(f.to(device), o.to(device))[0].float().cpu() for f, o in loader])
+    clip_ids = np.array([c for c, _ in ds.index])
+    return [rows.numpy()[clip_ids == c] for c in range(len(ds.clips))]
+
+
+def calibrate(model: AnomalyModel, ds: ClipDataset, cfg: TrainConfig, device: torch.device) -> dict:
+    """Training-set statistics of each component and the default threshold: the configured quantile
+    of the causal training scores (no running updates, so the threshold does not chase itself)."""
+    per_clip = clip_components(model, ds, device)
+    allc = np.concatenate(per_clip)
+    weights = cfg.score.weights or list(model.default_weights)
+    if len(weights) != len(model.component_names):
+        raise ValueError(f"score.weights has {len(weights)} values for components {model.component_names}")
+    comps = [ComponentStats(name=n, weight=w, mean=float(m), std=max(float(s), 1e-6))
+             for n, w, m, s in zip(model.component_names, weights, allc.mean(0), allc.std(0))]
+    scores = np.concatenate([
+        StreamScorer(comps, threshold=np.inf, smoothing=cfg.score.smoothing, forget=0.0).score_clip(c)
+        for c in per_clip])
+    return {"components": [c.model_dump() for c in comps], "smoothing": cfg.score.smoothing,
+            "threshold": float(np.quantile(scores, cfg.score.threshold_quantile))}
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train, save ``<out_dir>/last.pt`` after every epoch, calibrate, and return the checkpoint path."""
+    seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    model = build_model(cfg.model.method, **cfg.model.args).to(device)
+    names, clips = load_split(cfg, model, cfg.data.train_split, device, progress, cfg.data.max_clips)
+    ds = ClipDataset(clips, model.clip_len, cfg.data.stride, names)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(ds, batch_size=cfg.optim.batch_size, shuffle=True, generator=gen,
+                        drop_last=len(ds) > cfg.optim.batch_size)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    adv_weight = float(getattr(model, "adversarial_weight", 0.0))
+    disc = PatchDiscriminator(channels=model.channels).to(device) if adv_weight > 0 else None
+    disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.optim.disc_lr) if disc else None
+
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / CHECKPOINT
+    start_epoch, elapsed = 0, 0.0
+    if resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt["method"] != cfg.model.method or ckpt["model_args"] != model.model_args():
+            raise ValueError(f"{ckpt_path}: checkpoint is for a different model; refusing to resume")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        if disc and ckpt.get("discriminator"):
+            disc.load_state_dict(ckpt["discriminator"])
+            disc_opt.load_state_dict(ckpt["disc_optimizer"])
+        start_epoch, elapsed = ckpt["epoch"], ckpt.get("train_seconds", 0.0)
+        gen.set_state(ckpt["loader_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
+                else contextlib.nullcontext())
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        t0 = time.time()
+        stage = 1 if epoch < cfg.optim.stage1_epochs else 2
+        if hasattr(model, "set_stage"):
+            model.set_stage(stage)
+        model.train()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not progress)
+        for frames, flows in bar:
+            frames, flows = frames.to(device), flows.to(device)
+            with autocast:
+                out = model(frames, flows)
+                terms = model.losses(out, frames, flows)
+                if disc is not None and stage == 2:
+                    terms["adversarial"] = adv_weight * ((disc(out["prediction"]) - 1) ** 2).mean()
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}: {terms}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            if disc is not None and stage == 2:
+                with autocast:
+                    real = ((disc(out["target"]) - 1) ** 2).mean()
+                    fake = (disc(out["prediction"].detach()) ** 2).mean()
+                disc_opt.zero_grad(set_to_none=True)
+                ((real + fake) / 2).backward()
+                disc_opt.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        elapsed += time.time() - t0
+        save_atomic(_checkpoint(cfg, model, opt, disc, disc_opt, epoch + 1, elapsed, gen), ckpt_path)
+
+    ckpt = _checkpoint(cfg, model, opt, disc, disc_opt, cfg.optim.epochs, elapsed, gen)
+    ckpt["stats"] = calibrate(model, ds, cfg, device)
+    frames, flows = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
+    ckpt["verify_inputs"] = {"frames": frames, "flows": flows}
+    ckpt["complete"] = True
+    save_atomic(ckpt, ckpt_path)
+    return ckpt_path
+
+
+def _checkpoint(cfg: TrainConfig, model: AnomalyModel, opt, disc, disc_opt, epoch: int,
+                elapsed: float, gen: torch.Generator) -> dict:
+    return {
+        "method": model.method, "model_args": model.model_args(), "model": model.state_dict(),
+        "config": cfg.model_dump(mode="json"), "optimizer": opt.state_dict(),
+        "discriminator": disc.state_dict() if disc else None,
+        "disc_optimizer": disc_opt.state_dict() if disc_opt else None,
+        "flow_spec": build_flow(**cfg.flow).spec, "epoch": epoch, "train_seconds": elapsed, "loader_rng": gen.get_state(),
+        "torch_rng": torch.get_rng_state(), "complete": False,
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+                   f"{torch.get_num_threads()} threads, "
+                   f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
+    }
