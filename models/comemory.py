@@ -71,16 +71,19 @@ class CoMemoryNet(AnomalyModel):
 
     def losses(self, out: dict[str, torch.Tensor], frames: torch.Tensor,
                flows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Needs a training-mode ``out`` (the memory losses only exist there)."""
+        """The memory terms exist only for a training-mode ``out`` (eval mode skips them, e.g. for
+        validation, since an eval forward neither computes them nor updates the memories)."""
         v = self.split(frames, flows)
         pred, target = out["pred"], v["target"]
-        return {
+        terms = {
             "intensity": self.lambda_int * ((pred - target) ** 2).mean(),
             "gradient": self.lambda_grad * gradient_loss(pred, target),
             "flow": self.lambda_flow * (out["flow_pred"] - v["target_flow"]).abs().mean(),
-            "compactness": self.lambda_compact * (out["compactness_app"] + out["compactness_mot"]),
-            "separateness": self.lambda_sep * (out["separateness_app"] + out["separateness_mot"]),
         }
+        if "compactness_app" in out:
+            terms["compactness"] = self.lambda_compact * (out["compactness_app"] + out["compactness_mot"])
+            terms["separateness"] = self.lambda_sep * (out["separateness_app"] + out["separateness_mot"])
+        return terms
 
     def error_maps(self, out: dict[str, torch.Tensor], frames: torch.Tensor,
                    flows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

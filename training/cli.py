@@ -1,4 +1,4 @@
-"""The ``amvad`` command: ``train``, ``eval``, ``export`` and ``flow-check``."""
+"""The ``amvad`` command: ``train``, ``eval``, ``export``, ``flow-check`` and ``speed``."""
 
 from __future__ import annotations
 
@@ -44,6 +44,14 @@ def _flow_check(args: argparse.Namespace) -> None:
     print(json.dumps(res, indent=1))
 
 
+def _speed(args: argparse.Namespace) -> None:
+    from .speed import measure
+    for method in args.method:
+        for bw in args.base_width:
+            print(json.dumps(measure(method, height=args.height, width=args.width, base_width=bw,
+                                     threads=args.threads, repeats=args.repeats)), flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="amvad", description="Video anomaly detection: train, evaluate, "
                                 "export two-stream memory networks.")
@@ -72,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--pairs", type=int, default=20)
     f.add_argument("--json", type=Path)
     f.set_defaults(func=_flow_check)
+    s = sub.add_parser("speed", help="time model (ONNX Runtime) and flow for a method and size")
+    s.add_argument("--method", nargs="+", default=["ammc", "amsrc", "comemory"])
+    s.add_argument("--height", type=int, default=128)
+    s.add_argument("--width", type=int, default=192)
+    s.add_argument("--base-width", type=int, nargs="+", default=[8, 12, 16])
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--repeats", type=int, default=20)
+    s.set_defaults(func=_speed)
     for sp in (t, e, f):
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

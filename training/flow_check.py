@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -86,6 +87,19 @@ def _to_tensor(img: np.ndarray, device: torch.device | str = "cpu") -> torch.Ten
     return torch.from_numpy(img.astype(np.float32) / 255.0)[None, None].to(device)
 
 
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """(fn(*args), wall-clock milliseconds)."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, (time.perf_counter() - t0) * 1e3
+
+
+def _run_synchronized(est: torch.nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    out = est(a, b)
+    torch.cuda.synchronize()
+    return out
+
+
 def _device_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
@@ -133,27 +147,16 @@ def run_flow_check(data_root: str | Path, *, size: int = 256, pairs: int = 20, s
                     torch.cuda.synchronize()
                 warm = True
 
-            def timed(fn: Any) -> tuple[np.ndarray, float]:
-                t0 = time.perf_counter()
-                out = fn()
-                return out, (time.perf_counter() - t0) * 1e3
-
             with torch.no_grad():
                 results = {
-                    "tvl1": timed(lambda: tvl1(a, b)[0].permute(1, 2, 0).numpy()),
-                    "dis": timed(lambda: dis(a, b)[0].permute(1, 2, 0).numpy()),
-                    "dualtvl1": timed(lambda: dual.calc(prev, nxt, None)),
+                    "tvl1": _timed(lambda x, y: tvl1(x, y)[0].permute(1, 2, 0).numpy(), a, b),
+                    "dis": _timed(lambda x, y: dis(x, y)[0].permute(1, 2, 0).numpy(), a, b),
+                    "dualtvl1": _timed(lambda x, y: dual.calc(x, y, None), prev, nxt),
                 }
                 if use_cuda:
                     ac, bc = a.cuda(), b.cuda()
                     torch.cuda.synchronize()
-
-                    def run_cuda() -> np.ndarray:
-                        out = tvl1(ac, bc)
-                        torch.cuda.synchronize()
-                        return out
-
-                    out_c, ms_c = timed(run_cuda)
+                    out_c, ms_c = _timed(_run_synchronized, tvl1, ac, bc)
                     results["tvl1_cuda"] = (out_c[0].permute(1, 2, 0).cpu().numpy(), ms_c)
             for m, (flow, ms) in results.items():
                 errors[m].append(epe(np.asarray(flow, dtype=np.float32), gt))
@@ -175,6 +178,8 @@ def run_flow_check(data_root: str | Path, *, size: int = 256, pairs: int = 20, s
         "ratio_default_to_dualtvl1": table["tvl1"]["epe"] / table["dualtvl1"]["epe"],
         "threads": CPU_THREADS,
         "device": _device_name(),
+        # Timings are wall-clock: on a shared machine, check the load before trusting them.
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 

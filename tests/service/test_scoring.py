@@ -1,0 +1,42 @@
+"""Causal scoring: training statistics, running normalisation from normal frames only, smoothing."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.metadata import ComponentStats
+from service.scoring import StreamScorer, min_max_per_clip
+
+COMPONENTS = [ComponentStats(name="a", weight=0.5, mean=1.0, std=0.5),
+              ComponentStats(name="b", weight=0.5, mean=-30.0, std=2.0)]
+
+
+def test_score_is_weighted_zscore_of_training_stats():
+    s = StreamScorer(COMPONENTS, threshold=3.0, smoothing=1, forget=0.0)
+    assert s.update(np.array([1.0, -30.0])) == 0.0
+    assert abs(s.update(np.array([2.0, -26.0])) - (0.5 * 2 + 0.5 * 2)) < 1e-12
+
+
+def test_scores_are_causal():
+    rng = np.random.default_rng(0)
+    comps = rng.normal([1.0, -30.0], [0.5, 2.0], size=(50, 2))
+    a = StreamScorer(COMPONENTS, threshold=3.0, smoothing=4).score_clip(comps)
+    changed = comps.copy()
+    changed[30:] += 100.0  # the future changes ...
+    b = StreamScorer(COMPONENTS, threshold=3.0, smoothing=4).score_clip(changed)
+    np.testing.assert_array_equal(a[:30], b[:30])  # ... the past scores do not
+
+
+def test_anomalies_do_not_teach_the_baseline():
+    s = StreamScorer(COMPONENTS, threshold=2.0, smoothing=1, forget=0.1)
+    for _ in range(50):
+        s.update(np.array([5.0, -20.0]))  # far above threshold: never learned
+    assert np.allclose(s.stats.mean, [1.0, -30.0]) and s.stats.count == 0
+    for _ in range(50):
+        s.update(np.array([1.4, -29.0]))  # normal but shifted: learned
+    assert s.stats.count == 50 and abs(s.stats.mean[0] - 1.4) < 0.01
+
+
+def test_paper_protocol_min_max_per_clip():
+    comps = np.array([[0.0, 10.0], [1.0, 20.0], [0.5, 15.0]])
+    np.testing.assert_allclose(min_max_per_clip(comps, np.array([0.5, 0.5])), [0.0, 1.0, 0.5])

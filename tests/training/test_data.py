@@ -1,0 +1,78 @@
+"""Dataset layouts and their errors: frame folders, video files (PyAV), labels, short clips."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+
+from tests.synthetic import render_clip, write_clip
+from training.data import ClipDataset, find_clips, load_clip, load_labels
+
+
+def write_mp4(path, frames: list[np.ndarray], fps: int = 10) -> None:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        for f in frames:
+            rgb = np.repeat(f[..., None], 3, axis=2)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode())
+
+
+def test_frame_folders_and_labels(synthetic_dataset):
+    clips = find_clips(synthetic_dataset, "testing")
+    assert [c.name for c in clips] == ["01", "02"]
+    frames = load_clip(clips[0], height=32, width=48, channels=1)
+    assert frames.shape == (14, 1, 32, 48) and frames.dtype == np.float32
+    assert 0.0 <= frames.min() and frames.max() <= 1.0
+    labels = load_labels(synthetic_dataset, "testing", clips, [14, 14])
+    assert labels[0].sum() == 6 and labels[1].sum() == 9
+
+
+def test_video_files_decode_with_pyav(tmp_path):
+    (tmp_path / "training").mkdir()
+    write_mp4(tmp_path / "training" / "cam1.mp4", render_clip(12, speed=1.0, seed=0))
+    (clip,) = find_clips(tmp_path, "training")
+    assert clip.name == "cam1" and clip.is_video
+    frames = load_clip(clip, height=32, width=48, channels=3)
+    assert frames.shape == (12, 3, 32, 48)
+
+
+def test_missing_and_malformed_dataset_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="training"):
+        find_clips(tmp_path, "training")
+    (tmp_path / "training" / "frames" / "01").mkdir(parents=True)
+    (clip,) = find_clips(tmp_path, "training")
+    with pytest.raises(FileNotFoundError, match="no frame images"):
+        load_clip(clip, height=32, width=48, channels=1)
+
+
+def test_unreadable_frame_is_named(tmp_path):
+    folder = tmp_path / "training" / "frames" / "01"
+    write_clip(folder, render_clip(3, speed=1.0, seed=0))
+    (folder / "001.jpg").write_bytes(b"not a jpeg")
+    (clip,) = find_clips(tmp_path, "training")
+    with pytest.raises(ValueError, match="001.jpg"):
+        load_clip(clip, height=32, width=48, channels=1)
+
+
+def test_label_count_mismatch(synthetic_dataset):
+    clips = find_clips(synthetic_dataset, "testing")
+    with pytest.raises(ValueError, match="labels"):
+        load_labels(synthetic_dataset, "testing", clips, [14, 15])
+
+
+def test_clip_shorter_than_window_is_an_error():
+    frames = np.zeros((3, 1, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="clip short has 3 frames"):
+        ClipDataset([(frames, np.zeros((2, 2, 8, 8), np.float32))], clip_len=5, names=["short"])
+
+
+def test_windows_carry_explicit_frame_ids():
+    frames = np.arange(6, dtype=np.float32).reshape(6, 1, 1, 1) * np.ones((6, 1, 8, 8), np.float32)
+    flows = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1) * np.ones((5, 2, 8, 8), np.float32)
+    ds = ClipDataset([(frames, flows)], clip_len=4, stride=1)
+    assert ds.index == [(0, 3), (0, 4), (0, 5)]
+    f, o = ds[1]
+    assert f[:, 0, 0, 0].tolist() == [1, 2, 3, 4] and o[:, 0, 0, 0].tolist() == [1, 2, 3]
