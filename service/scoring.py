@@ -46,7 +46,7 @@ class StreamScorer:
     """Turns per-frame score components into causal, normalised scores for one stream."""
 
     def __init__(self, components: list[ComponentStats], *, threshold: float, smoothing: int,
-                 forget: float = 0.01, min_std_ratio: float = 0.5,
+                 forget: float = 0.002, min_std_ratio: float = 0.5,
                  stats: RunningStats | None = None) -> None:
         self.weights = np.array([c.weight for c in components], dtype=np.float64)
         self.train_std = np.array([c.std for c in components], dtype=np.float64)

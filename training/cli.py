@@ -1,4 +1,4 @@
-"""The ``amvad`` command: ``train``, ``eval``, ``export``, ``flow-check`` and ``speed``."""
+"""The ``amvad`` command: ``train``, ``eval``, ``export``, ``flow-check``, ``speed`` and ``serve``."""
 
 from __future__ import annotations
 
@@ -52,6 +52,12 @@ def _speed(args: argparse.Namespace) -> None:
                                      threads=args.threads, repeats=args.repeats)), flush=True)
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from service.config import load_settings
+    from service.server import serve
+    serve(load_settings(args.config, host=args.host, port=args.port, model=args.model))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="amvad", description="Video anomaly detection: train, evaluate, "
                                 "export two-stream memory networks.")
@@ -88,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--repeats", type=int, default=20)
     s.set_defaults(func=_speed)
+    v = sub.add_parser("serve", help="HTTP/WebSocket service: clip uploads, live cameras, live page")
+    v.add_argument("--config", type=Path, help="YAML service config (cameras, limits, api_key, ...)")
+    v.add_argument("--host", help="bind address (default 127.0.0.1)")
+    v.add_argument("--port", type=int, help="port (default 8000)")
+    v.add_argument("--model", help="bundled model name or .onnx path (default ped2)")
+    v.set_defaults(func=_serve)
     for sp in (t, e, f):
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

@@ -1,0 +1,311 @@
+"""Live cameras: one ingest thread (decode, reconnect with backoff and jitter, read timeouts) and one
+inference thread per camera, joined by a bounded drop-oldest frame queue, so capture never blocks.
+
+Camera states: connecting -> warming_up -> live; reconnecting after a failure or stall; failed when the
+source cannot work (a missing file). Reasons and URLs are always redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from .camera_store import CameraStore
+from .config import CameraConfig, ServiceSettings
+from .decode import DecodeError
+from .engine import ExportedModel
+from .events import EventTracker
+from .heatmap import overlay_jpeg
+from .ingest import Frame, file_path, is_file_source, iter_frames, open_source, stream_fps
+from .metrics import Metrics
+from .pipeline import FrameResult, StreamPipeline
+from .publish import Broadcaster
+from .scoring import RunningStats, StreamScorer
+from .security import redact
+
+log = logging.getLogger("amvad.cameras")
+CONNECTING, RECONNECTING, STREAMING, FAILED = "connecting", "reconnecting", "streaming", "failed"
+
+
+class DuplicateCamera(ValueError):
+    pass
+
+
+class UnknownCamera(KeyError):
+    pass
+
+
+class FrameQueue:
+    """Bounded queue that drops the oldest frame when full; returns how many it dropped."""
+
+    def __init__(self, size: int) -> None:
+        self._items: deque[Frame] = deque(maxlen=size)
+        self._cv = threading.Condition()
+
+    def put(self, frame: Frame) -> int:
+        with self._cv:
+            dropped = int(len(self._items) == self._items.maxlen)
+            self._items.append(frame)
+            self._cv.notify()
+        return dropped
+
+    def get(self, timeout: float) -> Frame | None:
+        with self._cv:
+            if not self._items:
+                self._cv.wait(timeout)
+            return self._items.popleft() if self._items else None
+
+
+class Camera:
+    def __init__(self, cfg: CameraConfig, model: ExportedModel, settings: ServiceSettings,
+                 metrics: Metrics) -> None:
+        self.id, self._url = cfg.id, cfg.url.get_secret_value()
+        self.url = redact(self._url)
+        self.settings, self.metrics, self.ingest = settings, metrics, settings.ingest
+        meta = model.meta
+        threshold = cfg.threshold if cfg.threshold is not None else meta.threshold
+        ev = settings.events
+        self.pipeline = StreamPipeline(
+            model, StreamScorer.from_metadata(meta, threshold=threshold, forget=settings.forget,
+                                              stats=self._load_stats(meta)),
+            EventTracker(threshold=threshold, hysteresis=ev.hysteresis, min_duration_s=ev.min_duration_s,
+                         cooldown_s=ev.cooldown_s), metrics)
+        self.broadcaster = Broadcaster(self.id, settings.ingest.ws_queue, metrics)
+        self.queue = FrameQueue(self.ingest.frame_queue)
+        self.ingest_state, self.reason = CONNECTING, None
+        self.frames = self.drops = self.reconnects = 0
+        self.last_frame_time: float | None = None
+        self.fps = 0.0
+        self.latest: tuple[Frame, FrameResult] | None = None
+        self.recent: deque[dict] = deque(maxlen=600)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._ingest_loop, name=f"ingest-{self.id}", daemon=True),
+                         threading.Thread(target=self._infer_loop, name=f"infer-{self.id}", daemon=True)]
+        metrics.init_camera(self.id)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout)
+        self._save_stats()
+        self.metrics.remove_camera(self.id)
+
+    @property
+    def state(self) -> str:
+        return self.pipeline.state if self.ingest_state == STREAMING else self.ingest_state
+
+    def status(self) -> dict:
+        since = None if self.last_frame_time is None else round(time.time() - self.last_frame_time, 3)
+        return {"id": self.id, "url": self.url, "state": self.state, "reason": self.reason,
+                "fps": round(self.fps, 2), "frames": self.frames, "drops": self.drops,
+                "reconnects": self.reconnects, "last_frame_time": self.last_frame_time,
+                "seconds_since_last_frame": since, "threshold": self.pipeline.threshold,
+                "ws_clients": len(self.broadcaster.clients)}
+
+    # -- ingest thread -----------------------------------------------------------------------
+    def _ingest_loop(self) -> None:
+        attempt, segment, next_id = 0, 0, 0
+        while not self._stop.is_set():
+            if is_file_source(self._url) and not file_path(self._url).is_file():
+                self._set_failed(f"no such file: {file_path(self._url).name}")
+                return
+            try:
+                container = open_source(self._url, open_timeout=self.ingest.open_timeout_s,
+                                        read_timeout=self.ingest.read_timeout_s)
+            except DecodeError as exc:
+                self._retry_later(str(exc), attempt)
+                attempt += 1
+                continue
+            segment += 1
+            got = 0
+            try:
+                with container:
+                    fps = stream_fps(container) or 25.0
+                    t0 = None
+                    for frame in iter_frames(container, source_id=self.id, segment=segment, first_id=next_id,
+                                             wall_clock=True):
+                        if self._stop.is_set():
+                            return
+                        if is_file_source(self._url):  # replay files at their own frame rate
+                            t0 = t0 or time.monotonic()
+                            self._stop.wait(max(0.0, t0 + got / fps - time.monotonic()))
+                        self._on_frame(frame)
+                        next_id, got = frame.frame_id + 1, got + 1
+                        attempt = 0
+                reason = "end of stream"
+            except DecodeError as exc:
+                reason = str(exc)
+            self._retry_later(reason, attempt)
+            attempt += 1
+
+    def _on_frame(self, frame: Frame) -> None:
+        now = time.time()
+        if self.last_frame_time is not None:
+            dt = max(now - self.last_frame_time, 1e-3)
+            self.fps = 1.0 / dt if self.fps == 0 else 0.9 * self.fps + 0.1 / dt
+        self.last_frame_time = now
+        if self.ingest_state != STREAMING:
+            self.ingest_state, self.reason = STREAMING, None
+            self.metrics.up.labels(self.id).set(1)
+        if self.queue.put(frame):
+            self.drops += 1
+            self.metrics.dropped.labels(self.id, "queue_full").inc()
+
+    def _retry_later(self, reason: str, attempt: int) -> None:
+        if self._stop.is_set():
+            return
+        self.ingest_state, self.reason = RECONNECTING, redact(reason)
+        self.metrics.up.labels(self.id).set(0)
+        ing = self.ingest
+        delay = min(ing.backoff_max_s, ing.backoff_initial_s * 2 ** attempt)
+        delay *= 1 + ing.backoff_jitter * random.uniform(-1, 1)
+        log.warning("camera %s: %s; reconnecting in %.1f s", self.id, self.reason, delay)
+        self._stop.wait(delay)
+        self.reconnects += 1
+        self.metrics.reconnects.labels(self.id).inc()
+
+    def _set_failed(self, reason: str) -> None:
+        self.ingest_state, self.reason = FAILED, redact(reason)
+        self.metrics.up.labels(self.id).set(0)
+        log.error("camera %s failed: %s", self.id, self.reason)
+
+    # -- inference thread --------------------------------------------------------------------
+    def _infer_loop(self) -> None:
+        last_save = time.monotonic()
+        while not self._stop.is_set():
+            frame = self.queue.get(timeout=0.5)
+            if frame is None:
+                continue
+            try:
+                result = self.pipeline.process(frame)
+            except Exception as exc:  # keep the camera alive; the next frame starts a new window
+                log.exception("camera %s: inference failed: %s", self.id, redact(str(exc)))
+                self.pipeline.restart()
+                continue
+            self._publish(frame, result)
+            if time.monotonic() - last_save > self.ingest.stats_save_s:
+                self._save_stats()
+                last_save = time.monotonic()
+
+    def _publish(self, frame: Frame, r: FrameResult) -> None:
+        self.frames += 1
+        self.latest = (frame, r)
+        m = self.metrics
+        m.frames.labels(self.id).inc()
+        if r.score is not None:
+            m.score.labels(self.id).set(r.score)
+        if r.event == "start":
+            m.events.labels(self.id).inc()
+        msg = {"camera": self.id, "frame_id": r.frame_id, "timestamp": r.timestamp,
+               "score": None if r.score is None else round(r.score, 4), "anomaly": r.anomaly,
+               "state": self.state, "threshold": self.pipeline.threshold, "event": r.event}
+        self.recent.append(msg)
+        self.broadcaster.publish(msg, lambda: self.heatmap_jpeg())
+
+    def heatmap_jpeg(self) -> bytes | None:
+        """The latest frame with its heatmap overlay (None while warming up)."""
+        if self.latest is None or self.latest[1].heatmap is None:
+            return None
+        frame, r = self.latest
+        with self.metrics.timed("heatmap"):
+            return overlay_jpeg(frame.pixels, r.heatmap, self.pipeline.overlay_scale(r.heatmap))
+
+    # -- running statistics on disk ----------------------------------------------------------
+    def _stats_path(self) -> Path:
+        return self.settings.state_dir / "cameras" / f"{self.id}.json"
+
+    def _load_stats(self, meta) -> RunningStats | None:
+        path = self._stats_path()
+        try:
+            saved = json.loads(path.read_text())
+            if saved["components"] == [c.name for c in meta.components] and saved["method"] == meta.method:
+                return RunningStats.from_dict(saved["stats"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
+    def _save_stats(self) -> None:
+        path = self._stats_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            meta = self.pipeline.model.meta
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"method": meta.method, "components": [c.name for c in meta.components],
+                                       "stats": self.pipeline.scorer.stats.to_dict()}))
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("camera %s: cannot save running stats to %s: %s", self.id, path, exc)
+
+
+class CameraManager:
+    """The set of running cameras, keyed by id. Cameras added with ``persist=True`` (the API) are kept in
+    ``store`` so they come back after a restart; removing one forgets it, stopping the service does not."""
+
+    def __init__(self, model: ExportedModel, settings: ServiceSettings, metrics: Metrics,
+                 store: CameraStore | None = None) -> None:
+        self.model, self.settings, self.metrics, self.store = model, settings, metrics, store
+        self._cameras: dict[str, Camera] = {}
+        self._lock = threading.Lock()
+
+    def add(self, cfg: CameraConfig, persist: bool = False) -> Camera:
+        with self._lock:
+            if cfg.id in self._cameras:
+                raise DuplicateCamera(f"camera {cfg.id!r} already exists")
+            if persist and self.store is not None:
+                self.store.put(cfg)  # first, so a camera that cannot be saved is not added
+            cam = self._cameras[cfg.id] = Camera(cfg, self.model, self.settings, self.metrics)
+        cam.start()
+        return cam
+
+    def restore(self, yaml_ids: set[str]) -> list[str]:
+        """Start the stored API cameras; an id the YAML config also declares is dropped (YAML wins)."""
+        if self.store is None:
+            return []
+        started = []
+        for cfg in self.store.load():
+            if cfg.id in yaml_ids:
+                log.warning("stored camera %s is also declared in the config; the config wins", cfg.id)
+                self.store.discard(cfg.id)
+                continue
+            self.add(cfg)
+            started.append(cfg.id)
+        return started
+
+    def get(self, camera_id: str) -> Camera:
+        try:
+            return self._cameras[camera_id]
+        except KeyError:
+            raise UnknownCamera(f"no camera with id {camera_id!r}") from None
+
+    def remove(self, camera_id: str, forget: bool = True) -> None:
+        """Stop a camera; ``forget`` also drops it from the store (DELETE), shutdown keeps it."""
+        with self._lock:
+            cam = self.get(camera_id)
+            if forget and self.store is not None:
+                self.store.discard(camera_id)
+            del self._cameras[camera_id]
+        cam.stop()
+
+    def list(self) -> list[Camera]:
+        return list(self._cameras.values())
+
+    def refresh_metrics(self) -> None:
+        now = time.time()
+        for cam in self.list():
+            if cam.last_frame_time is not None:
+                self.metrics.since_last.labels(cam.id).set(now - cam.last_frame_time)
+
+    def stop_all(self) -> None:
+        for cam in self.list():
+            self.remove(cam.id, forget=False)

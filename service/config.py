@@ -1,0 +1,111 @@
+"""Service configuration: one typed tree read from a YAML file and ``AMVAD_*`` environment variables.
+
+Environment wins over YAML (e.g. ``AMVAD_API_KEY``, ``AMVAD_MODEL``, ``AMVAD_PORT``); nested fields use
+``__`` (``AMVAD_LIMITS__MAX_UPLOAD_MB=50``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .security import ALLOWED_SCHEMES, redact, validate_url
+
+CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class CameraConfig(BaseModel):
+    """One camera: an id used in URLs and metric labels, and its source URL (may hold credentials)."""
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=CAMERA_ID, description="letters, digits, '_', '.', '-'; at most 64")
+    url: SecretStr = Field(description="rtsp://, rtsps://, http(s):// or file:// source")
+    threshold: float | None = Field(None, description="anomaly threshold; default: the model's")
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _check_url(cls, v: Any) -> Any:
+        raw = v.get_secret_value() if isinstance(v, SecretStr) else v
+        validate_url(raw, ALLOWED_SCHEMES)
+        return v
+
+
+class EventConfig(BaseModel):
+    """How per-frame anomaly flags become events (see service/events.py)."""
+    model_config = ConfigDict(extra="forbid")
+    hysteresis: float = Field(0.5, ge=0, description="an event ends below threshold - hysteresis")
+    min_duration_s: float = Field(0.3, ge=0, description="shorter excursions are not events")
+    cooldown_s: float = Field(2.0, ge=0, description="re-crossings within this gap extend the event")
+
+
+class IngestConfig(BaseModel):
+    """Camera ingest: timeouts, reconnect backoff, stall detection and queue sizes."""
+    model_config = ConfigDict(extra="forbid")
+    open_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(5.0, gt=0, description="no packet for this long = stalled")
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(10.0, gt=0)
+    backoff_jitter: float = Field(0.25, ge=0, le=1, description="relative random spread of each wait")
+    frame_queue: int = Field(8, ge=1, description="decoded frames waiting for inference (drop oldest)")
+    ws_queue: int = Field(16, ge=1, description="messages waiting per WebSocket client (drop oldest)")
+    stats_save_s: float = Field(30.0, gt=0, description="how often running stats are saved")
+
+
+class LimitsConfig(BaseModel):
+    """Upload limits; larger uploads get 413."""
+    model_config = ConfigDict(extra="forbid")
+    max_upload_mb: float = Field(100.0, gt=0)
+    max_clip_seconds: float = Field(600.0, gt=0)
+    max_clip_frames: int = Field(20000, gt=0)
+    max_jobs: int = Field(100, ge=1, description="finished clip jobs kept in memory")
+
+
+class ServiceSettings(BaseSettings):
+    """Everything ``amvad serve`` needs."""
+    model_config = SettingsConfigDict(env_prefix="AMVAD_", env_nested_delimiter="__", extra="forbid")
+    model: str = Field("ped2", description="bundled model name or path to an exported .onnx")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: SecretStr | None = Field(None, description="required on all endpoints but health/metrics")
+    state_dir: Path = Field(Path.home() / ".cache" / "amvad" / "service",
+                            description="per-camera running stats and the cameras added through the API")
+    forget: float = Field(0.002, ge=0, lt=1, description="running-normalisation forgetting per frame")
+    cameras: list[CameraConfig] = Field(default_factory=list)
+    events: EventConfig = Field(default_factory=EventConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings: PydanticBaseSettingsSource,
+                                   env_settings, dotenv_settings, file_secret_settings):
+        return init_settings, env_settings
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> ServiceSettings:
+    """YAML file (optional) < environment < explicit overrides (CLI flags that were given)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        env = ServiceSettings()  # environment only
+        merged = _deep_merge(data, env.model_dump(exclude_unset=True))
+        merged = _deep_merge(merged, {k: v for k, v in overrides.items() if v is not None})
+        return ServiceSettings.model_validate(merged)
+    except ValidationError as exc:  # without the offending values: a URL may hold a password
+        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False)]
+        raise ValueError(redact("invalid service config: " + "; ".join(lines))) from None
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

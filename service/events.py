@@ -1,0 +1,87 @@
+"""Per-frame anomaly flags -> anomaly events with hysteresis, minimum duration and cooldown.
+
+An event starts when the score stays >= ``threshold`` for ``min_duration_s``; it ends once the score
+has stayed below ``threshold - hysteresis`` for ``cooldown_s`` (re-crossings meanwhile extend it), so
+one bike crossing is one event. Times are the frames' timestamps in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class AnomalyEvent:
+    """One event; ``end`` is None while it is open."""
+    id: int
+    start: float
+    start_frame: int
+    peak_score: float
+    peak_frame: int
+    end: float | None = None
+    end_frame: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class EventTracker:
+    """Feed ``update`` one score per frame (None while warming up); returns "start", "end" or None."""
+
+    def __init__(self, *, threshold: float, hysteresis: float = 0.5, min_duration_s: float = 0.3,
+                 cooldown_s: float = 2.0, keep: int = 100) -> None:
+        self.threshold, self.low = threshold, threshold - hysteresis
+        self.min_duration_s, self.cooldown_s, self.keep = min_duration_s, cooldown_s, keep
+        self.events: list[AnomalyEvent] = []
+        self.open: AnomalyEvent | None = None
+        self._candidate: tuple[float, int] | None = None   # (time, frame) of the first high frame
+        self._below_since: tuple[float, int] | None = None  # when the open event went below `low`
+        self._count = 0
+
+    def update(self, t: float, frame_id: int, score: float | None) -> str | None:
+        if score is None:
+            return None
+        if self.open is not None:
+            return self._update_open(t, frame_id, score)
+        if score < self.threshold:
+            self._candidate = None
+            return None
+        if self._candidate is None:
+            self._candidate = (t, frame_id)
+        if t - self._candidate[0] >= self.min_duration_s:
+            self._count += 1
+            self.open = AnomalyEvent(self._count, self._candidate[0], self._candidate[1], score, frame_id)
+            self.events = (self.events + [self.open])[-self.keep:]
+            self._candidate = None
+            return "start"
+        return None
+
+    def _update_open(self, t: float, frame_id: int, score: float) -> str | None:
+        ev = self.open
+        if score > ev.peak_score:
+            ev.peak_score, ev.peak_frame = score, frame_id
+        if score >= self.low:
+            self._below_since = None
+            return None
+        if self._below_since is None:
+            self._below_since = (t, frame_id)
+        if t - self._below_since[0] >= self.cooldown_s:
+            return self.close()
+        return None
+
+    def close(self) -> str | None:
+        """End the open event (at the first low frame if known); used at the end of a clip too."""
+        if self.open is None:
+            return None
+        if self._below_since is not None:
+            self.open.end, self.open.end_frame = self._below_since
+        else:
+            self.open.end, self.open.end_frame = self.open.start, self.open.peak_frame
+        self.open, self._below_since = None, None
+        return "end"
+
+    def finish(self, t: float, frame_id: int) -> None:
+        """End of the stream: an event still open ends at the last frame."""
+        if self.open is not None and self._below_since is None:
+            self._below_since = (t, frame_id)
+        self.close()

@@ -1,0 +1,62 @@
+"""Prometheus metrics under the names the alert rules and dashboards rely on. Labels are camera ids,
+never URLs. Each service instance owns its registry (several apps can live in one process)."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+STAGES = ("decode", "flow", "model", "score", "heatmap")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.score = Gauge("vad_anomaly_score", "Latest causal anomaly score", ["camera"], registry=r)
+        self.frames = Counter("vad_frames_total", "Frames scored or warming up", ["camera"], registry=r)
+        self.dropped = Counter("vad_frames_dropped_total", "Frames dropped", ["camera", "reason"], registry=r)
+        self.up = Gauge("vad_camera_up", "1 while the camera delivers frames", ["camera"], registry=r)
+        self.reconnects = Counter("vad_camera_reconnects_total", "Reconnect attempts", ["camera"], registry=r)
+        self.since_last = Gauge("vad_seconds_since_last_frame", "Seconds since the last decoded frame",
+                                ["camera"], registry=r)
+        self.stage = Histogram("vad_stage_seconds", "Time per frame in each pipeline stage", ["stage"],
+                               registry=r, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.events = Counter("vad_anomaly_events_total", "Anomaly events started", ["camera"], registry=r)
+        self.ws_clients = Gauge("vad_ws_clients", "Connected WebSocket clients", ["camera"], registry=r)
+        self._per_camera = (self.score, self.frames, self.up, self.reconnects, self.since_last,
+                            self.events, self.ws_clients)
+
+    @contextmanager
+    def timed(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.observe(stage, time.perf_counter() - t0)
+
+    def observe(self, stage: str, seconds: float) -> None:
+        """Record a stage time measured elsewhere (e.g. decode, timed in the ingest thread)."""
+        self.stage.labels(stage).observe(seconds)
+
+    def init_camera(self, camera: str) -> None:
+        """Create every per-camera series at zero so dashboards see the camera at once."""
+        for m in self._per_camera:
+            m.labels(camera)
+        self.dropped.labels(camera, "queue_full")
+
+    def remove_camera(self, camera: str) -> None:
+        for m in self._per_camera:
+            try:
+                m.remove(camera)
+            except KeyError:
+                pass
+        for reason in ("queue_full", "ws_slow_client"):
+            try:
+                self.dropped.remove(camera, reason)
+            except KeyError:
+                pass
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,50 @@
+"""Camera URL checks and credential redaction: URLs with passwords never reach logs, responses or metrics."""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import urlsplit
+
+ALLOWED_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]+@")
+
+
+class UrlError(ValueError):
+    """A camera URL that is malformed or uses a scheme outside the allow-list (never quotes the URL)."""
+
+
+def redact(text: str) -> str:
+    """Replace the ``user:password@`` part of every URL inside ``text`` with ``***@``."""
+    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
+
+
+def validate_url(url: str, allowed: tuple[str, ...] | list[str] = ALLOWED_SCHEMES) -> str:
+    """Return ``url`` if it is a well-formed URL with an allowed scheme; ``file`` URLs need a path."""
+    if not isinstance(url, str) or not url or any(c.isspace() for c in url):
+        raise UrlError("camera url must be a non-empty string without whitespace")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a non-numeric port
+    except ValueError:
+        raise UrlError("camera url is malformed (bad host or port)") from None
+    scheme = parts.scheme.lower()
+    if scheme not in allowed:
+        raise UrlError(f"camera url scheme {scheme or '(none)'!r} is not allowed; allowed: {list(allowed)}")
+    if scheme == "file":
+        if not parts.path:
+            raise UrlError("file url needs a path, e.g. file:///videos/cam.mp4")
+    elif not parts.hostname:
+        raise UrlError(f"{scheme} url needs a host, e.g. {scheme}://host:554/stream")
+    return url
+
+
+class RedactingFilter(logging.Filter):
+    """Logging filter that scrubs URL credentials from every record it sees."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
