@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .camera_store import CameraStore
 from .config import CameraConfig, ServiceSettings
-from .decode import DecodeError
+from .ingest import DecodeError
 from .engine import ExportedModel
 from .events import EventTracker
 from .heatmap import overlay_jpeg

@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 
 from .config import ServiceSettings
-from .decode import DecodeError
+from .ingest import DecodeError
 from .engine import ExportedModel
 from .events import EventTracker
 from .heatmap import overlay_jpeg

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from .camera_store import CameraStoreError
 from .cameras import DuplicateCamera, UnknownCamera
 from .clips import ClipTooLarge, UnknownJob
-from .decode import DecodeError
+from .ingest import DecodeError
 from .security import UrlError, redact
 
 STATUS = {ClipTooLarge: 413, DecodeError: 422, UnknownCamera: 404, UnknownJob: 404, DuplicateCamera: 409,

@@ -15,8 +15,11 @@ from urllib.parse import unquote, urlsplit
 import av
 import numpy as np
 
-from .decode import DecodeError
 from .security import redact
+
+
+class DecodeError(ValueError):
+    """A source that is not a readable video (names the source and what went wrong)."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from models.preprocess import to_model_frame
-from service.decode import iter_video_frames
+from service.ingest import iter_frames, open_source
 from service.engine import compute_flows
 
 FRAME_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -59,8 +59,9 @@ def load_clip(src: ClipSource, *, height: int, width: int, channels: int) -> np.
     """All frames of a clip, preprocessed: (N, C, H, W) float32 in [0, 1]."""
     out = []
     if src.is_video:
-        for rgb in iter_video_frames(src.path):
-            out.append(to_model_frame(rgb, height=height, width=width, channels=channels))
+        with open_source(str(src.path)) as container:
+            for frame in iter_frames(container, source_id=str(src.path)):
+                out.append(to_model_frame(frame.pixels, height=height, width=width, channels=channels))
     else:
         for f in _frame_files(src.path):
             bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)

@@ -108,7 +108,12 @@ def start_service(tmp: Path, model: Path, extra: dict | None = None) -> Service:
             return svc.http.get("/readyz").status_code == 200
         except httpx.TransportError:
             return False
-    svc.wait_for(is_ready, 60, "the service to be ready")
+    try:
+        svc.wait_for(is_ready, 60, "the service to be ready")
+    except BaseException:  # never leave a server behind when it does not come up
+        svc.http.close()
+        stop_process(proc)
+        raise
     return svc
 
 
