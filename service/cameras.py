@@ -86,7 +86,7 @@ class Camera:
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._ingest_loop, name=f"ingest-{self.id}", daemon=True),
                          threading.Thread(target=self._infer_loop, name=f"infer-{self.id}", daemon=True)]
-        metrics.init_camera(self.id)
+        metrics.init_camera(self.id, self.pipeline.threshold)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -289,13 +289,16 @@ class CameraManager:
             raise UnknownCamera(f"no camera with id {camera_id!r}") from None
 
     def remove(self, camera_id: str, forget: bool = True) -> None:
-        """Stop a camera; ``forget`` also drops it from the store (DELETE), shutdown keeps it."""
+        """Stop a camera; ``forget`` also drops it from the store (DELETE), shutdown keeps it.
+
+        Stopping happens under the lock, so a camera re-added with the same id right after a DELETE
+        cannot have its fresh metric series removed by the old camera's clean-up."""
         with self._lock:
             cam = self.get(camera_id)
             if forget and self.store is not None:
                 self.store.discard(camera_id)
             del self._cameras[camera_id]
-        cam.stop()
+            cam.stop()
 
     def list(self) -> list[Camera]:
         return list(self._cameras.values())

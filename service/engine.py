@@ -23,8 +23,13 @@ class ModelOutput:
     prediction: np.ndarray   # (B, C, H, W)
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(name: str = "auto") -> torch.device:
+    """The one place a device is chosen: ``auto`` is CUDA when available, else CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
 
 
 class ExportedModel:

@@ -25,8 +25,11 @@ class Metrics:
                                registry=r, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
         self.events = Counter("vad_anomaly_events_total", "Anomaly events started", ["camera"], registry=r)
         self.ws_clients = Gauge("vad_ws_clients", "Connected WebSocket clients", ["camera"], registry=r)
+        self.threshold = Gauge("vad_anomaly_threshold", "The camera's effective anomaly threshold (its override "
+                               "or the model's default); alerts compare vad_anomaly_score with it", ["camera"],
+                               registry=r)
         self._per_camera = (self.score, self.frames, self.up, self.reconnects, self.since_last,
-                            self.events, self.ws_clients)
+                            self.events, self.ws_clients, self.threshold)
 
     @contextmanager
     def timed(self, stage: str):
@@ -40,10 +43,12 @@ class Metrics:
         """Record a stage time measured elsewhere (e.g. decode, timed in the ingest thread)."""
         self.stage.labels(stage).observe(seconds)
 
-    def init_camera(self, camera: str) -> None:
-        """Create every per-camera series at zero so dashboards see the camera at once."""
+    def init_camera(self, camera: str, threshold: float) -> None:
+        """Create every per-camera series at zero so dashboards see the camera at once, and export the
+        camera's effective threshold (what the alert rules compare the score with)."""
         for m in self._per_camera:
             m.labels(camera)
+        self.threshold.labels(camera).set(threshold)
         self.dropped.labels(camera, "queue_full")
 
     def remove_camera(self, camera: str) -> None:

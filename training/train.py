@@ -20,20 +20,13 @@ from models.discriminator import PatchDiscriminator
 from models.flow import build_flow
 from models.metadata import ComponentStats
 from models.registry import build_model
+from service.engine import pick_device
 from service.scoring import StreamScorer
 
 from .config import TrainConfig
 from .data import ClipDataset, cached_flows, find_clips, load_clip
 
 CHECKPOINT = "last.pt"
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def load_split(cfg: TrainConfig, model: AnomalyModel, split: str, device: torch.device,

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
 from tests.deploy.tools import DEPLOY, RULES, binary, load_yaml
@@ -31,19 +32,23 @@ FOR_S = 2  # the score alert's `for` in this test (shipped: 10s)
 NORMAL, ANOMALOUS = range(30, 95), range(95, 180)
 
 
-def threshold_from_rules(groups: list[dict]) -> float:
-    rec = next(r for g in groups for r in g["rules"] if r.get("record") == "amvad:anomaly_threshold")
-    return float(rec["expr"].removeprefix("vector(").removesuffix(")"))
+def exported_threshold(metrics: str, camera: str) -> float | None:
+    """vad_anomaly_threshold{camera=...} from a /metrics page (what the score alert compares with)."""
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == "vad_anomaly_threshold" and sample.labels.get("camera") == camera:
+                return sample.value
+    return None
 
 
-def e2e_rules(tmp: Path) -> tuple[Path, float]:
+def e2e_rules(tmp: Path) -> Path:
     """The shipped rules with the score alert's `for` shortened to FOR_S."""
     groups = load_yaml(RULES)["groups"]
     score_rule = next(r for g in groups for r in g["rules"] if r.get("alert") == "AmvadAnomalyScoreHigh")
     score_rule["for"] = f"{FOR_S}s"
     path = tmp / "amvad.rules.yml"
     path.write_text(yaml.safe_dump({"groups": groups}))
-    return path, threshold_from_rules(groups)
+    return path
 
 
 def prometheus_config(tmp: Path, rules: Path, amvad_port: int, am_port: int) -> Path:
@@ -177,7 +182,7 @@ def test_webhook_gets_firing_then_resolved_score_alert(tmp_path):
     if not (PED2 / "testing" / "frames" / "02").is_dir():
         pytest.skip(f"UCSD Ped2 not found at {PED2}")
     t_start = time.time()
-    rules, threshold = e2e_rules(tmp_path)
+    rules = e2e_rules(tmp_path)
     hook = Webhook()
     server = RtspServer(anomalous_loop(tmp_path / "frames"), fps=10)
     procs: list[subprocess.Popen] = []
@@ -185,8 +190,10 @@ def test_webhook_gets_firing_then_resolved_score_alert(tmp_path):
     try:
         server.start()
         svc = start_service(tmp_path, "ped2", {"cameras": [{"id": CAMERA, "url": server.url}]})
+        # the camera has no override: the gauge the alert compares with is the model's threshold
         model_threshold = svc.http.get("/readyz").json()["threshold"]
-        assert abs(model_threshold - threshold) < 0.01, (model_threshold, threshold)
+        threshold = exported_threshold(svc.http.get("/metrics").text, CAMERA)
+        assert threshold is not None and abs(threshold - model_threshold) < 1e-6, (threshold, model_threshold)
         recorder = ScoreRecorder(ws_url(svc, CAMERA))
         am_port, prom_port = free_port(), free_port()
         am_log, prom_log = tmp_path / "alertmanager.log", tmp_path / "prometheus.log"

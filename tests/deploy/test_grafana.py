@@ -9,8 +9,8 @@ import re
 from tests.deploy.tools import DEPLOY, check_promql, load_yaml
 
 GRAFANA = DEPLOY / "grafana"
-METRICS = ("vad_anomaly_score", "vad_frames_total", "vad_frames_dropped_total", "vad_camera_reconnects_total",
-           "vad_stage_seconds_bucket", "vad_ws_clients", "vad_anomaly_events_total")
+METRICS = ("vad_anomaly_score", "vad_anomaly_threshold", "vad_frames_total", "vad_frames_dropped_total",
+           "vad_camera_reconnects_total", "vad_stage_seconds_bucket", "vad_ws_clients", "vad_anomaly_events_total")
 
 
 def datasource_uid() -> str:
@@ -56,10 +56,10 @@ def test_dashboard_panels_variable_annotations_and_datasources(tmp_path):
         assert m in joined, f"dashboard shows no {m}"
     # the score panel draws the alert threshold, the per-camera panels follow the variable
     score = next(p for p in panels if p["title"] == "Anomaly score")
-    assert any(t["expr"] == "amvad:anomaly_threshold" for t in score["targets"])
-    assert {s["value"] for s in score["fieldConfig"]["defaults"]["thresholds"]["steps"]} == {None, 1.7}
-    assert all('camera=~"$camera"' in t["expr"] for p in panels for t in p["targets"] if "vad_stage" not in t["expr"]
-               and t["expr"] != "amvad:anomaly_threshold")
+    assert any(t["expr"] == 'vad_anomaly_threshold{camera=~"$camera"}' for t in score["targets"])
+    # no constant threshold step: the line is each camera's exported threshold
+    assert {s["value"] for s in score["fieldConfig"]["defaults"]["thresholds"]["steps"]} == {None}
+    assert all('camera=~"$camera"' in t["expr"] for p in panels for t in p["targets"] if "vad_stage" not in t["expr"])
     check_promql(exprs, tmp_path)
 
 
@@ -84,9 +84,10 @@ def test_grafana_alert_rule_contact_point_and_promql(tmp_path):
             assert d["datasourceUid"] == uid
             exprs[f"alert {rule['title']!r} {ref}"] = d["model"]["expr"]
     assert exprs
+    # per camera: the query is the margin score - threshold, the condition "above 0" (no constant)
     condition = refs[rule["condition"]]["model"]
-    rules = load_yaml(DEPLOY / "prometheus" / "rules" / "amvad.rules.yml")["groups"]
-    shipped = next(r for g in rules for r in g["rules"] if r.get("record") == "amvad:anomaly_threshold")
-    assert condition["conditions"][0]["evaluator"] == {"type": "gt", "params": [float(shipped["expr"][7:-1])]}
+    (expr,) = exprs.values()
+    assert "vad_anomaly_score - on(instance, camera) vad_anomaly_threshold" in expr
+    assert condition["conditions"][0]["evaluator"] == {"type": "gt", "params": [0]}
     assert rule["annotations"]["__dashboardUid__"] == dashboard()["uid"]
     check_promql(exprs, tmp_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.conftest import API_KEY
 
@@ -112,3 +113,30 @@ def test_camera_crud_errors_never_echo_credentials(service):
         r = getattr(service.http, method)("/v1/cameras/refused")
         assert r.status_code == 404 and "no camera with id 'refused'" in r.json()["error"]
     assert service.http.get("/v1/cameras/refused/events").status_code == 404
+
+
+def exported_thresholds(service) -> dict[str, float]:
+    """vad_anomaly_threshold per camera, as Prometheus scrapes it from /metrics."""
+    return {s.labels["camera"]: s.value for f in text_string_to_metric_families(service.http.get("/metrics").text)
+            for s in f.samples if s.name == "vad_anomaly_threshold"}
+
+
+def test_each_camera_exports_its_effective_threshold_until_deleted(service):
+    model_threshold = service.http.get("/readyz").json()["threshold"]
+    # given a camera with a per-camera threshold override and one with the model's default
+    # (closed loopback ports: the pipeline exists whether or not frames arrive)
+    for body in ({"id": "strict", "url": "rtsp://127.0.0.1:9/a", "threshold": 0.25},
+                 {"id": "default", "url": "rtsp://127.0.0.1:9/b"}):
+        assert service.http.post("/v1/cameras", json=body).status_code == 201
+    try:
+        # then /metrics exports each camera's effective threshold, the one the API reports
+        exported = exported_thresholds(service)
+        assert exported["strict"] == 0.25 and exported["default"] == pytest.approx(model_threshold)
+        assert service.http.get("/v1/cameras/strict").json()["threshold"] == 0.25
+    finally:
+        for cam in ("strict", "default"):
+            service.http.delete(f"/v1/cameras/{cam}")
+    # and after DELETE the camera's series is gone, with its other per-camera series
+    metrics = service.http.get("/metrics").text
+    assert not {"strict", "default"} & exported_thresholds(service).keys()
+    assert 'camera="strict"' not in metrics and 'camera="default"' not in metrics
