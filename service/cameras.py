@@ -33,11 +33,11 @@ CONNECTING, RECONNECTING, STREAMING, FAILED = "connecting", "reconnecting", "str
 
 
 class DuplicateCamera(ValueError):
-    pass
+    """A camera id that is already in use (HTTP 409)."""
 
 
 class UnknownCamera(KeyError):
-    pass
+    """A camera id that does not exist (HTTP 404)."""
 
 
 class FrameQueue:
@@ -226,13 +226,18 @@ class Camera:
         return self.settings.state_dir / "cameras" / f"{self.id}.json"
 
     def _load_stats(self, meta) -> RunningStats | None:
+        """Saved running stats of this camera, or None (start from the training statistics) when there
+        are none, they belong to another model, or the file is unreadable (logged)."""
         path = self._stats_path()
+        if not path.is_file():
+            return None
         try:
             saved = json.loads(path.read_text())
             if saved["components"] == [c.name for c in meta.components] and saved["method"] == meta.method:
                 return RunningStats.from_dict(saved["stats"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+            log.info("camera %s: saved stats belong to another model; starting from training stats", self.id)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("camera %s: ignoring unreadable stats file %s: %s", self.id, path, exc)
         return None
 
     def _save_stats(self) -> None:

@@ -33,7 +33,7 @@ class ClipTooLarge(ValueError):
 
 
 class UnknownJob(KeyError):
-    pass
+    """A clip job id that does not exist (HTTP 404)."""
 
 
 @dataclass

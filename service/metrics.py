@@ -3,6 +3,8 @@ never URLs. Each service instance owns its registry (several apps can live in on
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from contextlib import contextmanager
 
@@ -53,15 +55,11 @@ class Metrics:
 
     def remove_camera(self, camera: str) -> None:
         for m in self._per_camera:
-            try:
+            with contextlib.suppress(KeyError):  # a series never set has nothing to remove
                 m.remove(camera)
-            except KeyError:
-                pass
         for reason in ("queue_full", "ws_slow_client"):
-            try:
+            with contextlib.suppress(KeyError):
                 self.dropped.remove(camera, reason)
-            except KeyError:
-                pass
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,7 +9,7 @@ would need splatting and the flow would then be defined on the wrong grid.
 End-point error is averaged over pixels at least ``MARGIN`` px from the border. Timings are per pair
 (batch of one), median over the pairs, with 2 CPU threads for torch and OpenCV.
 
-Usage: ``python -m training.flow_check --data ../shared/datasets/ped2 --json out.json``.
+Usage: ``python -m training.flow_check --data DATASET_ROOT --json out.json`` (Ped2 frame-folder layout).
 """
 
 from __future__ import annotations
