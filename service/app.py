@@ -220,8 +220,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                     getter.cancel()
                     break
                 await websocket.send_text(getter.result())
-        except (WebSocketDisconnect, RuntimeError):
-            pass
+        except (WebSocketDisconnect, RuntimeError) as exc:  # the client went away mid-send: normal end
+            log.debug("camera %s: WebSocket client left (%s)", camera_id, type(exc).__name__)
         finally:
             receiver.cancel()
             cam.broadcaster.unsubscribe(client)
