@@ -85,10 +85,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         want = settings.api_key
         return want is None or (given is not None and secrets.compare_digest(given, want.get_secret_value()))
 
+    def given_key(conn: Request | WebSocket) -> str | None:
+        """The key a client sent: X-API-Key header, Authorization: Bearer, or ?api_key= (HTTP and WS)."""
+        auth = conn.headers.get("authorization", "")
+        bearer = auth[7:] if auth.lower().startswith("bearer ") else None
+        return conn.headers.get("x-api-key") or bearer or conn.query_params.get("api_key")
+
     async def require_key(request: Request) -> None:
-        auth = request.headers.get("authorization", "")
-        given = request.headers.get("x-api-key") or (auth[7:] if auth.lower().startswith("bearer ") else None)
-        if not key_ok(given or request.query_params.get("api_key")):
+        if not key_ok(given_key(request)):
             raise HTTPException(401, "missing or wrong API key (X-API-Key header)")
 
     def ready() -> ServiceState:
@@ -199,10 +203,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @app.websocket("/v1/cameras/{camera_id}/ws")
     async def camera_ws(websocket: WebSocket, camera_id: str, heatmap: bool = False) -> None:
-        given = websocket.headers.get("x-api-key") or websocket.query_params.get("api_key")
         await websocket.accept()
         try:
-            if not key_ok(given):
+            if not key_ok(given_key(websocket)):
                 raise PermissionError("missing or wrong API key (api_key query parameter)")
             cam = ready().cameras.get(camera_id)
         except (PermissionError, HTTPException, UnknownCamera) as exc:

@@ -17,11 +17,10 @@ from pathlib import Path
 
 from .camera_store import CameraStore
 from .config import CameraConfig, ServiceSettings
-from .ingest import DecodeError
 from .engine import ExportedModel
 from .events import EventTracker
 from .heatmap import overlay_jpeg
-from .ingest import Frame, file_path, is_file_source, iter_frames, open_source, stream_fps
+from .ingest import DecodeError, Frame, file_path, is_file_source, iter_frames, open_source, stream_fps
 from .metrics import Metrics
 from .pipeline import FrameResult, StreamPipeline
 from .publish import Broadcaster
@@ -93,6 +92,10 @@ class Camera:
         for t in self._threads:
             t.start()
 
+    def signal_stop(self) -> None:
+        """Ask the threads to end without waiting (lets many cameras wind down together)."""
+        self._stop.set()
+
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         for t in self._threads:
@@ -131,7 +134,7 @@ class Camera:
             got = 0
             try:
                 with container:
-                    fps = stream_fps(container) or 25.0
+                    fps = stream_fps(container)
                     t0 = None
                     for frame in iter_frames(container, source_id=self.id, segment=segment, first_id=next_id,
                                              wall_clock=True):
@@ -315,5 +318,7 @@ class CameraManager:
                 self.metrics.since_last.labels(cam.id).set(now - cam.last_frame_time)
 
     def stop_all(self) -> None:
+        for cam in self.list():
+            cam.signal_stop()
         for cam in self.list():
             self.remove(cam.id, forget=False)

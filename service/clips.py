@@ -16,11 +16,10 @@ from pathlib import Path
 import av
 
 from .config import ServiceSettings
-from .ingest import DecodeError
 from .engine import ExportedModel
 from .events import EventTracker
 from .heatmap import overlay_jpeg
-from .ingest import iter_frames, open_source, stream_fps
+from .ingest import DecodeError, iter_frames, open_source, stream_fps
 from .metrics import Metrics
 from .pipeline import StreamPipeline
 from .scoring import StreamScorer
@@ -78,7 +77,7 @@ def probe_clip(path: Path, settings: ServiceSettings) -> ProbedClip:
                           .replace(f" {path}", "").replace(f"'{path}'", "upload")) from None
     with container:
         stream = container.streams.video[0]
-        fps = stream_fps(container) or 25.0
+        fps = stream_fps(container)
         codec = stream.codec_context.name
         max_frames = min(limits.max_clip_frames, int(limits.max_clip_seconds * fps))
         n = 0
@@ -109,8 +108,9 @@ class ClipJobs:
         job = ClipJob(uuid.uuid4().hex[:16], path, filename, probe.frames, probe.fps, heatmaps)
         with self._lock:
             self.jobs[job.id] = job
-            while len(self.jobs) > self.settings.limits.max_jobs:
-                self.jobs.popitem(last=False)
+            finished = [j for j, v in self.jobs.items() if v.status in ("done", "failed")]
+            for old in finished[:max(0, len(self.jobs) - self.settings.limits.max_jobs)]:
+                del self.jobs[old]  # oldest finished first; queued/running jobs are never dropped
         job.future = self._pool.submit(self._run, job)
         return job
 

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .scoring import DEFAULT_FORGET
 from .security import ALLOWED_SCHEMES, redact, validate_url
 
 CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -72,7 +73,7 @@ class ServiceSettings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="required on all endpoints but health/metrics")
     state_dir: Path = Field(Path.home() / ".cache" / "amvad" / "service",
                             description="per-camera running stats and the cameras added through the API")
-    forget: float = Field(0.002, ge=0, lt=1, description="running-normalisation forgetting per frame")
+    forget: float = Field(DEFAULT_FORGET, ge=0, lt=1, description="running-normalisation forgetting per frame")
     cameras: list[CameraConfig] = Field(default_factory=list)
     events: EventConfig = Field(default_factory=EventConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)

@@ -61,9 +61,10 @@ def open_source(url: str, *, open_timeout: float = 5.0, read_timeout: float = 5.
     return container
 
 
-def stream_fps(container: av.container.InputContainer) -> float | None:
+def stream_fps(container: av.container.InputContainer, default: float = 25.0) -> float:
+    """The stream's frame rate, or ``default`` when the container does not say."""
     rate = container.streams.video[0].average_rate or container.streams.video[0].guessed_rate
-    return float(rate) if rate else None
+    return float(rate) if rate else default
 
 
 def iter_frames(container: av.container.InputContainer, *, source_id: str, segment: int = 0,

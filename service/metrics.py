@@ -4,9 +4,7 @@ never URLs. Each service instance owns its registry (several apps can live in on
 from __future__ import annotations
 
 import contextlib
-
 import time
-from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -33,7 +31,7 @@ class Metrics:
         self._per_camera = (self.score, self.frames, self.up, self.reconnects, self.since_last,
                             self.events, self.ws_clients, self.threshold)
 
-    @contextmanager
+    @contextlib.contextmanager
     def timed(self, stage: str):
         t0 = time.perf_counter()
         try:

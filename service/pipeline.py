@@ -81,7 +81,7 @@ class StreamPipeline:
         self.frames.append(x)
         if self.state != LIVE:
             return FrameResult(frame.frame_id, frame.timestamp, None, False, WARMING_UP, None, None,
-                               self.events.update(frame.timestamp, frame.frame_id, None))
+                               None)
         with self._timed("model"):
             out = self.model.run(np.stack(self.frames)[None], np.stack(self.flows)[None])
         with self._timed("score"):

@@ -14,6 +14,9 @@ import numpy as np
 
 from models.metadata import ComponentStats, ModelMetadata
 
+# Running-stats forgetting per frame judged normal (time constant ~500 frames); the service config's default.
+DEFAULT_FORGET = 0.002
+
 
 @dataclass
 class RunningStats:
@@ -46,7 +49,7 @@ class StreamScorer:
     """Turns per-frame score components into causal, normalised scores for one stream."""
 
     def __init__(self, components: list[ComponentStats], *, threshold: float, smoothing: int,
-                 forget: float = 0.002, min_std_ratio: float = 0.5,
+                 forget: float = DEFAULT_FORGET, min_std_ratio: float = 0.5,
                  stats: RunningStats | None = None) -> None:
         self.weights = np.array([c.weight for c in components], dtype=np.float64)
         self.train_std = np.array([c.std for c in components], dtype=np.float64)

@@ -29,6 +29,15 @@ class ScoreGraph(torch.nn.Module):
         return self.model.score(frames, flows)
 
 
+def export_onnx(model: AnomalyModel, frames: torch.Tensor, flows: torch.Tensor, dst) -> None:
+    """Trace the contract's ``score`` to ONNX (opset 17, dynamic batch) at ``dst`` (path or file)."""
+    axes = {n: {0: "batch"} for n in (*INPUT_NAMES, *OUTPUT_NAMES)}
+    with torch.no_grad():
+        torch.onnx.export(ScoreGraph(model).eval(), (frames, flows), dst, input_names=list(INPUT_NAMES),
+                          output_names=list(OUTPUT_NAMES), dynamic_axes=axes, opset_version=OPSET,
+                          dynamo=False)
+
+
 def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict]:
     """Rebuild the model of a checkpoint from the arguments it carries."""
     path = Path(path)
@@ -64,13 +73,9 @@ def export(checkpoint: str | Path, out: str | Path, *, atol: float = 1e-4) -> Mo
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    graph = ScoreGraph(model).eval()
-    axes = {n: {0: "batch"} for n in (*INPUT_NAMES, *OUTPUT_NAMES)}
+    export_onnx(model, frames, flows, str(tmp))
     with torch.no_grad():
-        torch.onnx.export(graph, (frames, flows), str(tmp), input_names=list(INPUT_NAMES),
-                          output_names=list(OUTPUT_NAMES), dynamic_axes=axes, opset_version=OPSET,
-                          dynamo=False)
-        expected = [t.numpy() for t in graph(frames, flows)]
+        expected = [t.numpy() for t in model.score(frames, flows)]
     proto = onnx.load(str(tmp))
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, meta.to_json()

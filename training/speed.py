@@ -13,11 +13,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from models.contract import INPUT_NAMES, OUTPUT_NAMES
 from models.flow import build_flow
 from models.registry import build_model
 
-from .export import OPSET, ScoreGraph
+from .export import export_onnx
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -38,9 +37,7 @@ def measure(method: str, *, height: int, width: int, base_width: int, clip_len: 
     frames = torch.rand(1, clip_len, channels, height, width)
     flows = torch.randn(1, clip_len - 1, 2, height, width)
     buf = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(ScoreGraph(model).eval(), (frames, flows), buf, input_names=list(INPUT_NAMES),
-                          output_names=list(OUTPUT_NAMES), opset_version=OPSET, dynamo=False)
+    export_onnx(model, frames, flows, buf)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 
-import yaml
 
 from service.config import load_settings
 from tests.deploy.tools import DEPLOY, RULES, load_yaml, load_yaml_all

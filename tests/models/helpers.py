@@ -129,19 +129,14 @@ def assert_rebuild_scores_equal(model: AnomalyModel, frames: torch.Tensor, flows
 
 def assert_onnx_matches_torch(model: AnomalyModel, frames: torch.Tensor, flows: torch.Tensor,
                               path: str | Path) -> None:
-    """Export ``model.score`` the way ``amvad export`` does (``ScoreGraph``, ``OPSET``, contract names,
-    dynamic batch) at batch 1, then check ONNX Runtime against PyTorch on the full batch (1e-4).
+    """Export ``model.score`` the way ``amvad export`` does (``training.export.export_onnx``: contract
+    names, dynamic batch) at batch 1, then check ONNX Runtime against PyTorch on the full batch (1e-4).
     Skips when onnxruntime is missing. Puts the model in eval mode; export must leave it there."""
     ort = pytest.importorskip("onnxruntime")
-    from training.export import OPSET, ScoreGraph  # imports onnx/onnxruntime itself
+    from training.export import export_onnx  # imports onnx/onnxruntime itself
 
     model.eval()
-    dyn = {n: {0: "batch"} for n in (*INPUT_NAMES, *OUTPUT_NAMES)}
-    # The wrapper must be in eval mode too: export restores the wrapper's mode recursively afterwards.
-    with torch.no_grad():
-        torch.onnx.export(ScoreGraph(model).eval(), (frames[:1], flows[:1]), str(path),
-                          opset_version=OPSET, dynamo=False, input_names=list(INPUT_NAMES),
-                          output_names=list(OUTPUT_NAMES), dynamic_axes=dyn)
+    export_onnx(model, frames[:1], flows[:1], str(path))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {INPUT_NAMES[0]: frames.numpy(), INPUT_NAMES[1]: flows.numpy()})
     assert not model.training
