@@ -54,9 +54,6 @@ class CameraStore:
                 self._cameras[cfg.id] = cfg
             return list(self._cameras.values())
 
-    def __contains__(self, camera_id: str) -> bool:
-        return camera_id in self._cameras
-
     def put(self, cfg: CameraConfig) -> None:
         with self._lock:
             before = self._cameras.get(cfg.id)

@@ -70,13 +70,10 @@ class EventTracker:
         return None
 
     def close(self) -> str | None:
-        """End the open event (at the first low frame if known); used at the end of a clip too."""
+        """End the open event at its first low frame (both callers record it first)."""
         if self.open is None:
             return None
-        if self._below_since is not None:
-            self.open.end, self.open.end_frame = self._below_since
-        else:
-            self.open.end, self.open.end_frame = self.open.start, self.open.peak_frame
+        self.open.end, self.open.end_frame = self._below_since
         self.open, self._below_since = None, None
         return "end"
 
