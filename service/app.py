@@ -25,7 +25,7 @@ from .camera_store import CameraStore
 from .cameras import CameraManager, UnknownCamera
 from .clips import ClipJobs, ClipTooLarge, plot_png, probe_clip
 from .config import CameraConfig, ServiceSettings
-from .engine import ExportedModel
+from .batching import InferenceEngine
 from .errors import error, install_error_handlers
 from .metrics import Metrics
 from .security import redact
@@ -37,27 +37,28 @@ UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data
 
 
 class ServiceState:
-    """What the handlers share; ``model``, ``cameras`` and ``clips`` exist once the model has loaded."""
+    """What the handlers share; ``engine``, ``cameras`` and ``clips`` exist once the model has loaded."""
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings, self.metrics = settings, Metrics()
-        self.model: ExportedModel | None = None
+        self.engine: InferenceEngine | None = None
         self.cameras: CameraManager | None = None
         self.clips: ClipJobs | None = None
         self.load_error: str | None = None
 
     def load(self) -> None:
         try:
-            self.model = ExportedModel(self.settings.model)
-            cameras = CameraManager(self.model, self.settings, self.metrics,
+            engine = self.engine = InferenceEngine(self.settings.model, self.settings.engine, self.metrics)
+            cameras = CameraManager(engine, self.settings, self.metrics,
                                     CameraStore(self.settings.state_dir))
-            self.clips = ClipJobs(self.model, self.settings, self.metrics)
+            self.clips = ClipJobs(engine, self.settings, self.metrics)
             for cfg in self.settings.cameras:
                 cameras.add(cfg)
             restored = cameras.restore({c.id for c in self.settings.cameras})
             self.cameras = cameras
-            log.info("model %s loaded (%s); %d camera(s) from the config, %d restored: %s", self.model.path,
-                     self.model.meta.method, len(self.settings.cameras), len(restored), ", ".join(restored))
+            log.info("model %s loaded (%s on %s); %d camera(s) from the config, %d restored: %s",
+                     engine.model.path, engine.meta.method, engine.device, len(self.settings.cameras),
+                     len(restored), ", ".join(restored))
         except Exception as exc:
             self.load_error = redact(f"{type(exc).__name__}: {exc}")
             log.error("cannot start: %s", self.load_error)
@@ -74,6 +75,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             await run_in_threadpool(state.cameras.stop_all)
         if state.clips:
             state.clips.shutdown()
+        if state.engine:
+            state.engine.close()
 
     app = FastAPI(title="amvad", description="Video anomaly detection service: clip scoring, live cameras "
                   "with WebSocket scores and heatmaps. Scores: higher = more anomalous; 0 is an average normal "
@@ -110,7 +113,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     def readyz():
         if state.cameras is None:
             return error(503, state.load_error or "model is still loading")
-        return {"status": "ready", "model": state.model.meta.method, "threshold": state.model.meta.threshold}
+        return {"status": "ready", "model": state.engine.meta.method, "threshold": state.engine.meta.threshold,
+                "device": str(state.engine.device)}
 
     @app.get("/metrics", summary="Prometheus metrics")
     def metrics() -> Response:

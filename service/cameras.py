@@ -1,5 +1,8 @@
-"""Live cameras: one ingest thread (decode, reconnect with backoff and jitter, read timeouts) and one
-inference thread per camera, joined by a bounded drop-oldest frame queue, so capture never blocks.
+"""Live cameras: per camera an ingest thread (decode, reconnect with backoff and jitter, read timeouts),
+a submit thread that hands frames to the shared inference engine, and a publish thread that takes the
+results in order (metrics, WebSocket). Ingest and submit are joined by a bounded drop-oldest frame queue,
+so capture never blocks; a file replayed as fast as possible (``replay_fps: 0``) blocks instead, since a
+file has no live deadline and every frame should be scored.
 
 Camera states: connecting -> warming_up -> live; reconnecting after a failure or stall; failed when the
 source cannot work (a missing file). Reasons and URLs are always redacted.
@@ -9,15 +12,17 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import random
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from pathlib import Path
 
 from .camera_store import CameraStore
 from .config import CameraConfig, ServiceSettings
-from .engine import ExportedModel
+from .batching import InferenceEngine
 from .events import EventTracker
 from .heatmap import overlay_jpeg
 from .ingest import DecodeError, Frame, file_path, is_file_source, iter_frames, open_source, stream_fps
@@ -46,36 +51,46 @@ class FrameQueue:
         self._items: deque[Frame] = deque(maxlen=size)
         self._cv = threading.Condition()
 
-    def put(self, frame: Frame) -> int:
+    def put(self, frame: Frame, block_until: threading.Event | None = None) -> int:
+        """Append ``frame``; when full, drop the oldest, or with ``block_until`` wait for room (or for
+        that event, e.g. a stop request, which then discards ``frame``)."""
         with self._cv:
+            while block_until is not None and len(self._items) == self._items.maxlen:
+                if block_until.is_set():
+                    return 0
+                self._cv.wait(0.1)
             dropped = int(len(self._items) == self._items.maxlen)
             self._items.append(frame)
-            self._cv.notify()
+            self._cv.notify_all()
         return dropped
 
     def get(self, timeout: float) -> Frame | None:
         with self._cv:
             if not self._items:
                 self._cv.wait(timeout)
-            return self._items.popleft() if self._items else None
+            item = self._items.popleft() if self._items else None
+            self._cv.notify_all()
+            return item
 
 
 class Camera:
-    def __init__(self, cfg: CameraConfig, model: ExportedModel, settings: ServiceSettings,
+    def __init__(self, cfg: CameraConfig, engine: InferenceEngine, settings: ServiceSettings,
                  metrics: Metrics) -> None:
         self.id, self._url = cfg.id, cfg.url.get_secret_value()
         self.url = redact(self._url)
+        self.replay_fps = cfg.replay_fps
         self.settings, self.metrics, self.ingest = settings, metrics, settings.ingest
-        meta = model.meta
+        meta = engine.meta
         threshold = cfg.threshold if cfg.threshold is not None else meta.threshold
         ev = settings.events
         self.pipeline = StreamPipeline(
-            model, StreamScorer.from_metadata(meta, threshold=threshold, forget=settings.forget,
+            engine, StreamScorer.from_metadata(meta, threshold=threshold, forget=settings.forget,
                                               stats=self._load_stats(meta)),
             EventTracker(threshold=threshold, hysteresis=ev.hysteresis, min_duration_s=ev.min_duration_s,
                          cooldown_s=ev.cooldown_s), metrics)
         self.broadcaster = Broadcaster(self.id, settings.ingest.ws_queue, metrics)
         self.queue = FrameQueue(self.ingest.frame_queue)
+        self._results: queue.Queue[tuple[Frame, Future]] = queue.Queue()
         self.ingest_state, self.reason = CONNECTING, None
         self.frames = self.drops = self.reconnects = 0
         self.last_frame_time: float | None = None
@@ -84,7 +99,8 @@ class Camera:
         self.recent: deque[dict] = deque(maxlen=600)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._ingest_loop, name=f"ingest-{self.id}", daemon=True),
-                         threading.Thread(target=self._infer_loop, name=f"infer-{self.id}", daemon=True)]
+                         threading.Thread(target=self._submit_loop, name=f"submit-{self.id}", daemon=True),
+                         threading.Thread(target=self._publish_loop, name=f"publish-{self.id}", daemon=True)]
         metrics.init_camera(self.id, self.pipeline.threshold)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -134,18 +150,20 @@ class Camera:
             got = 0
             try:
                 with container:
-                    fps = stream_fps(container)
+                    fps = self.replay_fps if self.replay_fps is not None else stream_fps(container)
                     t0 = None
                     for frame in iter_frames(container, source_id=self.id, segment=segment, first_id=next_id,
                                              wall_clock=True):
                         if self._stop.is_set():
                             return
-                        if is_file_source(self._url):  # replay files at their own frame rate
+                        if is_file_source(self._url) and fps > 0:  # replay files at their frame rate
                             t0 = t0 or time.monotonic()
                             self._stop.wait(max(0.0, t0 + got / fps - time.monotonic()))
                         self._on_frame(frame)
                         next_id, got = frame.frame_id + 1, got + 1
                         attempt = 0
+                if is_file_source(self._url) and got:  # a file camera loops: start over at once
+                    continue
                 reason = "end of stream"
             except DecodeError as exc:
                 reason = str(exc)
@@ -161,7 +179,8 @@ class Camera:
         if self.ingest_state != STREAMING:
             self.ingest_state, self.reason = STREAMING, None
             self.metrics.up.labels(self.id).set(1)
-        if self.queue.put(frame):
+        unpaced_file = is_file_source(self._url) and self.replay_fps == 0
+        if self.queue.put(frame, block_until=self._stop if unpaced_file else None):
             self.drops += 1
             self.metrics.dropped.labels(self.id, "queue_full").inc()
 
@@ -183,18 +202,29 @@ class Camera:
         self.metrics.up.labels(self.id).set(0)
         log.error("camera %s failed: %s", self.id, self.reason)
 
-    # -- inference thread --------------------------------------------------------------------
-    def _infer_loop(self) -> None:
-        last_save = time.monotonic()
+    # -- inference: submit and publish threads -------------------------------------------------
+    def _submit_loop(self) -> None:
         while not self._stop.is_set():
             frame = self.queue.get(timeout=0.5)
             if frame is None:
                 continue
             try:
-                result = self.pipeline.process(frame)
-            except Exception as exc:  # keep the camera alive; the next frame starts a new window
-                log.exception("camera %s: inference failed: %s", self.id, redact(str(exc)))
-                self.pipeline.restart()
+                self._results.put((frame, self.pipeline.submit(frame)))
+            except Exception as exc:  # e.g. a frame that cannot be preprocessed; the camera goes on
+                log.exception("camera %s: cannot submit frame %d: %s", self.id, frame.frame_id, redact(str(exc)))
+
+    def _publish_loop(self) -> None:
+        last_save = time.monotonic()
+        while not (self._stop.is_set() and self._results.empty()):
+            try:
+                frame, future = self._results.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                result = future.result()
+            except Exception as exc:  # keep the camera alive; its next frame starts a new window
+                log.error("camera %s: inference failed on frame %d: %s", self.id, frame.frame_id,
+                          redact(str(exc)))
                 continue
             self._publish(frame, result)
             if time.monotonic() - last_save > self.ingest.stats_save_s:
@@ -260,9 +290,9 @@ class CameraManager:
     """The set of running cameras, keyed by id. Cameras added with ``persist=True`` (the API) are kept in
     ``store`` so they come back after a restart; removing one forgets it, stopping the service does not."""
 
-    def __init__(self, model: ExportedModel, settings: ServiceSettings, metrics: Metrics,
+    def __init__(self, engine: InferenceEngine, settings: ServiceSettings, metrics: Metrics,
                  store: CameraStore | None = None) -> None:
-        self.model, self.settings, self.metrics, self.store = model, settings, metrics, store
+        self.engine, self.settings, self.metrics, self.store = engine, settings, metrics, store
         self._cameras: dict[str, Camera] = {}
         self._lock = threading.Lock()
 
@@ -272,7 +302,7 @@ class CameraManager:
                 raise DuplicateCamera(f"camera {cfg.id!r} already exists")
             if persist and self.store is not None:
                 self.store.put(cfg)  # first, so a camera that cannot be saved is not added
-            cam = self._cameras[cfg.id] = Camera(cfg, self.model, self.settings, self.metrics)
+            cam = self._cameras[cfg.id] = Camera(cfg, self.engine, self.settings, self.metrics)
         cam.start()
         return cam
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import av
 
 from .config import ServiceSettings
-from .engine import ExportedModel
+from .batching import InferenceEngine
 from .events import EventTracker
 from .heatmap import overlay_jpeg
 from .ingest import DecodeError, iter_frames, open_source, stream_fps
 from .metrics import Metrics
-from .pipeline import StreamPipeline
+from .pipeline import StreamPipeline, results_in_order
 from .scoring import StreamScorer
 
 MAX_HEATMAP_FRAMES = 2000
@@ -98,8 +98,8 @@ def probe_clip(path: Path, settings: ServiceSettings) -> ProbedClip:
 class ClipJobs:
     """Queue of clip jobs, one worker thread; keeps the last ``limits.max_jobs`` jobs."""
 
-    def __init__(self, model: ExportedModel, settings: ServiceSettings, metrics: Metrics) -> None:
-        self.model, self.settings, self.metrics = model, settings, metrics
+    def __init__(self, engine: InferenceEngine, settings: ServiceSettings, metrics: Metrics) -> None:
+        self.engine, self.settings, self.metrics = engine, settings, metrics
         self.jobs: OrderedDict[str, ClipJob] = OrderedDict()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="clips")
@@ -136,16 +136,15 @@ class ClipJobs:
             job.path.unlink(missing_ok=True)
 
     def _score(self, job: ClipJob) -> dict:
-        meta, ev = self.model.meta, self.settings.events
+        meta, ev = self.engine.meta, self.settings.events
         events = EventTracker(threshold=meta.threshold, hysteresis=ev.hysteresis,
                               min_duration_s=ev.min_duration_s, cooldown_s=ev.cooldown_s, keep=10_000)
-        pipe = StreamPipeline(self.model, StreamScorer.from_metadata(meta, forget=self.settings.forget),
+        pipe = StreamPipeline(self.engine, StreamScorer.from_metadata(meta, forget=self.settings.forget),
                               events, self.metrics)
         scores, flags, comps, times = [], [], [], []
         last = None
         with open_source(str(job.path)) as container:
-            for frame in iter_frames(container, source_id=job.id):
-                r = pipe.process(frame)
+            for frame, r in results_in_order(pipe, iter_frames(container, source_id=job.id)):
                 scores.append(r.score)
                 flags.append(None if r.score is None else r.anomaly)
                 comps.append(None if r.components is None else r.components.tolist())

@@ -7,7 +7,7 @@ Environment wins over YAML (e.g. ``AMVAD_API_KEY``, ``AMVAD_MODEL``, ``AMVAD_POR
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -25,6 +25,8 @@ class CameraConfig(BaseModel):
     id: str = Field(pattern=CAMERA_ID, description="letters, digits, '_', '.', '-'; at most 64")
     url: SecretStr = Field(description="rtsp://, rtsps://, http(s):// or file:// source")
     threshold: float | None = Field(None, description="anomaly threshold; default: the model's")
+    replay_fps: float | None = Field(None, ge=0, description="file sources only: replay rate; default the "
+                                     "file's own, 0 = as fast as inference goes (no frame dropped)")
 
     @field_validator("url", mode="before")
     @classmethod
@@ -55,6 +57,18 @@ class IngestConfig(BaseModel):
     stats_save_s: float = Field(30.0, gt=0, description="how often running stats are saved")
 
 
+class EngineConfig(BaseModel):
+    """The shared inference engine (service/batching.py): device, CPU thread split and micro-batching."""
+    model_config = ConfigDict(extra="forbid")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available")
+    flow_threads: int | None = Field(None, ge=1, description="PyTorch threads for the flow; default half the cores")
+    model_threads: int | None = Field(None, ge=1, description="ONNX Runtime threads; default the other half")
+    max_batch: int = Field(32, ge=1, description="most frames (from all streams) in one flow or model batch")
+    batch_wait_ms: float | None = Field(None, ge=0, le=100, description="how long a stage waits for more "
+                                        "frames to fill a batch; default 0 on CPU, 4 ms on CUDA")
+    max_inflight: int = Field(4, ge=1, description="frames of one stream in the engine at once")
+
+
 class LimitsConfig(BaseModel):
     """Upload limits; larger uploads get 413."""
     model_config = ConfigDict(extra="forbid")
@@ -78,6 +92,7 @@ class ServiceSettings(BaseSettings):
     events: EventConfig = Field(default_factory=EventConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings: PydanticBaseSettingsSource,

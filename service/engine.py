@@ -41,8 +41,10 @@ class ExportedModel:
         self.device = device or pick_device()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
+        if threads:  # a fixed share of the cores (the engine runs flow beside the model): no idle spinning
             opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
@@ -66,6 +68,23 @@ class ExportedModel:
         outs = self.session.run(None, {"frames": np.ascontiguousarray(frames, dtype=np.float32),
                                        "flows": np.ascontiguousarray(flows, dtype=np.float32)})
         return ModelOutput(*outs)
+
+    def run_tensors(self, frames: torch.Tensor, flows: torch.Tensor) -> ModelOutput:
+        """Like :meth:`run` for contiguous float32 tensors that may live on the GPU: ONNX Runtime reads
+        them in place through IO binding (no copy to the host and back); outputs come back on the host."""
+        if tuple(frames.shape[1:]) != self.frame_shape or tuple(flows.shape[1:]) != self.flow_shape:
+            raise ValueError(f"frames/flows must have shapes (B, {self.frame_shape}) and (B, {self.flow_shape}), "
+                             f"got {tuple(frames.shape)} and {tuple(flows.shape)}")
+        binding = self.session.io_binding()
+        tensors = [t.float().contiguous() for t in (frames, flows)]
+        if tensors[0].is_cuda:
+            torch.cuda.current_stream(tensors[0].device).synchronize()  # ORT reads on its own stream
+        for name, t in zip(("frames", "flows"), tensors):
+            binding.bind_input(name, t.device.type, t.device.index or 0, np.float32, tuple(t.shape), t.data_ptr())
+        for name in ("components", "heatmap", "prediction"):
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return ModelOutput(*binding.copy_outputs_to_cpu())
 
     @torch.no_grad()
     def compute_flows(self, frames: np.ndarray, batch: int = 32) -> np.ndarray:

@@ -12,8 +12,11 @@ STAGES = ("decode", "flow", "model", "score", "heatmap")
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """``keep_samples``: also keep every observed stage time (``samples``), for exact benchmark percentiles."""
+
+    def __init__(self, keep_samples: bool = False) -> None:
         r = self.registry = CollectorRegistry()
+        self.samples: dict[str, list[float]] | None = {} if keep_samples else None
         self.score = Gauge("vad_anomaly_score", "Latest causal anomaly score", ["camera"], registry=r)
         self.frames = Counter("vad_frames_total", "Frames scored or warming up", ["camera"], registry=r)
         self.dropped = Counter("vad_frames_dropped_total", "Frames dropped", ["camera", "reason"], registry=r)
@@ -23,6 +26,10 @@ class Metrics:
                                 ["camera"], registry=r)
         self.stage = Histogram("vad_stage_seconds", "Time per frame in each pipeline stage", ["stage"],
                                registry=r, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.batch = Histogram("vad_batch_size", "Frames per engine batch (all cameras together)", ["stage"],
+                               registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.latency = Histogram("vad_frame_latency_seconds", "Frame handed to the engine -> score out",
+                                 registry=r, buckets=(.01, .025, .05, .075, .1, .15, .25, .5, 1, 2.5))
         self.events = Counter("vad_anomaly_events_total", "Anomaly events started", ["camera"], registry=r)
         self.ws_clients = Gauge("vad_ws_clients", "Connected WebSocket clients", ["camera"], registry=r)
         self.threshold = Gauge("vad_anomaly_threshold", "The camera's effective anomaly threshold (its override "
@@ -42,6 +49,19 @@ class Metrics:
     def observe(self, stage: str, seconds: float) -> None:
         """Record a stage time measured elsewhere (e.g. decode, timed in the ingest thread)."""
         self.stage.labels(stage).observe(seconds)
+        if self.samples is not None:
+            self.samples.setdefault(stage, []).append(seconds)
+
+    def observe_batch(self, stage: str, seconds: float, size: int) -> None:
+        self.batch.labels(stage).observe(size)
+        if self.samples is not None:
+            self.samples.setdefault(f"{stage}_batch", []).append(seconds)
+            self.samples.setdefault(f"{stage}_batch_size", []).append(size)
+
+    def observe_latency(self, seconds: float) -> None:
+        self.latency.observe(seconds)
+        if self.samples is not None:
+            self.samples.setdefault("engine_latency", []).append(seconds)
 
     def init_camera(self, camera: str, threshold: float) -> None:
         """Create every per-camera series at zero so dashboards see the camera at once, and export the

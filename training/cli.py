@@ -1,4 +1,4 @@
-"""The ``amvad`` command: ``train``, ``eval``, ``export``, ``flow-check``, ``speed`` and ``serve``."""
+"""The ``amvad`` command: ``train``, ``eval``, ``export``, ``flow-check``, ``speed``, ``serve`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -58,6 +58,23 @@ def _serve(args: argparse.Namespace) -> None:
     serve(load_settings(args.config, host=args.host, port=args.port, model=args.model))
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from service.bench import http_bench, run_bench
+    if args.http:
+        res = http_bench(args.http, source=args.source, camera_url=args.camera_url, cameras=args.cameras,
+                         frames=args.frames, api_key=args.api_key, progress=not args.quiet)
+    else:
+        res = run_bench(args.model, source=args.source, cameras=args.cameras, frames=args.frames,
+                        device=args.device, rate=args.rate, heatmaps=not args.no_heatmaps,
+                        max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                        flow_threads=args.flow_threads, model_threads=args.model_threads,
+                        progress=not args.quiet)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="amvad", description="Video anomaly detection: train, evaluate, "
                                 "export two-stream memory networks.")
@@ -100,7 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, help="port (default 8000)")
     v.add_argument("--model", help="bundled model name or .onnx path (default ped2)")
     v.set_defaults(func=_serve)
-    for sp in (t, e, f):
+    b = sub.add_parser("bench", help="throughput and latency of the service pipeline (in process or --http)")
+    b.add_argument("--model", default="ped2", help="bundled model name or .onnx path")
+    b.add_argument("--source", type=Path, help="video file to replay (default: the bundled Ped2 sample)")
+    b.add_argument("--cameras", type=int, default=1, help="concurrent streams of the source")
+    b.add_argument("--frames", type=int, default=300, help="scored frames per stream")
+    b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    b.add_argument("--rate", type=float, default=0.0,
+                   help="replay frames/s per stream like a live camera (drops counted); 0 = as fast as possible")
+    b.add_argument("--no-heatmaps", action="store_true", help="skip the JPEG heatmap of every frame")
+    b.add_argument("--max-batch", type=int, help="engine batch limit (default 32)")
+    b.add_argument("--batch-wait-ms", type=float, help="engine batch budget (default 0 CPU / 4 ms CUDA)")
+    b.add_argument("--flow-threads", type=int, help="PyTorch threads for flow (default half the cores)")
+    b.add_argument("--model-threads", type=int, help="ONNX Runtime threads (default the other half)")
+    b.add_argument("--http", metavar="URL", help="drive a running `amvad serve` at URL instead")
+    b.add_argument("--camera-url", help="with --http: source URL for the cameras (e.g. rtsp://...)")
+    b.add_argument("--api-key", help="with --http: the service's API key")
+    b.add_argument("--json", type=Path, help="write the report here")
+    b.set_defaults(func=_bench)
+    for sp in (t, e, f, b):
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

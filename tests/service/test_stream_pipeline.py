@@ -1,4 +1,5 @@
-"""The per-stream pipeline with a real exported model: warm-up, gaps, causal scores and heatmaps."""
+"""The per-stream pipeline with a real exported model through the shared engine: warm-up, gaps, causal
+scores, heatmaps, pipelining, batching across streams and failures."""
 
 from __future__ import annotations
 
@@ -6,23 +7,37 @@ import cv2
 import numpy as np
 import pytest
 
-from service.engine import ExportedModel
+from models.preprocess import to_model_frame
+from service.batching import InferenceEngine
+from service.config import EngineConfig
 from service.events import EventTracker
 from service.heatmap import overlay_jpeg
 from service.ingest import Frame
-from service.pipeline import LIVE, WARMING_UP, StreamPipeline
+from service.metrics import Metrics
+from service.pipeline import LIVE, WARMING_UP, StreamPipeline, results_in_order
 from service.scoring import StreamScorer
 from tests.synthetic import render_clip
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model) -> ExportedModel:
-    return ExportedModel(tiny_model, threads=1)
+def model(tiny_model):
+    """The shared engine (named ``model`` as the camera and clip code see it through ``engine.meta``)."""
+    engine = InferenceEngine(tiny_model, EngineConfig(device="cpu", flow_threads=1, model_threads=1))
+    yield engine
+    engine.close()
 
 
-def make_pipeline(model: ExportedModel) -> StreamPipeline:
-    meta = model.meta
-    return StreamPipeline(model, StreamScorer.from_metadata(meta), EventTracker(threshold=meta.threshold))
+def make_pipeline(engine: InferenceEngine, metrics: Metrics | None = None) -> StreamPipeline:
+    meta = engine.meta
+    return StreamPipeline(engine, StreamScorer.from_metadata(meta), EventTracker(threshold=meta.threshold),
+                          metrics)
+
+
+def batch_components(engine: InferenceEngine, fs: list[Frame]) -> np.ndarray:
+    """The batch path (score_clip on the whole clip) for the same frames."""
+    m = engine.meta
+    x = np.stack([to_model_frame(f.pixels, height=m.height, width=m.width, channels=m.channels) for f in fs])
+    return engine.model.score_clip(x)
 
 
 def frames(n: int, segment: int = 1, first: int = 0) -> list[Frame]:
@@ -39,12 +54,84 @@ def test_warm_up_then_scores_match_batch_scoring(model):
     assert all(isinstance(r.score, float) and np.isfinite(r.score) for r in results[t - 1:])
     assert results[-1].heatmap.shape == (model.meta.height, model.meta.width)
     # and the streamed components equal the batch path (engine.score_clip) on the same frames
-    from models.preprocess import to_model_frame
+    np.testing.assert_allclose(np.stack([r.components for r in results[t - 1:]]),
+                               batch_components(model, frames(12)), rtol=1e-4, atol=1e-4)
+
+
+def test_pipelined_submission_gives_the_same_results_in_order(model):
+    # given frames fed without waiting (flow of t+1 overlapping the model of t), with a gap in the middle
+    fs = frames(10) + frames(8, first=20)
+    got = list(results_in_order(make_pipeline(model), fs))
+    # then results come back in order and equal frame-by-frame processing
+    pipe = make_pipeline(model)
+    ref = [pipe.process(f) for f in fs]
+    assert [f.frame_id for f, _ in got] == [f.frame_id for f in fs]
+    assert [r.state for _, r in got] == [r.state for r in ref]
+    for (_, a), b in zip(got, ref):
+        assert (a.score is None) == (b.score is None)
+        if a.score is not None:
+            assert a.score == pytest.approx(b.score, rel=1e-5, abs=1e-5)
+
+
+def test_streams_are_batched_together_and_keep_their_own_windows(tiny_model):
+    # given an engine that waits up to 50 ms to fill a batch, and three cameras submitting at once
+    metrics = Metrics()
+    engine = InferenceEngine(tiny_model, EngineConfig(device="cpu", flow_threads=1, model_threads=1,
+                                                      max_batch=8, batch_wait_ms=50), metrics)
+    try:
+        clips = {cam: [Frame(cam, i, 1, i / 10, f.pixels) for i, f in enumerate(frames(9))] for cam in "abc"}
+        clips["b"] = [Frame("b", f.frame_id, 1, f.timestamp, np.ascontiguousarray(f.pixels[::-1]))
+                      for f in clips["b"]]  # a different scene
+        pipes = {cam: make_pipeline(engine, metrics) for cam in clips}
+        futures = {cam: [] for cam in clips}
+        for i in range(9):
+            for cam in clips:
+                futures[cam].append(pipes[cam].submit(clips[cam][i]))
+        t = engine.meta.clip_len
+        for cam, futs in futures.items():
+            comps = np.stack([f.result(timeout=30).components for f in futs[t - 1:]])
+            # then each camera's scores are those of its own clip alone
+            np.testing.assert_allclose(comps, batch_components(engine, clips[cam]), rtol=1e-4, atol=1e-4)
+        get = metrics.registry.get_sample_value
+        # and the engine ran fewer model batches than frames: frames of different cameras shared batches
+        assert get("vad_batch_size_count", {"stage": "model"}) < get("vad_batch_size_sum", {"stage": "model"})
+    finally:
+        engine.close()
+
+
+def test_a_failed_batch_fails_its_frames_and_the_stream_restarts(model, monkeypatch):
+    pipe, t = make_pipeline(model), model.meta.clip_len
+    for f in frames(t):
+        assert pipe.process(f).state in (WARMING_UP, LIVE)
+    calls = {"n": 0}
+    real = model.model.run_tensors
+
+    def broken_once(*args):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated ONNX Runtime failure")
+        return real(*args)
+
+    monkeypatch.setattr(model.model, "run_tensors", broken_once)
+    # given the model stage fails on the next frame, that frame's future carries the error
+    nxt = frames(t + 3)[t:]
+    with pytest.raises(RuntimeError, match="simulated"):
+        pipe.process(Frame("cam", t, 1, 0.0, nxt[0].pixels))
+    # then the engine goes on and the stream restarts its window (warming up) instead of mixing frames
+    assert pipe.process(Frame("cam", t + 1, 1, 0.1, nxt[1].pixels)).state == WARMING_UP
+
+
+def test_io_binding_gives_the_same_outputs_as_a_plain_run(model):
     m = model.meta
-    x = np.stack([to_model_frame(f.pixels, height=m.height, width=m.width, channels=m.channels)
-                  for f in frames(12)])
-    batch = model.score_clip(x)
-    np.testing.assert_allclose(np.stack([r.components for r in results[t - 1:]]), batch, rtol=1e-4, atol=1e-4)
+    rng = np.random.default_rng(0)
+    x = rng.random((2, m.clip_len, m.channels, m.height, m.width), dtype=np.float32)
+    o = rng.standard_normal((2, m.clip_len - 1, 2, m.height, m.width)).astype(np.float32)
+    import torch
+    a, b = model.model.run(x, o), model.model.run_tensors(torch.from_numpy(x), torch.from_numpy(o))
+    for name in ("components", "heatmap", "prediction"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="shapes"):
+        model.model.run_tensors(torch.from_numpy(x[:, :2]), torch.from_numpy(o))
 
 
 def test_gaps_and_reconnects_restart_the_window(model):
@@ -77,7 +164,6 @@ def test_camera_restores_running_stats_saved_by_its_previous_run(model, tmp_path
 
     from service.cameras import Camera
     from service.config import CameraConfig, ServiceSettings
-    from service.metrics import Metrics
     settings = ServiceSettings(model="unused", state_dir=tmp_path)
     cfg = CameraConfig(id="door", url="file:///nowhere.mp4", threshold=2.5)
     k = len(model.meta.components)
@@ -98,9 +184,8 @@ def test_camera_restores_running_stats_saved_by_its_previous_run(model, tmp_path
 
 def test_decode_stage_times_the_pyav_decode_of_each_frame(model, sample_mp4):
     from service.ingest import iter_frames, open_source
-    from service.metrics import Metrics
     metrics = Metrics()
-    pipe = StreamPipeline(model, StreamScorer.from_metadata(model.meta), EventTracker(threshold=1.0), metrics)
+    pipe = make_pipeline(model, metrics)
     with open_source(str(sample_mp4)) as container:
         decoded = list(iter_frames(container, source_id="clip"))
     # given frames decoded by PyAV, each carries the time its decode took

@@ -1,0 +1,112 @@
+"""``amvad bench``: the report of the in-process pipeline run, the frame-queue policies it relies on,
+the CLI, and the HTTP mode against a real ``amvad serve``."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.bench import http_bench, percentiles, run_bench
+from service.cameras import FrameQueue
+from service.ingest import Frame
+from tests.service.conftest import API_KEY
+from training.cli import main
+
+STAGES = ("decode", "flow", "model", "score", "heatmap")
+
+
+def test_in_process_report_covers_every_stage_of_every_frame(tiny_model, sample_mp4):
+    # given two cameras replaying a 30-frame clip as fast as inference goes, with heatmaps
+    rep = run_bench(str(tiny_model), source=sample_mp4, cameras=2, frames=40, device="cpu", progress=False)
+    # then each camera got 40 scored frames (the clip loops), each with a heatmap, none dropped
+    assert rep["cameras"] == 2 and rep["frames_per_camera"] == 40
+    assert rep["heatmaps_sent"] == 80
+    assert rep["drops"] == {"queue_full": 0, "ws_slow_client": 0}
+    # the loop restarts the window, so warm-up frames recur (at least once per camera)
+    assert rep["warmup_frames"] >= 2 * 3
+    assert rep["fps_end_to_end"] > 0 and rep["fps_aggregate"] >= rep["fps_end_to_end"] * 0.9
+    assert 0 < rep["latency_ms_p50"] <= rep["latency_ms_p99"]
+    for stage in STAGES:
+        assert rep["stage_ms"][stage]["n"] >= 80, stage
+        assert 0 <= rep["stage_ms"][stage]["p50"] <= rep["stage_ms"][stage]["p99"], stage
+    assert rep["batch_size"]["model"]["p50"] >= 1
+    assert rep["peak_rss_mb"] > 50 and rep["device"] == "cpu"
+    eng = rep["engine"]
+    assert eng["flow"]["name"] == "tvl1" and eng["model"]["method"] == "amsrc"
+    assert "gpu_memory_mb" not in rep
+
+
+def test_without_heatmaps_no_jpeg_is_made(tiny_model, sample_mp4):
+    rep = run_bench(str(tiny_model), source=sample_mp4, frames=10, device="cpu", heatmaps=False, progress=False)
+    assert rep["heatmaps_sent"] == 0 and rep["stage_ms"]["heatmap"] is None
+
+
+def test_paced_replay_keeps_the_rate(tiny_model, sample_mp4):
+    # given one camera paced at 20 frames/s (well within what the tiny model does on 2 cores)
+    rep = run_bench(str(tiny_model), source=sample_mp4, frames=30, device="cpu", rate=20, progress=False)
+    # then frames come out at the source rate, and none is dropped
+    assert rep["fps_end_to_end"] == pytest.approx(20, rel=0.25)
+    assert rep["drops"]["queue_full"] == 0 and rep["rate_fps"] == 20
+
+
+def frame(i: int) -> Frame:
+    return Frame("q", i, 1, float(i), np.zeros((2, 2, 3), np.uint8))
+
+
+def test_frame_queue_drops_oldest_for_live_sources_and_blocks_for_unpaced_files():
+    live = FrameQueue(2)
+    assert [live.put(frame(i)) for i in range(3)] == [0, 0, 1]
+    assert live.get(0.1).frame_id == 1  # frame 0 was dropped
+    # a blocking put waits for room instead of dropping
+    q, stop = FrameQueue(1), threading.Event()
+    q.put(frame(0), block_until=stop)
+    t = threading.Thread(target=q.put, args=(frame(1),), kwargs={"block_until": stop})
+    t.start()
+    time.sleep(0.3)
+    assert t.is_alive()  # still waiting: the queue is full
+    assert q.get(0.1).frame_id == 0
+    t.join(2)
+    assert not t.is_alive() and q.get(0.1).frame_id == 1
+    # and a stop request releases a blocked put (the frame is discarded)
+    q.put(frame(2), block_until=stop)
+    t = threading.Thread(target=q.put, args=(frame(3),), kwargs={"block_until": stop})
+    t.start()
+    stop.set()
+    t.join(2)
+    assert not t.is_alive() and q.get(0.1).frame_id == 2 and q.get(0.05) is None
+
+
+def test_percentiles_are_in_milliseconds():
+    assert percentiles([]) is None
+    p = percentiles([0.001 * i for i in range(1, 101)])
+    assert p["p50"] == pytest.approx(50.5) and p["p99"] == pytest.approx(99.01) and p["n"] == 100
+
+
+def test_cli_writes_the_json_report_and_rejects_bad_arguments(tiny_model, sample_mp4, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(tiny_model), "--source", str(sample_mp4), "--frames", "8",
+                 "--device", "cpu", "--no-heatmaps", "--quiet", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["frames_per_camera"] == 8 and rep["heatmaps"] is False
+    assert main(["bench", "--model", str(tiny_model), "--cameras", "0", "--quiet"]) == 2
+    assert "cameras and frames must be >= 1" in capsys.readouterr().err
+    assert main(["bench", "--model", str(tiny_model), "--source", str(tmp_path / "none.mp4"), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_http_mode_drives_a_running_service(service, sample_mp4):
+    # given a running `amvad serve` (tiny model), the bench uploads the clip and adds a file camera
+    rep = http_bench(service.base, source=sample_mp4, camera_url=f"file://{sample_mp4}", cameras=2, frames=12,
+                     api_key=API_KEY, progress=False)
+    up = rep["upload"]
+    assert up["frames"] == 30 and up["fps_wall"] > 0 and up["fps_job"] >= up["fps_wall"]
+    cams = rep["cameras"]
+    # the file camera replays at its own 10 fps; scores arrive at about that rate with heatmaps
+    assert cams["cameras"] == 2 and cams["fps_per_camera"] == pytest.approx(10, rel=0.3)
+    assert cams["heatmaps_sent"] == 24 and cams["latency_ms"]["p50"] > 0
+    # and the bench removed its cameras again
+    assert all(not c["id"].startswith("bench-") for c in service.http.get("/v1/cameras").json())
