@@ -67,6 +67,9 @@ class EngineConfig(BaseModel):
     batch_wait_ms: float | None = Field(None, ge=0, le=100, description="how long a stage waits for more "
                                         "frames to fill a batch; default 0 on CPU, 4 ms on CUDA")
     max_inflight: int = Field(4, ge=1, description="frames of one stream in the engine at once")
+    switch_interval_ms: float = Field(0.2, gt=0, le=5, description="Python's GIL switch interval for the "
+                                      "process (default 5 ms): the flow holds the GIL between its many small "
+                                      "operations, and a shorter interval lets the other stages in sooner")
 
 
 class LimitsConfig(BaseModel):

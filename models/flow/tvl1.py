@@ -130,24 +130,6 @@ def _central_gradient(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return gx, gy
 
 
-def _forward_gradient(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward differences, zero on the last column/row (Neumann boundary)."""
-    gx = F.pad(u[..., :, 1:] - u[..., :, :-1], (0, 1, 0, 0))
-    gy = F.pad(u[..., 1:, :] - u[..., :-1, :], (0, 0, 0, 1))
-    return gx, gy
-
-
-def _divergence(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
-    """Backward-difference divergence, the negative adjoint of :func:`_forward_gradient`.
-
-    Relies on ``px`` being zero on the last column and ``py`` on the last row, which the dual update
-    guarantees (it starts from zero and only adds the forward gradient, zero there).
-    """
-    dx = px - F.pad(px[..., :, :-1], (1, 0, 0, 0))
-    dy = py - F.pad(py[..., :-1, :], (0, 0, 1, 0))
-    return dx + dy
-
-
 def _median3x3(u: torch.Tensor) -> torch.Tensor:
     """3x3 median per channel with replicated borders (a min/max sorting network, differentiable)."""
     p = F.pad(u, (1, 1, 1, 1), mode="replicate")
@@ -163,6 +145,31 @@ def _median3x3(u: torch.Tensor) -> torch.Tensor:
                  (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2)):
         sort2(i, j)
     return v[4]
+
+
+@torch.jit.script
+def _primal_dual(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, rho_c: torch.Tensor, ix: torch.Tensor,
+                 iy: torch.Tensor, grad_i: torch.Tensor, neg_inv_grad: torch.Tensor, l_t: float, taut: float,
+                 theta: float, iterations: int, norm_eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``iterations`` primal-dual steps of one warp. TorchScript: the loop of ~20 small operations runs
+    in the interpreter, not Python, so it costs less per step and leaves the GIL to other threads more
+    often (the service runs flow beside decoding, the model and publishing)."""
+    for _ in range(iterations):
+        rho = torch.addcmul(torch.addcmul(rho_c, ix, u[:, 0:1]), iy, u[:, 1:2])
+        # Pointwise minimisation of the linearised data term, v = u + step * grad(I1): the three-case
+        # rule of Sanchez et al. is exactly -rho / |grad I1|^2 clipped to [-lambda*theta, lambda*theta].
+        step = torch.clamp(rho * neg_inv_grad, -l_t, l_t)
+        v = torch.addcmul(u, step, grad_i)
+        # ROF step: u from v and the dual variable (backward-difference divergence, the negative adjoint
+        # of the forward gradient; px/py are zero on the last column/row), then the projected dual update.
+        div = (px - F.pad(px[..., :, :-1], [1, 0, 0, 0])) + (py - F.pad(py[..., :-1, :], [0, 0, 1, 0]))
+        u = torch.add(v, div, alpha=theta)
+        ux = F.pad(u[..., :, 1:] - u[..., :, :-1], [0, 1, 0, 0])
+        uy = F.pad(u[..., 1:, :] - u[..., :-1, :], [0, 0, 0, 1])
+        norm = torch.sqrt(ux * ux + uy * uy + norm_eps) * taut + 1.0
+        px = torch.add(px, ux, alpha=taut) / norm
+        py = torch.add(py, uy, alpha=taut) / norm
+    return u, px, py
 
 
 def _warp(img: torch.Tensor, flow: torch.Tensor, base_x: torch.Tensor, base_y: torch.Tensor) -> torch.Tensor:
@@ -219,18 +226,8 @@ def tvl1_flow(i0: torch.Tensor, i1: torch.Tensor, *, levels: int, warps: int, it
             grad_i = warped[:, 1:3]  # (B, 2, H, W): gradient of nxt at the warped positions
             neg_inv_grad = -1.0 / (ix * ix + iy * iy).clamp_min(_GRAD_EPS)
             rho_c = i1w - ix * u[:, 0:1] - iy * u[:, 1:2] - img0
-            for _ in range(iterations):
-                rho = torch.addcmul(torch.addcmul(rho_c, ix, u[:, 0:1]), iy, u[:, 1:2])
-                # Pointwise minimisation of the linearised data term, v = u + step * grad(I1): the three-case
-                # rule of Sanchez et al. is exactly -rho / |grad I1|^2 clipped to [-lambda*theta, lambda*theta].
-                step = torch.clamp(rho * neg_inv_grad, -l_t, l_t)
-                v = torch.addcmul(u, step, grad_i)
-                # ROF step: u from v and the dual variable, then the projected dual update.
-                u = torch.add(v, _divergence(px, py), alpha=theta)
-                ux, uy = _forward_gradient(u)
-                norm = torch.sqrt(ux * ux + uy * uy + _NORM_EPS) * taut + 1.0
-                px = torch.add(px, ux, alpha=taut) / norm
-                py = torch.add(py, uy, alpha=taut) / norm
+            u, px, py = _primal_dual(u, px, py, rho_c, ix, iy, grad_i, neg_inv_grad, l_t, taut, theta,
+                                     iterations, _NORM_EPS)
             if median_filter:
                 u = _median3x3(u)
     return u
