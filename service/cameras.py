@@ -10,6 +10,7 @@ source cannot work (a missing file). Reasons and URLs are always redacted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
@@ -159,6 +160,7 @@ class Camera:
                         if is_file_source(self._url) and fps > 0:  # replay files at their frame rate
                             t0 = t0 or time.monotonic()
                             self._stop.wait(max(0.0, t0 + got / fps - time.monotonic()))
+                            frame = dataclasses.replace(frame, timestamp=time.time())  # "captured" now
                         self._on_frame(frame)
                         next_id, got = frame.frame_id + 1, got + 1
                         attempt = 0
