@@ -110,3 +110,12 @@ def test_http_mode_drives_a_running_service(service, sample_mp4):
     assert cams["heatmaps_sent"] == 24 and cams["latency_ms"]["p50"] > 0
     # and the bench removed its cameras again
     assert all(not c["id"].startswith("bench-") for c in service.http.get("/v1/cameras").json())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (none here)")
+def test_cuda_engine_batches_cameras_and_reports_gpu_memory(tiny_model, sample_mp4):
+    rep = run_bench(str(tiny_model), source=sample_mp4, cameras=4, frames=20, device="cuda", progress=False)
+    assert rep["device"].startswith("cuda") and rep["drops"]["queue_full"] == 0
+    assert rep["gpu_memory_mb"]["per_camera"] > 0 and rep["heatmaps_sent"] == 80
+    assert "CUDAExecutionProvider" in rep["engine"]["providers"]
