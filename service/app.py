@@ -21,11 +21,11 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from .batching import InferenceEngine
 from .camera_store import CameraStore
 from .cameras import CameraManager, UnknownCamera
 from .clips import ClipJobs, ClipTooLarge, plot_png, probe_clip
 from .config import CameraConfig, ServiceSettings
-from .batching import InferenceEngine
 from .errors import error, install_error_handlers
 from .metrics import Metrics
 from .security import redact

@@ -21,9 +21,9 @@ from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
 
+from .batching import InferenceEngine
 from .camera_store import CameraStore
 from .config import CameraConfig, ServiceSettings
-from .batching import InferenceEngine
 from .events import EventTracker
 from .heatmap import overlay_jpeg
 from .ingest import DecodeError, Frame, file_path, is_file_source, iter_frames, open_source, stream_fps

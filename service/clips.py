@@ -15,8 +15,8 @@ from pathlib import Path
 
 import av
 
-from .config import ServiceSettings
 from .batching import InferenceEngine
+from .config import ServiceSettings
 from .events import EventTracker
 from .heatmap import overlay_jpeg
 from .ingest import DecodeError, iter_frames, open_source, stream_fps

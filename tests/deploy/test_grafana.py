@@ -10,7 +10,8 @@ from tests.deploy.tools import DEPLOY, check_promql, load_yaml
 
 GRAFANA = DEPLOY / "grafana"
 METRICS = ("vad_anomaly_score", "vad_anomaly_threshold", "vad_frames_total", "vad_frames_dropped_total",
-           "vad_camera_reconnects_total", "vad_stage_seconds_bucket", "vad_ws_clients", "vad_anomaly_events_total")
+           "vad_camera_reconnects_total", "vad_stage_seconds_bucket", "vad_ws_clients", "vad_anomaly_events_total",
+           "vad_frame_latency_seconds_bucket", "vad_batch_size_sum")
 
 
 def datasource_uid() -> str:
@@ -59,7 +60,10 @@ def test_dashboard_panels_variable_annotations_and_datasources(tmp_path):
     assert any(t["expr"] == 'vad_anomaly_threshold{camera=~"$camera"}' for t in score["targets"])
     # no constant threshold step: the line is each camera's exported threshold
     assert {s["value"] for s in score["fieldConfig"]["defaults"]["thresholds"]["steps"]} == {None}
-    assert all('camera=~"$camera"' in t["expr"] for p in panels for t in p["targets"] if "vad_stage" not in t["expr"])
+    # engine-wide series (stage times, frame latency, batch sizes) have no camera label; the rest follow it
+    engine_wide = ("vad_stage", "vad_frame_latency", "vad_batch_size")
+    assert all('camera=~"$camera"' in t["expr"] for p in panels for t in p["targets"]
+               if not any(m in t["expr"] for m in engine_wide))
     check_promql(exprs, tmp_path)
 
 
