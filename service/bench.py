@@ -70,6 +70,19 @@ class _Tally:
         self.heatmaps = 0
         self.warmup = 0
 
+    def record(self, msg: dict) -> None:
+        """One WebSocket message (JSON already parsed): warm-up frames are counted apart."""
+        if msg.get("score") is None:
+            self.warmup += 1
+            return
+        self.times.append(time.perf_counter())
+        self.latency.append(time.time() - msg["timestamp"])
+        self.heatmaps += "heatmap" in msg
+
+    def fps(self, frames: int) -> float:
+        """Scored frames per second over the first ``frames`` scored frames."""
+        return (frames - 1) / max(self.times[frames - 1] - self.times[0], 1e-9)
+
 
 def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)  # Linux: KiB
@@ -110,21 +123,15 @@ def run_bench(model: str = "ped2", *, source: str | Path | None = None, cameras:
     async def subscribe(cam: Camera):
         return cam.broadcaster.subscribe(heatmap=heatmaps)
 
-    async def consume(cam: Camera, client, tally: _Tally) -> None:
+    async def consume(client, tally: _Tally) -> None:
         while len(tally.times) < frames:
-            msg = json.loads(await client.queue.get())
-            if msg["score"] is None:
-                tally.warmup += 1
-                continue
-            tally.times.append(time.perf_counter())
-            tally.latency.append(time.time() - msg["timestamp"])
-            tally.heatmaps += "heatmap" in msg
+            tally.record(json.loads(await client.queue.get()))
         if all(len(t.times) >= frames for t in tallies):
             finished.set()
 
     clients = [asyncio.run_coroutine_threadsafe(subscribe(c), loop).result() for c in cams]
-    for cam, client, tally in zip(cams, clients, tallies):
-        asyncio.run_coroutine_threadsafe(consume(cam, client, tally), loop)
+    for client, tally in zip(clients, tallies):
+        asyncio.run_coroutine_threadsafe(consume(client, tally), loop)
     bar = Progress(progress)
     wall0 = time.perf_counter()
     for cam in cams:
@@ -153,7 +160,7 @@ def run_bench(model: str = "ped2", *, source: str | Path | None = None, cameras:
     # throughput over the scored frames of all cameras, from the first to the last
     first = min(t.times[0] for t in tallies)
     last = max(t.times[frames - 1] for t in tallies)
-    per_cam = [(frames - 1) / max(t.times[frames - 1] - t.times[0], 1e-9) for t in tallies]
+    per_cam = [t.fps(frames) for t in tallies]
     s = metrics.samples or {}
     latency = percentiles([x for t in tallies for x in t.latency])
     report: dict[str, Any] = {
@@ -230,13 +237,7 @@ async def _http_cameras(http, url: str, camera_url: str, n: int, frames: int, ap
         tally = tallies[cid]
         async with connect(f"{ws_base}/v1/cameras/{cid}/ws{query}", max_size=2**24) as ws:
             while len(tally.times) < frames:
-                msg = json.loads(await ws.recv())
-                if msg.get("score") is None:
-                    tally.warmup += 1
-                    continue
-                tally.times.append(time.perf_counter())
-                tally.latency.append(time.time() - msg["timestamp"])
-                tally.heatmaps += "heatmap" in msg
+                tally.record(json.loads(await ws.recv()))
 
     async def show() -> None:
         while True:
@@ -252,7 +253,7 @@ async def _http_cameras(http, url: str, camera_url: str, n: int, frames: int, ap
         status = {c: http.get(f"/v1/cameras/{c}").json() for c in ids}
         for cid in ids:
             http.delete(f"/v1/cameras/{cid}")
-    per_cam = [(frames - 1) / max(t.times[-1] - t.times[0], 1e-9) for t in tallies.values()]
+    per_cam = [t.fps(frames) for t in tallies.values()]
     lat = percentiles([x for t in tallies.values() for x in t.latency])
     return {"cameras": n, "frames_per_camera": frames, "fps_per_camera": round(float(np.mean(per_cam)), 2),
             "fps_aggregate": round(float(np.sum(per_cam)), 2), "latency_ms": lat,
