@@ -71,6 +71,18 @@ def test_losses_finite_and_backprop(model, clip):
     assert set(model.losses(model(*clip), *clip)) == {"intensity", "gradient", "flow"}
 
 
+def test_flow_is_decoded_from_the_memory_read_only(model, clip):
+    """The flow decoder's whole input is the motion memory's read: no query, no skips, which would
+    let it copy any input motion past the memory."""
+    seen = {}
+    model.mot_memory.register_forward_hook(lambda m, args, out: seen.update(read=out["read"]))
+    model.flow_decoder.register_forward_hook(lambda m, args, out: seen.update(args=args))
+    model.eval()
+    model(*clip)
+    assert len(seen["args"]) == 1
+    assert torch.equal(seen["args"][0], seen["read"])
+
+
 def test_memory_updates_only_in_training(model, clip):
     before = [m.items.clone() for m in (model.app_memory, model.mot_memory)]
     model.train()
