@@ -13,8 +13,10 @@ FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY models models
+COPY runtime runtime
 COPY training training
 COPY service service
+COPY cli cli
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # --- GPU runtime: CUDA base, CUDA PyTorch, onnxruntime-gpu ---

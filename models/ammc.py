@@ -60,11 +60,9 @@ class AMMCNet(AnomalyModel):
                  w_adv: float = 0.05) -> None:
         super().__init__(clip_len=clip_len, channels=channels, height=height, width=width,
                          flow_scale=flow_scale)
-        self._args = dict(clip_len=clip_len, channels=channels, height=height, width=width,
-                          flow_scale=flow_scale, base_width=base_width, mem_items=mem_items, top_k=top_k,
-                          beta=beta, lambda_c=lambda_c, w_int=w_int, w_grad=w_grad,
-                          w_flow_pred=w_flow_pred, w_commit=w_commit, w_frame_flow=w_frame_flow,
-                          w_adv=w_adv)
+        self.beta = beta
+        self.w_int, self.w_grad, self.w_flow_pred = w_int, w_grad, w_flow_pred
+        self.w_commit, self.w_frame_flow = w_commit, w_frame_flow
         self.default_weights = (1.0 - lambda_c, lambda_c)
         self.adversarial_weight = w_adv
         w = base_width
@@ -85,9 +83,6 @@ class AMMCNet(AnomalyModel):
         self.register_buffer("stage", torch.tensor(1, dtype=torch.int64))
         # Flow loss on the predicted frame uses a cheap estimator of our own flow module.
         self.loss_flow = build_flow("tvl1", levels=3, warps=1, iterations=5) if w_frame_flow > 0 else None
-
-    def model_args(self) -> dict:
-        return dict(self._args)
 
     def set_stage(self, stage: int) -> None:
         if stage not in (1, 2):
@@ -112,25 +107,24 @@ class AMMCNet(AnomalyModel):
 
     def losses(self, out: dict[str, torch.Tensor], frames: torch.Tensor,
                flows: torch.Tensor) -> dict[str, torch.Tensor]:
-        a = self._args
         pred, target = out["prediction"], out["target"]
         terms = {
-            "intensity": a["w_int"] * F.mse_loss(pred, target),
-            "gradient": a["w_grad"] * gradient_loss(pred, target),
-            "flow_pred": a["w_flow_pred"] * F.smooth_l1_loss(out["pred_flow"], out["target_flow"]),
-            "commit": a["w_commit"] * (self._commit_loss(out["z_app"], out["e_app"])
+            "intensity": self.w_int * F.mse_loss(pred, target),
+            "gradient": self.w_grad * gradient_loss(pred, target),
+            "flow_pred": self.w_flow_pred * F.smooth_l1_loss(out["pred_flow"], out["target_flow"]),
+            "commit": self.w_commit * (self._commit_loss(out["z_app"], out["e_app"])
                                        + self._commit_loss(out["z_mot"], out["e_mot"])),
         }
         if self.loss_flow is not None and int(self.stage) == 2:
             last = (out["last"] + 1) / 2
             with torch.no_grad():
                 real = self.loss_flow(last, (target + 1) / 2)
-            terms["frame_flow"] = a["w_frame_flow"] * F.l1_loss(self.loss_flow(last, (pred + 1) / 2), real)
+            terms["frame_flow"] = self.w_frame_flow * F.l1_loss(self.loss_flow(last, (pred + 1) / 2), real)
         return terms
 
     def _commit_loss(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """VQ-style commit loss ||sg[z] - e||^2 + beta ||z - sg[e]||^2."""
-        return F.mse_loss(e, z.detach()) + self._args["beta"] * F.mse_loss(z, e.detach())
+        return F.mse_loss(e, z.detach()) + self.beta * F.mse_loss(z, e.detach())
 
     def score(self, frames: torch.Tensor, flows: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

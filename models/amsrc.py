@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .contract import AnomalyModel, FLOW_SCALE, neg_psnr
+from .contract import FLOW_SCALE, AnomalyModel, neg_psnr
 from .layers import Decoder, Encoder, gradient_loss
 
 
@@ -87,9 +87,3 @@ class AMSRCNet(AnomalyModel):
         heatmap = err + inc_up.clamp_min(0.0)
         prediction = ((pred + 1.0) * 0.5).clamp(0.0, 1.0)
         return components, heatmap, prediction
-
-    def model_args(self) -> dict:
-        return {"clip_len": self.clip_len, "channels": self.channels, "height": self.height,
-                "width": self.width, "flow_scale": self.flow_scale, "base_width": self.base_width,
-                "lambda_int": self.lambda_int, "lambda_grad": self.lambda_grad,
-                "lambda_sim": self.lambda_sim}

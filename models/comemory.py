@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .contract import AnomalyModel, FLOW_SCALE, patch_max
+from .contract import FLOW_SCALE, AnomalyModel, patch_max
 from .layers import Decoder, Encoder, gradient_loss
 from .memory import Memory
 
@@ -107,10 +107,3 @@ class CoMemoryNet(AnomalyModel):
         components = torch.stack([patch_max(frame_err, p), patch_max(flow_err, p)], 1)
         prediction = ((out["pred"] + 1.0) * 0.5).clamp(0.0, 1.0)
         return components, frame_err + flow_err, prediction
-
-    def model_args(self) -> dict:
-        return {"clip_len": self.clip_len, "channels": self.channels, "height": self.height,
-                "width": self.width, "flow_scale": self.flow_scale, "base_width": self.base_width,
-                "num_items": self.num_items, "patch": self.patch, "lambda_int": self.lambda_int,
-                "lambda_grad": self.lambda_grad, "lambda_flow": self.lambda_flow,
-                "lambda_compact": self.lambda_compact, "lambda_sep": self.lambda_sep}

@@ -17,6 +17,8 @@ Outputs:
 from __future__ import annotations
 
 import abc
+import functools
+import inspect
 import math
 from typing import ClassVar
 
@@ -50,12 +52,32 @@ def patch_max(error: torch.Tensor, patch: int) -> torch.Tensor:
 
 class AnomalyModel(nn.Module, abc.ABC):
     """Base class of all methods. Subclasses keep every learned or updated state (memory items
-    included) as parameters or buffers, so a state dict is the whole model."""
+    included) as parameters or buffers, so a state dict is the whole model, and take keyword-only
+    constructor arguments, which are recorded (defaults filled in) for :meth:`model_args`."""
 
     method: ClassVar[str] = ""
     component_names: ClassVar[tuple[str, ...]] = ()
     # Weights of the components in the final score (service: z-scored sum; eval: min-max per clip).
     default_weights: ClassVar[tuple[float, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """Wrap each method's ``__init__`` so the arguments it was called with are kept: the one way every
+        model records what rebuilds it (checkpoints and ONNX metadata store them)."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self, *args, **kw):
+            init(self, *args, **kw)
+            if type(self) is cls:  # the outermost constructor records, not a parent's
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                self._model_args = {k: v for k, v in bound.arguments.items() if k != "self"}
+
+        cls.__init__ = recording_init
 
     def __init__(self, *, clip_len: int, channels: int, height: int, width: int,
                  flow_scale: float = FLOW_SCALE) -> None:
@@ -115,6 +137,6 @@ class AnomalyModel(nn.Module, abc.ABC):
             "target_flow": o[:, -1],
         }
 
-    @abc.abstractmethod
     def model_args(self) -> dict:
         """Keyword arguments that rebuild this module (saved in checkpoints and ONNX metadata)."""
+        return dict(self._model_args)

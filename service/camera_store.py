@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 
 from pydantic import ValidationError
+
+from runtime.files import write_atomic
 
 from .config import CameraConfig
 
@@ -75,15 +76,7 @@ class CameraStore:
     def _write(self) -> None:
         entries = [{"id": c.id, "url": c.url.get_secret_value(), "threshold": c.threshold}
                    for c in self._cameras.values()]
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.fchmod(fd, 0o600)  # an older tmp file may have had wider permissions
-            with os.fdopen(fd, "w") as f:
-                json.dump({"cameras": entries}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps({"cameras": entries}), mode=0o600)
         except OSError as exc:
             raise CameraStoreError(f"cannot save the camera list to {self.path}: {exc.strerror or exc}") from None

@@ -21,17 +21,19 @@ from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
 
-from .batching import InferenceEngine
+from runtime.engine import InferenceEngine
+from runtime.files import write_atomic
+from runtime.redact import redact
+from runtime.scoring import RunningStats
+from runtime.stream import Stream
+from runtime.types import Frame, FrameResult
+from runtime.video import DecodeError, file_path, is_file_source, iter_frames, open_source, stream_fps
+
 from .camera_store import CameraStore
 from .config import CameraConfig, ServiceSettings
-from .events import EventTracker
-from .heatmap import overlay_jpeg
-from .ingest import DecodeError, Frame, file_path, is_file_source, iter_frames, open_source, stream_fps
+from .heatmap import HeatScale
 from .metrics import Metrics
-from .pipeline import FrameResult, StreamPipeline
 from .publish import Broadcaster
-from .scoring import RunningStats, StreamScorer
-from .security import redact
 
 log = logging.getLogger("amvad.cameras")
 CONNECTING, RECONNECTING, STREAMING, FAILED = "connecting", "reconnecting", "streaming", "failed"
@@ -81,15 +83,10 @@ class Camera:
         self.url = redact(self._url)
         self.replay_fps = cfg.replay_fps
         self.settings, self.metrics, self.ingest = settings, metrics, settings.ingest
-        meta = engine.meta
-        threshold = cfg.threshold if cfg.threshold is not None else meta.threshold
-        ev = settings.events
-        self.pipeline = StreamPipeline(
-            engine, StreamScorer.from_metadata(meta, threshold=threshold, forget=settings.forget,
-                                              stats=self._load_stats(meta)),
-            EventTracker(threshold=threshold, hysteresis=ev.hysteresis, min_duration_s=ev.min_duration_s,
-                         cooldown_s=ev.cooldown_s), metrics)
-        self.broadcaster = Broadcaster(self.id, settings.ingest.ws_queue, metrics)
+        self.stream = Stream(engine, threshold=cfg.threshold, forget=settings.forget, events=settings.events,
+                             stats=self._load_stats(engine.meta), observer=metrics)
+        self.heat_scale = HeatScale()
+        self.broadcaster = Broadcaster(self.id, settings.websocket.queue, metrics)
         self.queue = FrameQueue(self.ingest.frame_queue)
         self._results: queue.Queue[tuple[Frame, Future]] = queue.Queue()
         self.ingest_state, self.reason = CONNECTING, None
@@ -102,7 +99,7 @@ class Camera:
         self._threads = [threading.Thread(target=self._ingest_loop, name=f"ingest-{self.id}", daemon=True),
                          threading.Thread(target=self._submit_loop, name=f"submit-{self.id}", daemon=True),
                          threading.Thread(target=self._publish_loop, name=f"publish-{self.id}", daemon=True)]
-        metrics.init_camera(self.id, self.pipeline.threshold)
+        metrics.init_camera(self.id, self.stream.threshold)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -123,14 +120,14 @@ class Camera:
 
     @property
     def state(self) -> str:
-        return self.pipeline.state if self.ingest_state == STREAMING else self.ingest_state
+        return self.stream.state if self.ingest_state == STREAMING else self.ingest_state
 
     def status(self) -> dict:
         since = None if self.last_frame_time is None else round(time.time() - self.last_frame_time, 3)
         return {"id": self.id, "url": self.url, "state": self.state, "reason": self.reason,
                 "fps": round(self.fps, 2), "frames": self.frames, "drops": self.drops,
                 "reconnects": self.reconnects, "last_frame_time": self.last_frame_time,
-                "seconds_since_last_frame": since, "threshold": self.pipeline.threshold,
+                "seconds_since_last_frame": since, "threshold": self.stream.threshold,
                 "ws_clients": len(self.broadcaster.clients)}
 
     # -- ingest thread -----------------------------------------------------------------------
@@ -211,7 +208,7 @@ class Camera:
             if frame is None:
                 continue
             try:
-                self._results.put((frame, self.pipeline.submit(frame)))
+                self._results.put((frame, self.stream.submit(frame)))
             except Exception as exc:  # e.g. a frame that cannot be preprocessed; the camera goes on
                 log.exception("camera %s: cannot submit frame %d: %s", self.id, frame.frame_id, redact(str(exc)))
 
@@ -236,6 +233,8 @@ class Camera:
     def _publish(self, frame: Frame, r: FrameResult) -> None:
         self.frames += 1
         self.latest = (frame, r)
+        if r.heatmap is not None:
+            self.heat_scale.update(r.heatmap, r.anomaly)
         m = self.metrics
         m.frames.labels(self.id).inc()
         if r.score is not None:
@@ -244,7 +243,7 @@ class Camera:
             m.events.labels(self.id).inc()
         msg = {"camera": self.id, "frame_id": r.frame_id, "timestamp": r.timestamp,
                "score": None if r.score is None else round(r.score, 4), "anomaly": r.anomaly,
-               "state": self.state, "threshold": self.pipeline.threshold, "event": r.event}
+               "state": self.state, "threshold": self.stream.threshold, "event": r.event}
         self.recent.append(msg)
         self.broadcaster.publish(msg, lambda: self.heatmap_jpeg())
 
@@ -254,7 +253,7 @@ class Camera:
             return None
         frame, r = self.latest
         with self.metrics.timed("heatmap"):
-            return overlay_jpeg(frame.pixels, r.heatmap, self.pipeline.overlay_scale(r.heatmap))
+            return self.heat_scale.overlay(frame.pixels, r.heatmap)
 
     # -- running statistics on disk ----------------------------------------------------------
     def _stats_path(self) -> Path:
@@ -277,13 +276,10 @@ class Camera:
 
     def _save_stats(self) -> None:
         path = self._stats_path()
+        meta = self.stream.model.meta
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            meta = self.pipeline.model.meta
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"method": meta.method, "components": [c.name for c in meta.components],
-                                       "stats": self.pipeline.scorer.stats.to_dict()}))
-            tmp.replace(path)
+            write_atomic(path, json.dumps({"method": meta.method, "components": [c.name for c in meta.components],
+                                           "stats": self.stream.scorer.stats.to_dict()}))
         except OSError as exc:
             log.warning("camera %s: cannot save running stats to %s: %s", self.id, path, exc)
 
@@ -298,14 +294,16 @@ class CameraManager:
         self._cameras: dict[str, Camera] = {}
         self._lock = threading.Lock()
 
-    def add(self, cfg: CameraConfig, persist: bool = False) -> Camera:
+    def add(self, cfg: CameraConfig, persist: bool = False, start: bool = True) -> Camera:
+        """``start=False`` leaves the threads to the caller (``camera.start()``), e.g. to subscribe first."""
         with self._lock:
             if cfg.id in self._cameras:
                 raise DuplicateCamera(f"camera {cfg.id!r} already exists")
             if persist and self.store is not None:
                 self.store.put(cfg)  # first, so a camera that cannot be saved is not added
             cam = self._cameras[cfg.id] = Camera(cfg, self.engine, self.settings, self.metrics)
-        cam.start()
+        if start:
+            cam.start()
         return cam
 
     def restore(self, yaml_ids: set[str]) -> list[str]:

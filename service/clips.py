@@ -5,6 +5,8 @@ frame, in order (``None`` for warm-up frames)."""
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 import threading
 import time
 import uuid
@@ -12,17 +14,17 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 
-from .batching import InferenceEngine
+from runtime.engine import InferenceEngine
+from runtime.stream import Stream, results_in_order
+from runtime.video import DecodeError, iter_frames, open_source, stream_fps
+
 from .config import ServiceSettings
-from .events import EventTracker
-from .heatmap import overlay_jpeg
-from .ingest import DecodeError, iter_frames, open_source, stream_fps
+from .heatmap import HeatScale
 from .metrics import Metrics
-from .pipeline import StreamPipeline, results_in_order
-from .scoring import StreamScorer
 
 MAX_HEATMAP_FRAMES = 2000
 
@@ -63,6 +65,21 @@ class ClipJob:
         if self.result is not None:
             out["result"] = self.result
         return out
+
+
+def save_upload(src: BinaryIO, limit: int, limit_mb: float) -> Path:
+    """Copy an upload to a temporary file, refusing more than ``limit`` bytes."""
+    fd, name = tempfile.mkstemp(prefix="amvad-upload-", suffix=".bin")
+    path, total = Path(name), 0
+    with os.fdopen(fd, "wb") as dst:
+        while chunk := src.read(2 ** 20):
+            total += len(chunk)
+            if total > limit:
+                dst.close()
+                path.unlink(missing_ok=True)
+                raise ClipTooLarge(f"upload is larger than the limit of {limit_mb:g} MB")
+            dst.write(chunk)
+    return path
 
 
 def probe_clip(path: Path, settings: ServiceSettings) -> ProbedClip:
@@ -136,22 +153,22 @@ class ClipJobs:
             job.path.unlink(missing_ok=True)
 
     def _score(self, job: ClipJob) -> dict:
-        meta, ev = self.engine.meta, self.settings.events
-        events = EventTracker(threshold=meta.threshold, hysteresis=ev.hysteresis,
-                              min_duration_s=ev.min_duration_s, cooldown_s=ev.cooldown_s, keep=10_000)
-        pipe = StreamPipeline(self.engine, StreamScorer.from_metadata(meta, forget=self.settings.forget),
-                              events, self.metrics)
+        meta = self.engine.meta
+        stream = Stream(self.engine, forget=self.settings.forget, events=self.settings.events,
+                        observer=self.metrics, keep_events=10_000)
+        events, scale = stream.events, HeatScale()
         scores, flags, comps, times = [], [], [], []
         last = None
         with open_source(str(job.path)) as container:
-            for frame, r in results_in_order(pipe, iter_frames(container, source_id=job.id)):
+            for frame, r in results_in_order(stream, iter_frames(container, source_id=job.id)):
                 scores.append(r.score)
                 flags.append(None if r.score is None else r.anomaly)
                 comps.append(None if r.components is None else r.components.tolist())
                 times.append(round(frame.timestamp, 4))
-                if job.heatmaps and r.heatmap is not None and len(job.heatmap_jpegs) < MAX_HEATMAP_FRAMES:
-                    job.heatmap_jpegs[frame.frame_id] = overlay_jpeg(frame.pixels, r.heatmap,
-                                                                     pipe.overlay_scale(r.heatmap))
+                if r.heatmap is not None:
+                    scale.update(r.heatmap, r.anomaly)
+                    if job.heatmaps and len(job.heatmap_jpegs) < MAX_HEATMAP_FRAMES:
+                        job.heatmap_jpegs[frame.frame_id] = scale.overlay(frame.pixels, r.heatmap)
                 job.frames_done, last = len(scores), frame
         if last is not None:
             events.finish(last.timestamp, last.frame_id)

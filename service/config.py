@@ -7,14 +7,18 @@ Environment wins over YAML (e.g. ``AMVAD_API_KEY``, ``AMVAD_MODEL``, ``AMVAD_POR
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .scoring import DEFAULT_FORGET
-from .security import ALLOWED_SCHEMES, redact, validate_url
+from runtime.engine import EngineConfig
+from runtime.events import EventConfig
+from runtime.redact import redact
+from runtime.scoring import DEFAULT_FORGET
+
+from .security import ALLOWED_SCHEMES, validate_url
 
 CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -36,14 +40,6 @@ class CameraConfig(BaseModel):
         return v
 
 
-class EventConfig(BaseModel):
-    """How per-frame anomaly flags become events (see service/events.py)."""
-    model_config = ConfigDict(extra="forbid")
-    hysteresis: float = Field(0.5, ge=0, description="an event ends below threshold - hysteresis")
-    min_duration_s: float = Field(0.3, ge=0, description="shorter excursions are not events")
-    cooldown_s: float = Field(2.0, ge=0, description="re-crossings within this gap extend the event")
-
-
 class IngestConfig(BaseModel):
     """Camera ingest: timeouts, reconnect backoff, stall detection and queue sizes."""
     model_config = ConfigDict(extra="forbid")
@@ -53,23 +49,13 @@ class IngestConfig(BaseModel):
     backoff_max_s: float = Field(10.0, gt=0)
     backoff_jitter: float = Field(0.25, ge=0, le=1, description="relative random spread of each wait")
     frame_queue: int = Field(8, ge=1, description="decoded frames waiting for inference (drop oldest)")
-    ws_queue: int = Field(16, ge=1, description="messages waiting per WebSocket client (drop oldest)")
     stats_save_s: float = Field(30.0, gt=0, description="how often running stats are saved")
 
 
-class EngineConfig(BaseModel):
-    """The shared inference engine (service/batching.py): device, CPU thread split and micro-batching."""
+class WebSocketConfig(BaseModel):
+    """Per-client fan-out of the per-frame messages (service/publish.py)."""
     model_config = ConfigDict(extra="forbid")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available")
-    flow_threads: int | None = Field(None, ge=1, description="PyTorch threads for the flow; default half the cores")
-    model_threads: int | None = Field(None, ge=1, description="ONNX Runtime threads; default the other half")
-    max_batch: int = Field(32, ge=1, description="most frames (from all streams) in one flow or model batch")
-    batch_wait_ms: float | None = Field(None, ge=0, le=100, description="how long a stage waits for more "
-                                        "frames to fill a batch; default 0 on CPU, 4 ms on CUDA")
-    max_inflight: int = Field(4, ge=1, description="frames of one stream in the engine at once")
-    switch_interval_ms: float = Field(0.2, gt=0, le=5, description="Python's GIL switch interval for the "
-                                      "process (default 5 ms): the flow holds the GIL between its many small "
-                                      "operations, and a shorter interval lets the other stages in sooner")
+    queue: int = Field(16, ge=1, description="messages waiting per WebSocket client (drop oldest)")
 
 
 class LimitsConfig(BaseModel):
@@ -94,6 +80,7 @@ class ServiceSettings(BaseSettings):
     cameras: list[CameraConfig] = Field(default_factory=list)
     events: EventConfig = Field(default_factory=EventConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    websocket: WebSocketConfig = Field(default_factory=WebSocketConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
 

@@ -8,11 +8,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from runtime.redact import redact
+from runtime.video import DecodeError
+
 from .camera_store import CameraStoreError
 from .cameras import DuplicateCamera, UnknownCamera
 from .clips import ClipTooLarge, UnknownJob
-from .ingest import DecodeError
-from .security import UrlError, redact
+from .security import UrlError
 
 STATUS = {ClipTooLarge: 413, DecodeError: 422, UnknownCamera: 404, UnknownJob: 404, DuplicateCamera: 409,
           UrlError: 422, CameraStoreError: 500}

@@ -31,3 +31,25 @@ def overlay_jpeg(frame_rgb: np.ndarray, heatmap: np.ndarray, vmax: float, *, alp
     if not ok:
         raise ValueError("JPEG encoding failed")
     return buf.tobytes()
+
+
+class HeatScale:
+    """The colour scale of one stream's overlays (display state, kept by whoever draws them): three times
+    the typical heatmap peak on frames judged normal, so normal frames stay cool and anomalies glow."""
+
+    def __init__(self) -> None:
+        self.typical_peak = 0.0
+
+    def update(self, heatmap: np.ndarray, anomaly: bool) -> None:
+        """Follow the 99th-percentile peak of normal frames (exponential average)."""
+        if anomaly:
+            return
+        peak = float(np.percentile(heatmap, 99))
+        self.typical_peak = peak if self.typical_peak == 0 else 0.98 * self.typical_peak + 0.02 * peak
+
+    def vmax(self, heatmap: np.ndarray) -> float:
+        """The value drawn hottest: the scale above, or this frame's own peak before any normal frame."""
+        return 3.0 * self.typical_peak if self.typical_peak > 0 else float(heatmap.max()) or 1.0
+
+    def overlay(self, frame_rgb: np.ndarray, heatmap: np.ndarray) -> bytes:
+        return overlay_jpeg(frame_rgb, heatmap, self.vmax(heatmap))

@@ -1,22 +1,17 @@
-"""Camera URL checks and credential redaction: URLs with passwords never reach logs, responses or metrics."""
+"""Camera URL checks and the logging filter that keeps URL credentials out of the service's logs."""
 
 from __future__ import annotations
 
 import logging
-import re
 from urllib.parse import urlsplit
 
+from runtime.redact import redact
+
 ALLOWED_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]+@")
 
 
 class UrlError(ValueError):
     """A camera URL that is malformed or uses a scheme outside the allow-list (never quotes the URL)."""
-
-
-def redact(text: str) -> str:
-    """Replace the ``user:password@`` part of every URL inside ``text`` with ``***@``."""
-    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
 
 
 def validate_url(url: str, allowed: tuple[str, ...] | list[str] = ALLOWED_SCHEMES) -> str:

@@ -1,4 +1,5 @@
-"""Session fixtures shared by all test packages."""
+"""Session fixtures shared by all test packages: synthetic data, a tiny trained model, a sample H.264
+clip, a running ``amvad serve`` and a GStreamer RTSP server. Plain helpers live in ``tests/support``."""
 
 from __future__ import annotations
 
@@ -6,8 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from tests.synthetic import render_clip, write_clip
+from tests.support.servers import (
+    RtspServer,
+    rtsp_available,
+    start_service,
+    stop_process,
+)
+from tests.support.synthetic import render_clip, tiny_config, write_clip, write_mp4
+from training.config import load_config
+from training.export import export
+from training.train import train
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +35,42 @@ def synthetic_dataset(tmp_path_factory) -> Path:
         labels.append((np.arange(n) >= fast_from).astype(np.int64))
     np.save(root / "frame_labels_synth.npy", np.concatenate(labels)[None])
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(synthetic_dataset, tmp_path_factory) -> Path:
+    """A tiny amsrc model (32x48 grey, clip_len 4) trained one epoch on the synthetic clips."""
+    out = tmp_path_factory.mktemp("tiny_model")
+    cfg_path = out / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_config(synthetic_dataset, out / "run", "amsrc")))
+    ckpt = train(load_config(cfg_path), progress=False)
+    path = out / "tiny.onnx"
+    export(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_mp4(tmp_path_factory) -> Path:
+    """30 frames at 10 fps; a bright square crosses fast from frame 15 on."""
+    return write_mp4(tmp_path_factory.mktemp("clips") / "sample.mp4",
+                     render_clip(30, speed=1.0, seed=21, fast_from=15))
+
+
+@pytest.fixture(scope="session")
+def service(tiny_model, tmp_path_factory):
+    svc = start_service(tmp_path_factory.mktemp("service"), tiny_model)
+    yield svc
+    svc.http.close()
+    stop_process(svc.proc)
+
+
+@pytest.fixture
+def rtsp_server(tmp_path):
+    reason = rtsp_available()
+    if reason:
+        pytest.skip(reason)
+    write_clip(tmp_path / "frames", render_clip(40, speed=1.0, seed=5))
+    server = RtspServer(tmp_path / "frames")
+    server.start()
+    yield server
+    server.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +14,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from models.preprocess import to_model_frame
-from service.ingest import iter_frames, open_source
-from service.engine import compute_flows
+from runtime.files import atomic_path
+from runtime.flows import compute_flows
+from runtime.preprocess import to_model_frame
+from runtime.types import Frame
+from runtime.video import iter_frames, open_source
+from runtime.windows import scored_frames, window
 
+# Frame folders carry no timing; their frames are stamped at this rate (UCSD Ped2 was filmed at 10 fps).
+FRAME_FOLDER_FPS = 10.0
 FRAME_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
 
@@ -55,40 +60,52 @@ def _frame_files(folder: Path) -> list[Path]:
     return files
 
 
-def load_clip(src: ClipSource, *, height: int, width: int, channels: int) -> np.ndarray:
-    """All frames of a clip, preprocessed: (N, C, H, W) float32 in [0, 1]."""
-    out = []
+def iter_clip_frames(src: ClipSource) -> Iterator[Frame]:
+    """The clip's decoded frames in order, as the service sees frames (RGB uint8 :class:`Frame` records;
+    a video through the service's PyAV decoder)."""
     if src.is_video:
         with open_source(str(src.path)) as container:
-            for frame in iter_frames(container, source_id=str(src.path)):
-                out.append(to_model_frame(frame.pixels, height=height, width=width, channels=channels))
-    else:
-        for f in _frame_files(src.path):
-            bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise ValueError(f"{f}: unreadable image")
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            out.append(to_model_frame(rgb, height=height, width=width, channels=channels))
+            yield from iter_frames(container, source_id=src.name)
+        return
+    for i, f in enumerate(_frame_files(src.path)):
+        bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"{f}: unreadable image")
+        yield Frame(src.name, i, 0, i / FRAME_FOLDER_FPS, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+def load_clip(src: ClipSource, *, height: int, width: int, channels: int) -> np.ndarray:
+    """All frames of a clip, preprocessed: (N, C, H, W) float32 in [0, 1]."""
+    out = [to_model_frame(f.pixels, height=height, width=width, channels=channels) for f in iter_clip_frames(src)]
     if not out:
         raise ValueError(f"{src.path}: no decodable frames")
     return np.stack(out)
 
 
-def load_labels(root: str | Path, split: str, clips: list[ClipSource], lengths: list[int]) -> list[np.ndarray]:
-    """Frame labels per clip (1 = anomalous): ``<root>/<split>/labels/<clip>.npy`` per clip, or one
-    ``<root>/frame_labels_*.npy`` with all clips concatenated in order (the Ped2 layout)."""
+def labels_file(root: str | Path, split: str) -> Path:
+    """Where a split's frame labels are (1 = anomalous): the folder ``<root>/<split>/labels`` with one
+    ``<clip>.npy`` per clip, or one ``<root>/frame_labels_*.npy`` with all clips concatenated in order (the
+    Ped2 layout). Raises FileNotFoundError when there are none, so callers can check before long work."""
     root = Path(root)
     per_clip = root / split / "labels"
     if per_clip.is_dir():
-        labels = [np.load(per_clip / f"{c.name}.npy").reshape(-1) for c in clips]
+        return per_clip
+    found = sorted(root.glob("frame_labels_*.npy"))
+    if not found:
+        raise FileNotFoundError(f"{root}: no labels (expected {per_clip}/<clip>.npy or "
+                                f"{root}/frame_labels_<name>.npy)")
+    return found[0]
+
+
+def load_labels(root: str | Path, split: str, clips: list[ClipSource], lengths: list[int]) -> list[np.ndarray]:
+    """Frame labels per clip (see :func:`labels_file`), checked against the clips' frame counts."""
+    source = labels_file(root, split)
+    if source.is_dir():
+        labels = [np.load(source / f"{c.name}.npy").reshape(-1) for c in clips]
     else:
-        found = sorted(root.glob("frame_labels_*.npy"))
-        if not found:
-            raise FileNotFoundError(f"{root}: no labels (expected {per_clip}/<clip>.npy or "
-                                    f"{root}/frame_labels_<name>.npy)")
-        flat = np.load(found[0]).reshape(-1)
+        flat = np.load(source).reshape(-1)
         if len(flat) != sum(lengths):
-            raise ValueError(f"{found[0]}: {len(flat)} labels for {sum(lengths)} frames in {root / split}")
+            raise ValueError(f"{source}: {len(flat)} labels for {sum(lengths)} frames in {Path(root) / split}")
         labels = np.split(flat, np.cumsum(lengths)[:-1])
     for c, lab, n in zip(clips, labels, lengths):
         if len(lab) != n:
@@ -108,10 +125,8 @@ def cached_flows(src: ClipSource, frames: np.ndarray, flow: torch.nn.Module, spe
     if file.is_file():
         return np.load(file)
     flows = compute_flows(flow, frames, device)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, flows)
-    os.replace(tmp, file)
+    with atomic_path(file) as tmp, tmp.open("wb") as fh:
+        np.save(fh, flows)
     return flows
 
 
@@ -125,16 +140,13 @@ class ClipDataset(Dataset):
         self.clip_len = clip_len
         self.index: list[tuple[int, int]] = []
         for c, (frames, _) in enumerate(clips):
-            if len(frames) < clip_len:
-                name = names[c] if names else str(c)
-                raise ValueError(f"clip {name} has {len(frames)} frames, fewer than clip_len={clip_len}")
-            self.index += [(c, fid) for fid in range(clip_len - 1, len(frames), stride)]
+            name = f"clip {names[c] if names else c}"
+            self.index += [(c, fid) for fid in scored_frames(len(frames), clip_len, stride, name=name)]
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         c, fid = self.index[i]
-        frames, flows = self.clips[c]
-        s = fid - self.clip_len + 1
-        return torch.from_numpy(frames[s:fid + 1]), torch.from_numpy(flows[s:fid])
+        frames, flows = window(*self.clips[c], fid, self.clip_len)
+        return torch.from_numpy(frames), torch.from_numpy(flows)

@@ -1,57 +1,88 @@
 """``amvad eval``: frame-level ROC AUC of an exported model on a labelled test split.
 
-Two protocols: ``auc_paper`` min-max normalises each component per clip (as the papers do; it looks
-at the whole clip) and ``auc_stream`` uses the service's causal scorer (training statistics, running
-normalisation and smoothing over past frames only). Frames without a full history window are left out.
+Every clip is scored the way the service scores an upload: decoded frames go through a
+:class:`~runtime.stream.Stream` on the shared :class:`~runtime.engine.InferenceEngine` (preprocessing,
+flow, ONNX Runtime, causal scorer), so the number reported is measured on the path users hit. Results carry
+their frame ids, and labels are looked up by frame id; frames without a full history window have no score
+and are left out. Two protocols: ``auc_paper`` min-max normalises each component per clip (as the papers
+do; it looks at the whole clip) and ``auc_stream`` is the stream's causal score (training statistics,
+running normalisation and smoothing over past frames only).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from service.engine import ExportedModel
-from service.scoring import StreamScorer, min_max_per_clip
+from runtime.engine import EngineConfig, InferenceEngine
+from runtime.scoring import min_max_per_clip
+from runtime.stream import Stream, results_in_order
 
-from .data import find_clips, load_clip, load_labels
+from .data import ClipSource, find_clips, iter_clip_frames, labels_file, load_labels
 from .metrics import roc_auc
 
 
+@dataclass
+class ClipScores:
+    """What the service's path gave for one clip: the ids of the scored frames, their raw components
+    (N, K) and causal scores (N,), and how many frames the clip has."""
+    name: str
+    frames: int
+    frame_ids: np.ndarray
+    components: np.ndarray
+    stream: np.ndarray
+
+
+def score_clip(engine: InferenceEngine, src: ClipSource) -> ClipScores:
+    """Score one clip as a fresh stream (as an upload is), keeping only frames with a full window."""
+    ids, comps, scores, n = [], [], [], 0
+    for frame, r in results_in_order(Stream(engine), iter_clip_frames(src)):
+        n += 1
+        if r.score is not None:
+            ids.append(frame.frame_id), comps.append(r.components), scores.append(r.score)
+    if not ids:
+        raise ValueError(f"clip {src.name}: {n} frames, fewer than the model's clip length {engine.meta.clip_len}")
+    return ClipScores(src.name, n, np.array(ids), np.stack(comps), np.array(scores))
+
+
 def evaluate(model: str | Path, data: str | Path, *, split: str = "testing", json_out: str | Path | None = None,
-             plot_dir: str | Path | None = None, progress: bool = True) -> dict:
+             plot_dir: str | Path | None = None, progress: bool = True,
+             engine_config: EngineConfig | None = None) -> dict:
     t0 = time.time()
-    em = ExportedModel(model)
-    meta = em.meta
+    engine = InferenceEngine(model, engine_config)
+    try:
+        meta = engine.meta
+        sources = find_clips(data, split)
+        labels_file(data, split)  # fail before the long part when there are no labels
+        clips = [score_clip(engine, s) for s in tqdm(sources, desc="scoring", disable=not progress)]
+    finally:
+        engine.close()
     weights = np.array([c.weight for c in meta.components])
-    sources = find_clips(data, split)
-    clips = [load_clip(s, height=meta.height, width=meta.width, channels=meta.channels)
-             for s in tqdm(sources, desc="loading", disable=not progress)]
-    labels = load_labels(data, split, sources, [len(c) for c in clips])
-    t = meta.clip_len
-    rows, all_lab, all_paper, all_stream, all_comp = [], [], [], [], []
-    for src, frames, lab in tqdm(list(zip(sources, clips, labels)), desc="scoring", disable=not progress):
-        comps = em.score_clip(frames)
-        paper = min_max_per_clip(comps, weights)
-        stream = StreamScorer.from_metadata(meta).score_clip(comps)
-        lab = lab[t - 1:]
-        all_lab.append(lab), all_paper.append(paper), all_stream.append(stream), all_comp.append(comps)
-        rows.append({"clip": src.name, "frames": len(frames), "frames_scored": len(comps),
+    labels = load_labels(data, split, sources, [c.frames for c in clips])
+    rows, all_lab, all_paper = [], [], []
+    for clip, lab in zip(clips, labels):
+        lab = lab[clip.frame_ids]
+        paper = min_max_per_clip(clip.components, weights)
+        all_lab.append(lab), all_paper.append(paper)
+        rows.append({"clip": clip.name, "frames": clip.frames, "frames_scored": len(clip.frame_ids),
                      "anomalous": int(lab.sum()), "auc_paper": roc_auc(lab, paper),
-                     "auc_stream": roc_auc(lab, stream), "stream_scores": np.round(stream, 4).tolist()})
+                     "auc_stream": roc_auc(lab, clip.stream), "stream_scores": np.round(clip.stream, 4).tolist()})
         if plot_dir:
-            plot_clip(Path(plot_dir) / f"{src.name}.png", src.name, np.arange(t - 1, len(frames)),
-                      stream, lab, meta.threshold)
-    lab, comp = np.concatenate(all_lab), np.concatenate(all_comp)
+            plot_clip(Path(plot_dir) / f"{clip.name}.png", clip.name, clip.frame_ids, clip.stream, lab,
+                      meta.threshold)
+    lab = np.concatenate(all_lab)
+    comp = np.concatenate([c.components for c in clips])
     result = {
-        "model": str(em.path), "method": meta.method, "data": str(data), "split": split,
+        "model": str(engine.model.path), "method": meta.method, "data": str(data), "split": split,
         "auc_paper": roc_auc(lab, np.concatenate(all_paper)),
-        "auc_stream": roc_auc(lab, np.concatenate(all_stream)),
+        "auc_stream": roc_auc(lab, np.concatenate([c.stream for c in clips])),
         "auc_components_raw": {c.name: roc_auc(lab, comp[:, i]) for i, c in enumerate(meta.components)},
-        "frames_scored": int(len(lab)), "frames_total": int(sum(len(c) for c in clips)),
+        "frames_scored": int(len(lab)), "frames_total": int(sum(c.frames for c in clips)),
         "threshold": meta.threshold, "seconds": round(time.time() - t0, 1), "per_clip": rows,
     }
     if json_out:

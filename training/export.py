@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import date
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 from models.contract import INPUT_NAMES, OUTPUT_NAMES, AnomalyModel
 from models.metadata import METADATA_KEY, ModelMetadata
 from models.registry import build_model
+from runtime.files import atomic_path
 
 OPSET = 17
 
@@ -70,18 +70,15 @@ def export(checkpoint: str | Path, out: str | Path, *, atol: float = 1e-4) -> Mo
                          f"finish it with `amvad train --config ... --resume` before exporting")
     meta = build_metadata(model, ckpt)
     frames, flows = ckpt["verify_inputs"]["frames"], ckpt["verify_inputs"]["flows"]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    export_onnx(model, frames, flows, str(tmp))
-    with torch.no_grad():
-        expected = [t.numpy() for t in model.score(frames, flows)]
-    proto = onnx.load(str(tmp))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, meta.to_json()
-    proto.producer_name = "amvad"
-    onnx.save(proto, str(tmp))
-    try:
+    with atomic_path(out) as tmp:  # a failed check leaves ``out`` as it was
+        export_onnx(model, frames, flows, str(tmp))
+        with torch.no_grad():
+            expected = [t.numpy() for t in model.score(frames, flows)]
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, meta.to_json()
+        proto.producer_name = "amvad"
+        onnx.save(proto, str(tmp))
         sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"frames": frames.numpy(), "flows": flows.numpy()})
         for name, e, g in zip(OUTPUT_NAMES, expected, got):
@@ -89,8 +86,4 @@ def export(checkpoint: str | Path, out: str | Path, *, atol: float = 1e-4) -> Mo
             if not diff <= atol:
                 raise ValueError(f"export check failed: ONNX Runtime output {name!r} differs from "
                                  f"PyTorch by {diff:.3g} > {atol:g}")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out)
     return meta

@@ -9,13 +9,11 @@ would need splatting and the flow would then be defined on the wrong grid.
 End-point error is averaged over pixels at least ``MARGIN`` px from the border. Timings are per pair
 (batch of one), median over the pairs, with 2 CPU threads for torch and OpenCV.
 
-Usage: ``python -m training.flow_check --data DATASET_ROOT --json out.json`` (Ped2 frame-folder layout).
+Usage: ``amvad flow-check --data DATASET_ROOT --json out.json`` (Ped2 frame-folder layout).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -181,29 +179,3 @@ def run_flow_check(data_root: str | Path, *, size: int = 256, pairs: int = 20, s
         # Timings are wall-clock: on a shared machine, check the load before trusting them.
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="Ped2 root (contains testing/frames/<clip>/*.jpg)")
-    parser.add_argument("--size", type=int, default=256, help="square frame size in pixels (default 256)")
-    parser.add_argument("--pairs", type=int, default=20, help="number of synthetic pairs (default 20)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    result = run_flow_check(args.data, size=args.size, pairs=args.pairs, seed=args.seed,
-                            progress=not args.no_progress)
-    print(f"flow check: {result['pairs']} pairs at {result['size']}x{result['size']}, "
-          f"{result['threads']} threads, device {result['device']}; zero-flow EPE {result['zero_flow_epe']:.3f}")
-    print(f"{'method':<10} {'EPE (px)':>9} {'ms/pair':>9}")
-    for name, row in result["methods"].items():
-        print(f"{name:<10} {row['epe']:>9.3f} {row['ms_per_pair']:>9.1f}")
-    print(f"EPE ratio default TV-L1 / DualTVL1: {result['ratio_default_to_dualtvl1']:.3f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

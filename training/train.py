@@ -4,7 +4,6 @@ resume, then calibrate the score statistics on the training data and store them 
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import random
 import time
@@ -20,8 +19,9 @@ from models.discriminator import PatchDiscriminator
 from models.flow import build_flow
 from models.metadata import ComponentStats
 from models.registry import build_model
-from service.engine import pick_device
-from service.scoring import StreamScorer
+from runtime.device import pick_device
+from runtime.files import atomic_path
+from runtime.scoring import StreamScorer
 
 from .config import TrainConfig
 from .data import ClipDataset, cached_flows, find_clips, load_clip
@@ -44,11 +44,10 @@ def load_split(cfg: TrainConfig, model: AnomalyModel, split: str, device: torch.
     return [s.name for s in sources], clips
 
 
-def save_atomic(obj: dict, path: Path) -> None:
-    """Write then rename, so an interrupted save never replaces a good checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def save_checkpoint(obj: dict, path: Path) -> None:
+    """Atomically, so an interrupted save never replaces a good checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def seed_everything(seed: int) -> None:
@@ -152,14 +151,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                 disc_opt.step()
             bar.set_postfix(loss=f"{loss.item():.4f}")
         elapsed += time.time() - t0
-        save_atomic(_checkpoint(cfg, model, opt, disc, disc_opt, epoch + 1, elapsed, gen), ckpt_path)
+        save_checkpoint(_checkpoint(cfg, model, opt, disc, disc_opt, epoch + 1, elapsed, gen), ckpt_path)
 
     ckpt = _checkpoint(cfg, model, opt, disc, disc_opt, cfg.optim.epochs, elapsed, gen)
     ckpt["stats"] = calibrate(model, ds, cfg, device)
     frames, flows = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
     ckpt["verify_inputs"] = {"frames": frames, "flows": flows}
     ckpt["complete"] = True
-    save_atomic(ckpt, ckpt_path)
+    save_checkpoint(ckpt, ckpt_path)
     return ckpt_path
 
 

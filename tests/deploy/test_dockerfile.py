@@ -7,9 +7,10 @@ import fnmatch
 import json
 import re
 import shlex
+
 import tomllib
 
-from tests.deploy.tools import DEPLOY, REPO, load_yaml
+from tests.support.deploy import DEPLOY, REPO, load_yaml
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 

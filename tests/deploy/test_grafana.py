@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from tests.deploy.tools import DEPLOY, check_promql, load_yaml
+from tests.support.deploy import DEPLOY, check_promql, load_yaml
 
 GRAFANA = DEPLOY / "grafana"
 METRICS = ("vad_anomaly_score", "vad_anomaly_threshold", "vad_frames_total", "vad_frames_dropped_total",

@@ -8,9 +8,8 @@ import os
 import subprocess
 import sys
 
-
 from service.config import load_settings
-from tests.deploy.tools import DEPLOY, RULES, load_yaml, load_yaml_all
+from tests.support.deploy import DEPLOY, RULES, load_yaml, load_yaml_all
 
 K8S = DEPLOY / "k8s"
 

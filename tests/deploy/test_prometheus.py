@@ -3,7 +3,7 @@ real tools (promtool, amtool from the Debian packages)."""
 
 from __future__ import annotations
 
-from tests.deploy.tools import DEPLOY, RULES, binary, load_yaml, run_tool
+from tests.support.deploy import DEPLOY, RULES, binary, load_yaml, run_tool
 
 PROM = DEPLOY / "prometheus"
 ALERTS = {"AmvadAnomalyScoreHigh", "AmvadCameraDown", "AmvadCameraStalled", "AmvadFramesDropping",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.models.helpers import moving_squares
+from tests.support.models import moving_squares
 
 
 @pytest.fixture

@@ -3,12 +3,11 @@ bad uploads, camera CRUD, metrics."""
 
 from __future__ import annotations
 
-
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.service.conftest import API_KEY
+from tests.support.servers import API_KEY
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from tests.service.conftest import free_port, start_service, stop_process
+from tests.support.servers import free_port, start_service, stop_process
 
 pytestmark = pytest.mark.integration
 SECRET = "s3cret-pw"

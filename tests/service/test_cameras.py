@@ -9,28 +9,10 @@ import time
 import pytest
 from websockets.sync.client import connect
 
-from tests.service.conftest import API_KEY
+from tests.support.servers import add_camera, receive, ws_url
 
 pytestmark = pytest.mark.integration
 FIELDS = {"camera", "frame_id", "timestamp", "score", "anomaly", "state"}
-
-
-def ws_url(service, camera: str, **params) -> str:
-    query = "&".join(f"{k}={v}" for k, v in {"api_key": API_KEY, **params}.items())
-    return f"ws://127.0.0.1:{service.port}/v1/cameras/{camera}/ws?{query}"
-
-
-def receive(ws, n: int, timeout: float = 20) -> list[dict]:
-    deadline, out = time.monotonic() + timeout, []
-    while len(out) < n:
-        out.append(json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic()))))
-    return out
-
-
-def add_camera(service, cam_id: str, url: str) -> dict:
-    r = service.http.post("/v1/cameras", json={"id": cam_id, "url": url})
-    assert r.status_code == 201, r.text
-    return r.json()
 
 
 def test_file_camera_websocket_fast_and_slow_clients(service, sample_mp4):

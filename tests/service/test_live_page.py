@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.conftest import API_KEY
+from tests.support.servers import API_KEY
 
 pytestmark = pytest.mark.integration
 CHROMIUM = Path("/usr/bin/chromium")

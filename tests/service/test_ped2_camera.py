@@ -8,9 +8,16 @@ import time
 import pytest
 from websockets.sync.client import connect
 
-from tests.service.conftest import RtspServer, rtsp_available, start_service, stop_process
-from tests.service.test_cameras import add_camera, receive, ws_url
-from tests.synthetic import PED2
+from tests.support.servers import (
+    RtspServer,
+    add_camera,
+    receive,
+    rtsp_available,
+    start_service,
+    stop_process,
+    ws_url,
+)
+from tests.support.synthetic import PED2
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.service.conftest import start_service, stop_process
-from tests.synthetic import ped2_or_skip
+from tests.support.servers import start_service, stop_process
+from tests.support.synthetic import ped2_or_skip
 from training.data import find_clips, load_labels
 from training.metrics import roc_auc
 

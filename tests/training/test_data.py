@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import av
 import numpy as np
 import pytest
 
-from tests.synthetic import render_clip, write_clip
+from tests.support.synthetic import render_clip, write_clip, write_mp4
 from training.data import ClipDataset, find_clips, load_clip, load_labels
-
-
-def write_mp4(path, frames: list[np.ndarray], fps: int = 10) -> None:
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        for f in frames:
-            rgb = np.repeat(f[..., None], 3, axis=2)
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode())
 
 
 def test_frame_folders_and_labels(synthetic_dataset):

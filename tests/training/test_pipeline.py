@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from service.engine import ExportedModel
-from tests.synthetic import tiny_config
-from training.cli import main
+from cli.main import main
+from runtime.exported_model import ExportedModel
+from tests.support.synthetic import tiny_config
 from training.config import load_config
 from training.evaluate import evaluate
 from training.export import export

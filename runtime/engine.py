@@ -4,8 +4,9 @@ each running whatever work is queued from all streams as one batch (micro-batchi
 Why two stages: on a CPU the flow (PyTorch, mostly per-operation overhead) and the model (ONNX Runtime,
 which releases the GIL) overlap on two cores, so frame t's model runs while frame t+1's flow is computed;
 on a GPU one batched flow call and one batched model call serve many cameras. Work moves through both
-stages in submission order, so each stream sees its frames in order; the per-stream windows are kept by
-:class:`~service.pipeline.StreamPipeline`, whose hooks the stages call.
+stages in submission order. Each stream has a :class:`Lane` here: its temporal window of frames and flows,
+owned and changed by the flow thread alone. The engine knows a stream only as a
+:class:`~runtime.types.StreamSink` and hands it each frame's :class:`~runtime.types.EngineOutput` once.
 """
 
 from __future__ import annotations
@@ -16,37 +17,36 @@ import queue
 import sys
 import threading
 import time
-from concurrent.futures import Future
+from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
-from .engine import ExportedModel, pick_device
-
-if TYPE_CHECKING:
-    from .config import EngineConfig
-    from .ingest import Frame
-    from .metrics import Metrics
-    from .pipeline import StreamPipeline
+from .device import pick_device
+from .exported_model import ExportedModel
+from .types import EngineOutput, Observer, StreamSink
 
 log = logging.getLogger("amvad.engine")
 _STOP = object()
 
 
-@dataclass
-class Job:
-    """One frame on its way through the engine."""
-    pipeline: StreamPipeline
-    frame: Frame
-    x: torch.Tensor                 # preprocessed frame (C, H, W) on the engine's device
-    restart: bool                   # the frame does not follow the previous one: start a new window
-    future: Future = field(default_factory=Future)
-    submitted: float = field(default_factory=time.perf_counter)
-    prev: torch.Tensor | None = None   # set by the flow stage: the frame before, when in the window
-    windows: tuple[torch.Tensor, torch.Tensor] | None = None  # (T, C, H, W), (T-1, 2, H, W) when live
-    stage_s: dict[str, float] = field(default_factory=dict)   # seconds each stage took for this job
+class EngineConfig(BaseModel):
+    """The shared inference engine: device, CPU thread split and micro-batching."""
+    model_config = ConfigDict(extra="forbid")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available")
+    flow_threads: int | None = Field(None, ge=1, description="PyTorch threads for the flow; default half the cores")
+    model_threads: int | None = Field(None, ge=1, description="ONNX Runtime threads; default the other half")
+    max_batch: int = Field(32, ge=1, description="most frames (from all streams) in one flow or model batch")
+    batch_wait_ms: float | None = Field(None, ge=0, le=100, description="how long a stage waits for more "
+                                        "frames to fill a batch; default 0 on CPU, 4 ms on CUDA")
+    max_inflight: int = Field(4, ge=1, description="frames of one stream in the engine at once")
+    switch_interval_ms: float = Field(0.2, gt=0, le=5, description="Python's GIL switch interval for the "
+                                      "process (default 5 ms): the flow holds the GIL between its many small "
+                                      "operations, and a shorter interval lets the other stages in sooner")
 
 
 def default_threads(cpus: int | None = None) -> tuple[int, int]:
@@ -57,12 +57,37 @@ def default_threads(cpus: int | None = None) -> tuple[int, int]:
     return flow, max(1, cpus - flow)
 
 
-class InferenceEngine:
-    """Owns the exported model and the two stage threads; ``submit`` is called by stream pipelines."""
+class Lane:
+    """One stream's seat in the engine: the last ``clip_len`` frames and the flows between them. Only the
+    engine's flow thread reads or changes the window; ``broken`` (set by either stage when a frame of this
+    stream fails) makes the next frame start a new window."""
 
-    def __init__(self, model: str | ExportedModel = "ped2", config: EngineConfig | None = None,
-                 metrics: Metrics | None = None) -> None:
-        from .config import EngineConfig
+    def __init__(self, sink: StreamSink, clip_len: int) -> None:
+        self.sink = sink
+        self.frames: deque[torch.Tensor] = deque(maxlen=clip_len)
+        self.flows: deque[torch.Tensor] = deque(maxlen=clip_len - 1)
+        self.prev: torch.Tensor | None = None
+        self.broken = False
+
+
+@dataclass
+class _Job:
+    """One frame on its way through the engine."""
+    lane: Lane
+    x: torch.Tensor                 # preprocessed frame (C, H, W) on the engine's device
+    restart: bool                   # the frame starts a new window
+    ticket: Any                     # the stream's own handle for this frame, given back with the output
+    submitted: float = field(default_factory=time.perf_counter)
+    prev: torch.Tensor | None = None                          # the frame before, when in the window
+    window: tuple[torch.Tensor, torch.Tensor] | None = None   # (T, C, H, W), (T-1, 2, H, W) when full
+    stage_s: dict[str, float] = field(default_factory=dict)   # seconds each stage took for this job
+
+
+class InferenceEngine:
+    """Owns the exported model and the two stage threads; streams open a lane and submit frames to it."""
+
+    def __init__(self, model: str | Path | ExportedModel = "ped2", config: EngineConfig | None = None,
+                 observer: Observer | None = None) -> None:
         self.config = cfg = config or EngineConfig()
         self.device = pick_device(cfg.device)
         flow_threads, model_threads = default_threads()
@@ -80,7 +105,7 @@ class InferenceEngine:
         self.max_batch = cfg.max_batch
         wait_ms = cfg.batch_wait_ms if cfg.batch_wait_ms is not None else (4.0 if self.device.type == "cuda" else 0.0)
         self.batch_wait_s = wait_ms / 1000.0
-        self.metrics = metrics
+        self.observer = observer
         self._flow_q: queue.Queue = queue.Queue()
         self._model_q: queue.Queue = queue.Queue()
         self._threads = [threading.Thread(target=self._loop, args=(self._flow_q, self._flow_stage),
@@ -100,14 +125,17 @@ class InferenceEngine:
                           "channels": self.meta.channels, "clip_len": self.meta.clip_len,
                           "path": str(self.model.path)}}
 
+    def open_lane(self, sink: StreamSink) -> Lane:
+        return Lane(sink, self.meta.clip_len)
+
     def to_device(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x).to(self.device, non_blocking=True)
 
-    def submit(self, job: Job) -> Future:
+    def submit(self, lane: Lane, x: torch.Tensor, *, restart: bool, ticket: Any) -> None:
+        """Queue one preprocessed frame (C, H, W) of ``lane``'s stream; its output reaches the lane's sink."""
         if self._closed:
             raise RuntimeError("the inference engine is closed")
-        self._flow_q.put(job)
-        return job.future
+        self._flow_q.put(_Job(lane, x, restart, ticket))
 
     def close(self) -> None:
         """Stop both stages after the work already queued."""
@@ -118,7 +146,7 @@ class InferenceEngine:
                 t.join(10)
 
     # -- stages ------------------------------------------------------------------------------------
-    def _collect(self, q: queue.Queue, first: Job) -> list[Job]:
+    def _collect(self, q: queue.Queue, first: _Job) -> list[_Job]:
         """``first`` plus whatever else is queued, up to ``max_batch``, waiting at most the batch budget."""
         batch = [first]
         deadline = time.perf_counter() + self.batch_wait_s
@@ -147,13 +175,19 @@ class InferenceEngine:
             except Exception as exc:  # the frames fail; their streams restart; the engine goes on
                 log.exception("engine stage failed on a batch of %d", len(batch))
                 for job in batch:
-                    job.pipeline.fail(job, exc)
+                    job.lane.broken = True
+                    self._deliver(job, EngineOutput(None, None, job.restart, exc, job.stage_s,
+                                                    time.perf_counter() - job.submitted))
 
     @torch.no_grad()
-    def _flow_stage(self, batch: list[Job]) -> None:
+    def _flow_stage(self, batch: list[_Job]) -> None:
         t0 = time.perf_counter()
         for job in batch:  # in order: a frame's predecessor may be earlier in this same batch
-            job.prev = job.pipeline.take_previous(job)
+            lane = job.lane
+            if lane.broken:
+                job.restart, lane.broken = True, False
+            job.prev = None if job.restart else lane.prev
+            lane.prev = job.x
         pairs = [j for j in batch if j.prev is not None]
         flows = []
         if pairs:
@@ -161,29 +195,45 @@ class InferenceEngine:
         spent = time.perf_counter() - t0
         it = iter(flows)
         for job in batch:
+            lane = job.lane
+            if job.restart:
+                lane.frames.clear()
+                lane.flows.clear()
+            if job.prev is not None:
+                lane.flows.append(next(it))
+            lane.frames.append(job.x)
+            if len(lane.frames) == lane.frames.maxlen:
+                job.window = (torch.stack(tuple(lane.frames)), torch.stack(tuple(lane.flows)))
             job.stage_s["flow"] = spent
-            job.pipeline.add_to_window(job, next(it) if job.prev is not None else None)
             self._model_q.put(job)
         self._observe("flow", spent, len(pairs))
 
-    def _model_stage(self, batch: list[Job]) -> None:
-        live = [j for j in batch if j.windows is not None]
+    def _model_stage(self, batch: list[_Job]) -> None:
+        live = [j for j in batch if j.window is not None]
         out = None
         t0 = time.perf_counter()
         if live:
-            out = self.model.run_tensors(torch.stack([j.windows[0] for j in live]),
-                                         torch.stack([j.windows[1] for j in live]))
+            out = self.model.run_tensors(torch.stack([j.window[0] for j in live]),
+                                         torch.stack([j.window[1] for j in live]))
         spent = time.perf_counter() - t0
+        self._observe("model", spent, len(live))
         row = 0
         for job in batch:
             job.stage_s["model"] = spent
-            if job.windows is not None:
-                job.pipeline.finish(job, out.components[row], out.heatmap[row, 0])
+            comps = heat = None
+            if job.window is not None:
+                comps, heat = out.components[row], out.heatmap[row, 0]
                 row += 1
-            else:
-                job.pipeline.finish(job, None, None)
-        self._observe("model", spent, len(live))
+            self._deliver(job, EngineOutput(comps, heat, job.restart, None, job.stage_s,
+                                            time.perf_counter() - job.submitted))
+
+    def _deliver(self, job: _Job, out: EngineOutput) -> None:
+        """The one call from the engine to a stream per frame; a stream's own failure stays with it."""
+        try:
+            job.lane.sink.engine_done(job.ticket, out)
+        except Exception:
+            log.exception("a stream failed to take the result of one of its frames")
 
     def _observe(self, stage: str, seconds: float, size: int) -> None:
-        if self.metrics and size:
-            self.metrics.observe_batch(stage, seconds, size)
+        if self.observer and size:
+            self.observer.observe_batch(stage, seconds, size)

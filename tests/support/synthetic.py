@@ -1,14 +1,16 @@
-"""Tiny synthetic clips of moving shapes in the Ped2 frame-folder layout, and tiny configs."""
+"""Tiny synthetic clips of moving shapes (Ped2 frame-folder layout or H.264 MP4), tiny configs, and where
+the real Ped2 lives."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
 
-PED2 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "ped2"
+PED2 = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "ped2"
 SIZE = (72, 96)  # frames on disk (H, W); tests resize them to 32x48
 
 
@@ -42,6 +44,19 @@ def write_clip(folder: Path, frames: list[np.ndarray]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i, f in enumerate(frames):
         cv2.imwrite(str(folder / f"{i:03d}.jpg"), cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+
+
+def write_mp4(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
+    """Grey uint8 frames -> H.264 MP4 (yuv420p) with PyAV."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for f in frames:
+            vf = av.VideoFrame.from_ndarray(cv2.cvtColor(f, cv2.COLOR_GRAY2RGB), format="rgb24")
+            out.mux(stream.encode(vf))
+        out.mux(stream.encode())
+    return path
 
 
 TINY_FLOW = {"name": "tvl1", "levels": 2, "warps": 1, "iterations": 5}

@@ -1,9 +1,9 @@
 """``amvad bench``: throughput, latency and memory of the real service pipeline.
 
-In process (default): N :class:`~service.cameras.Camera` objects replay a video file through the real
-ingest (PyAV decode), the shared :class:`~service.batching.InferenceEngine` (flow + model, batched across
-cameras), causal scoring, events and the WebSocket broadcaster, each with one subscriber that asks for
-heatmaps, so every scored frame is also rendered as a JPEG overlay and sent as JSON, as users get it.
+In process (default): the service is built by its own wiring (:class:`~service.wiring.Services`, as
+``amvad serve`` builds it) and N cameras replay a video file through the real ingest (PyAV decode), the
+shared :class:`~runtime.engine.InferenceEngine` (flow + model, batched across cameras), causal scoring,
+events and the WebSocket broadcaster, each with one subscriber that asks for heatmaps, so every scored frame is also rendered as a JPEG overlay and sent as JSON, as users get it.
 Only the network is left out. ``rate=0`` replays as fast as inference goes (throughput; no frame is
 dropped); ``rate>0`` replays like a live camera at that frame rate, dropping the oldest frame when
 inference falls behind (drops are counted). Latency is frame decoded -> message ready for the client.
@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .batching import InferenceEngine
-from .cameras import Camera
-from .config import CameraConfig, EngineConfig, IngestConfig, ServiceSettings
-from .metrics import Metrics
+from runtime.engine import EngineConfig
+from service.cameras import Camera
+from service.config import CameraConfig, ServiceSettings, WebSocketConfig
+from service.metrics import Metrics
+from service.wiring import Services
 
-SAMPLE = Path(__file__).parent / "samples" / "ped2_test01.mp4"
+SAMPLE = Path(__file__).resolve().parents[1] / "service" / "samples" / "ped2_test01.mp4"
 
 
 def percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float] | None:
@@ -105,18 +106,19 @@ def run_bench(model: str = "ped2", *, source: str | Path | None = None, cameras:
         "model_threads": model_threads}.items() if v is not None})
     state_dir = tempfile.TemporaryDirectory(prefix="amvad-bench-")
     settings = ServiceSettings(model=model, state_dir=Path(state_dir.name), engine=engine_cfg,
-                               ingest=IngestConfig(ws_queue=100_000))
-    metrics = Metrics(keep_samples=True)
-    gpu = torch.device(device).type == "cuda" if device != "auto" else torch.cuda.is_available()
-    if gpu:
+                               websocket=WebSocketConfig(queue=100_000))
+    gpu_free0 = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
+    if gpu_free0 is not None:
         torch.cuda.reset_peak_memory_stats()
-        free0, total = torch.cuda.mem_get_info()
-    engine = InferenceEngine(model, engine_cfg, metrics)
+    services = Services(settings, Metrics(keep_samples=True))
+    services.start()
+    metrics, engine = services.metrics, services.engine
     loop = asyncio.new_event_loop()
     loop_thread = threading.Thread(target=loop.run_forever, name="bench-loop", daemon=True)
     loop_thread.start()
-    cams = [Camera(CameraConfig(id=f"bench-{i}", url=f"file://{src.resolve()}", replay_fps=rate), engine,
-                   settings, metrics) for i in range(cameras)]
+    cams: list[Camera] = [services.cameras.add(CameraConfig(id=f"bench-{i}", url=f"file://{src.resolve()}",
+                                                            replay_fps=rate), start=False)
+                          for i in range(cameras)]
     tallies = [_Tally() for _ in cams]
     finished = threading.Event()
 
@@ -149,11 +151,7 @@ def run_bench(model: str = "ped2", *, source: str | Path | None = None, cameras:
         bar.show(f"{frames * cameras}/{frames * cameras} frames scored", force=True)
     finally:
         bar.done()
-        for cam in cams:
-            cam.signal_stop()
-        for cam in cams:
-            cam.stop()
-        engine.close()
+        services.stop()
         loop.call_soon_threadsafe(loop.stop)
         state_dir.cleanup()
 
@@ -176,9 +174,8 @@ def run_bench(model: str = "ped2", *, source: str | Path | None = None, cameras:
         "peak_rss_mb": _peak_rss_mb(), "device": str(engine.device), "engine": engine.describe(),
         "seconds": round(time.perf_counter() - wall0, 2), "date": time.strftime("%Y-%m-%d"),
     }
-    if gpu:
-        free1, _ = torch.cuda.mem_get_info()
-        used = (free0 - free1) / 2**20
+    if engine.device.type == "cuda":
+        used = (gpu_free0 - torch.cuda.mem_get_info()[0]) / 2**20
         report["gpu_memory_mb"] = {"process_used": round(used, 1), "per_camera": round(used / cameras, 1),
                                    "torch_peak": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
     return report

@@ -1,5 +1,5 @@
-"""The per-stream pipeline with a real exported model through the shared engine: warm-up, gaps, causal
-scores, heatmaps, pipelining, batching across streams and failures."""
+"""A stream with a real exported model through the shared engine: warm-up, gaps, causal scores,
+heatmaps, pipelining, batching across streams and failures."""
 
 from __future__ import annotations
 
@@ -7,16 +7,14 @@ import cv2
 import numpy as np
 import pytest
 
-from models.preprocess import to_model_frame
-from service.batching import InferenceEngine
-from service.config import EngineConfig
-from service.events import EventTracker
-from service.heatmap import overlay_jpeg
-from service.ingest import Frame
+from runtime.engine import EngineConfig, InferenceEngine
+from runtime.preprocess import to_model_frame
+from runtime.stream import Stream, results_in_order
+from runtime.types import LIVE, WARMING_UP, Frame
+from runtime.video import iter_frames, open_source
+from runtime.windows import scored_frames, window
 from service.metrics import Metrics
-from service.pipeline import LIVE, WARMING_UP, StreamPipeline, results_in_order
-from service.scoring import StreamScorer
-from tests.synthetic import render_clip
+from tests.support.synthetic import render_clip
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +25,18 @@ def model(tiny_model):
     engine.close()
 
 
-def make_pipeline(engine: InferenceEngine, metrics: Metrics | None = None) -> StreamPipeline:
-    meta = engine.meta
-    return StreamPipeline(engine, StreamScorer.from_metadata(meta), EventTracker(threshold=meta.threshold),
-                          metrics)
+def make_pipeline(engine: InferenceEngine, metrics: Metrics | None = None) -> Stream:
+    return Stream(engine, observer=metrics)
 
 
 def batch_components(engine: InferenceEngine, fs: list[Frame]) -> np.ndarray:
-    """The batch path (score_clip on the whole clip) for the same frames."""
+    """The batch path for the same frames: the whole clip's flows at once, then every window in one
+    model call (runtime/windows.py cuts them)."""
     m = engine.meta
     x = np.stack([to_model_frame(f.pixels, height=m.height, width=m.width, channels=m.channels) for f in fs])
-    return engine.model.score_clip(x)
+    flows = engine.model.compute_flows(x)
+    wins = [window(x, flows, fid, m.clip_len) for fid in scored_frames(len(x), m.clip_len)]
+    return engine.model.run(np.stack([w[0] for w in wins]), np.stack([w[1] for w in wins])).components
 
 
 def frames(n: int, segment: int = 1, first: int = 0) -> list[Frame]:
@@ -53,7 +52,7 @@ def test_warm_up_then_scores_match_batch_scoring(model):
     assert all(r.score is None and r.heatmap is None for r in results[:t - 1])
     assert all(isinstance(r.score, float) and np.isfinite(r.score) for r in results[t - 1:])
     assert results[-1].heatmap.shape == (model.meta.height, model.meta.width)
-    # and the streamed components equal the batch path (engine.score_clip) on the same frames
+    # and the streamed components equal the batch path (whole-clip flows, all windows) on the same frames
     np.testing.assert_allclose(np.stack([r.components for r in results[t - 1:]]),
                                batch_components(model, frames(12)), rtol=1e-4, atol=1e-4)
 
@@ -147,43 +146,7 @@ def test_gaps_and_reconnects_restart_the_window(model):
     assert [pipe.process(f).state for f in again] == [WARMING_UP, WARMING_UP]
 
 
-def test_overlay_is_a_jpeg_of_the_frame_size():
-    frame = np.full((72, 96, 3), 120, np.uint8)
-    heat = np.zeros((32, 48), np.float32)
-    heat[10:20, 20:30] = 1.0
-    img = cv2.imdecode(np.frombuffer(overlay_jpeg(frame, heat, vmax=1.0), np.uint8), cv2.IMREAD_COLOR)
-    assert img.shape == (72, 96, 3)
-    # the hot region is coloured (red-ish in BGR), the cold region keeps the grey frame
-    assert img[34, 50, 2] > img[34, 50, 0] + 40 and abs(int(img[5, 5, 0]) - 120) < 25
-    with pytest.raises(ValueError, match="expected"):
-        overlay_jpeg(frame[..., 0], heat, vmax=1.0)
-
-
-def test_camera_restores_running_stats_saved_by_its_previous_run(model, tmp_path):
-    import json
-
-    from service.cameras import Camera
-    from service.config import CameraConfig, ServiceSettings
-    settings = ServiceSettings(model="unused", state_dir=tmp_path)
-    cfg = CameraConfig(id="door", url="file:///nowhere.mp4", threshold=2.5)
-    k = len(model.meta.components)
-    saved = {"method": model.meta.method, "components": [c.name for c in model.meta.components],
-             "stats": {"mean": [1.0] * k, "var": [4.0] * k, "count": 77}}
-    (tmp_path / "cameras").mkdir()
-    (tmp_path / "cameras" / "door.json").write_text(json.dumps(saved))
-    cam = Camera(cfg, model, settings, Metrics())  # threads not started
-    assert cam.pipeline.scorer.stats.count == 77 and cam.pipeline.threshold == 2.5
-    cam.pipeline.scorer.stats.count = 78
-    cam.stop()  # saves
-    assert json.loads((tmp_path / "cameras" / "door.json").read_text())["stats"]["count"] == 78
-    # stats of another model are ignored
-    saved["components"] = ["other"]
-    (tmp_path / "cameras" / "door.json").write_text(json.dumps(saved))
-    assert Camera(cfg, model, settings, Metrics()).pipeline.scorer.stats.count == 0
-
-
 def test_decode_stage_times_the_pyav_decode_of_each_frame(model, sample_mp4):
-    from service.ingest import iter_frames, open_source
     metrics = Metrics()
     pipe = make_pipeline(model, metrics)
     with open_source(str(sample_mp4)) as container:

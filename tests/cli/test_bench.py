@@ -1,20 +1,15 @@
-"""``amvad bench``: the report of the in-process pipeline run, the frame-queue policies it relies on,
-the CLI, and the HTTP mode against a real ``amvad serve``."""
+"""``amvad bench``: the report of the in-process pipeline run, the CLI, and the HTTP mode against a real
+``amvad serve``."""
 
 from __future__ import annotations
 
 import json
-import threading
-import time
 
-import numpy as np
 import pytest
 
-from service.bench import http_bench, percentiles, run_bench
-from service.cameras import FrameQueue
-from service.ingest import Frame
-from tests.service.conftest import API_KEY
-from training.cli import main
+from cli.bench import http_bench, percentiles, run_bench
+from cli.main import main
+from tests.support.servers import API_KEY
 
 STAGES = ("decode", "flow", "model", "score", "heatmap")
 
@@ -51,33 +46,6 @@ def test_paced_replay_keeps_the_rate(tiny_model, sample_mp4):
     # then frames come out at the source rate, and none is dropped
     assert rep["fps_end_to_end"] == pytest.approx(20, rel=0.25)
     assert rep["drops"]["queue_full"] == 0 and rep["rate_fps"] == 20
-
-
-def frame(i: int) -> Frame:
-    return Frame("q", i, 1, float(i), np.zeros((2, 2, 3), np.uint8))
-
-
-def test_frame_queue_drops_oldest_for_live_sources_and_blocks_for_unpaced_files():
-    live = FrameQueue(2)
-    assert [live.put(frame(i)) for i in range(3)] == [0, 0, 1]
-    assert live.get(0.1).frame_id == 1  # frame 0 was dropped
-    # a blocking put waits for room instead of dropping
-    q, stop = FrameQueue(1), threading.Event()
-    q.put(frame(0), block_until=stop)
-    t = threading.Thread(target=q.put, args=(frame(1),), kwargs={"block_until": stop})
-    t.start()
-    time.sleep(0.3)
-    assert t.is_alive()  # still waiting: the queue is full
-    assert q.get(0.1).frame_id == 0
-    t.join(2)
-    assert not t.is_alive() and q.get(0.1).frame_id == 1
-    # and a stop request releases a blocked put (the frame is discarded)
-    q.put(frame(2), block_until=stop)
-    t = threading.Thread(target=q.put, args=(frame(3),), kwargs={"block_until": stop})
-    t.start()
-    stop.set()
-    t.join(2)
-    assert not t.is_alive() and q.get(0.1).frame_id == 2 and q.get(0.05) is None
 
 
 def test_percentiles_are_in_milliseconds():

@@ -1,8 +1,9 @@
-"""Service fixtures: a tiny model trained and exported once per session, H.264 test clips made with
-PyAV, a real uvicorn server on a free loopback port, and a real GStreamer RTSP server."""
+"""Real servers for tests: ``amvad serve`` as a subprocess on a free loopback port (with an httpx client
+and helpers for its cameras and WebSocket), and GStreamer's RTSP server driven by the system python."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,17 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import av
-import cv2
 import httpx
-import numpy as np
-import pytest
 import yaml
-
-from tests.synthetic import render_clip, tiny_config, write_clip
-from training.config import load_config
-from training.export import export
-from training.train import train
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -31,38 +23,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def write_mp4(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
-    """Grey uint8 frames -> H.264 MP4 (yuv420p) with PyAV."""
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        for f in frames:
-            vf = av.VideoFrame.from_ndarray(cv2.cvtColor(f, cv2.COLOR_GRAY2RGB), format="rgb24")
-            out.mux(stream.encode(vf))
-        out.mux(stream.encode())
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_model(synthetic_dataset, tmp_path_factory) -> Path:
-    """A tiny amsrc model (32x48 grey, clip_len 4) trained one epoch on the synthetic clips."""
-    out = tmp_path_factory.mktemp("tiny_model")
-    cfg_path = out / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(tiny_config(synthetic_dataset, out / "run", "amsrc")))
-    ckpt = train(load_config(cfg_path), progress=False)
-    path = out / "tiny.onnx"
-    export(ckpt, path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def sample_mp4(tmp_path_factory) -> Path:
-    """30 frames at 10 fps; a bright square crosses fast from frame 15 on."""
-    return write_mp4(tmp_path_factory.mktemp("clips") / "sample.mp4",
-                     render_clip(30, speed=1.0, seed=21, fast_from=15))
 
 
 class Service:
@@ -96,7 +56,7 @@ def start_service(tmp: Path, model: Path, extra: dict | None = None) -> Service:
     (tmp / "service.yaml").write_text(yaml.safe_dump(cfg))
     log = tmp / "service.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--config", str(tmp / "service.yaml"),
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--config", str(tmp / "service.yaml"),
                              "--port", str(port)], cwd=REPO, env=env, stdout=log.open("wb"),
                             stderr=subprocess.STDOUT)
     svc = Service(proc, port, log)
@@ -127,14 +87,6 @@ def stop_process(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-@pytest.fixture(scope="session")
-def service(tiny_model, tmp_path_factory):
-    svc = start_service(tmp_path_factory.mktemp("service"), tiny_model)
-    yield svc
-    svc.http.close()
-    stop_process(svc.proc)
-
-
 def rtsp_available() -> str | None:
     """None when the system python can run GStreamer's RTSP server, else the reason it cannot."""
     if not Path(SYSTEM_PYTHON).exists():
@@ -157,7 +109,7 @@ class RtspServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([SYSTEM_PYTHON, str(Path(__file__).parent / "rtsp_server.py"),
+        self.proc = subprocess.Popen([SYSTEM_PYTHON, str(Path(__file__).with_name("rtsp_server.py")),
                                       "--frames", str(self.frames), "--port", str(self.port),
                                       "--fps", str(self.fps)], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
@@ -172,13 +124,20 @@ class RtspServer:
             self.proc = None
 
 
-@pytest.fixture
-def rtsp_server(tmp_path):
-    reason = rtsp_available()
-    if reason:
-        pytest.skip(reason)
-    write_clip(tmp_path / "frames", render_clip(40, speed=1.0, seed=5))
-    server = RtspServer(tmp_path / "frames")
-    server.start()
-    yield server
-    server.stop()
+def ws_url(service: Service, camera: str, **params) -> str:
+    query = "&".join(f"{k}={v}" for k, v in {"api_key": API_KEY, **params}.items())
+    return f"ws://127.0.0.1:{service.port}/v1/cameras/{camera}/ws?{query}"
+
+
+def receive(ws, n: int, timeout: float = 20) -> list[dict]:
+    """The next ``n`` JSON messages of a WebSocket, within ``timeout`` seconds in all."""
+    deadline, out = time.monotonic() + timeout, []
+    while len(out) < n:
+        out.append(json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic()))))
+    return out
+
+
+def add_camera(service: Service, cam_id: str, url: str) -> dict:
+    r = service.http.post("/v1/cameras", json={"id": cam_id, "url": url})
+    assert r.status_code == 201, r.text
+    return r.json()

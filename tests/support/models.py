@@ -1,4 +1,4 @@
-"""Plain helpers shared by the model tests (import as ``from tests.models.helpers import ...``)."""
+"""Plain helpers shared by the model tests (import as ``from tests.support.models import ...``)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EventConfig(BaseModel):
+    """How per-frame anomaly flags become events."""
+    model_config = ConfigDict(extra="forbid")
+    hysteresis: float = Field(0.5, ge=0, description="an event ends below threshold - hysteresis")
+    min_duration_s: float = Field(0.3, ge=0, description="shorter excursions are not events")
+    cooldown_s: float = Field(2.0, ge=0, description="re-crossings within this gap extend the event")
+
 
 @dataclass
 class AnomalyEvent:

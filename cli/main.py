@@ -1,4 +1,6 @@
-"""The ``amvad`` command: ``train``, ``eval``, ``export``, ``flow-check``, ``speed``, ``serve`` and ``bench``."""
+"""The ``amvad`` command, the product's one entry point: ``train``, ``export``, ``eval``, ``flow-check``,
+``speed`` (training/), ``serve`` (service/) and ``bench`` (cli/bench.py). Each command imports its layer
+only when run, so ``amvad --help`` is instant."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .config import load_config
-    from .train import train
+    from training.config import load_config
+    from training.train import train
     overrides = {"data.root": args.data} if args.data else {}
     if args.epochs:
         overrides["optim.epochs"] = args.epochs
@@ -22,14 +24,14 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .export import export
+    from training.export import export
     meta = export(args.checkpoint, args.out)
     print(f"exported {meta.method} to {args.out} (threshold {meta.threshold:.3f}, "
           f"components {[c.name for c in meta.components]})")
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate
+    from training.evaluate import evaluate
     res = evaluate(args.model, args.data, split=args.split, json_out=args.json, plot_dir=args.plot,
                    progress=not args.quiet)
     summary = {k: res[k] for k in ("method", "auc_paper", "auc_stream", "frames_scored", "seconds")}
@@ -37,7 +39,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _flow_check(args: argparse.Namespace) -> None:
-    from .flow_check import run_flow_check
+    from training.flow_check import run_flow_check
     res = run_flow_check(args.data, size=args.size, pairs=args.pairs, progress=not args.quiet)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
@@ -45,7 +47,7 @@ def _flow_check(args: argparse.Namespace) -> None:
 
 
 def _speed(args: argparse.Namespace) -> None:
-    from .speed import measure
+    from training.speed import measure
     for method in args.method:
         for bw in args.base_width:
             print(json.dumps(measure(method, height=args.height, width=args.width, base_width=bw,
@@ -59,7 +61,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from service.bench import http_bench, run_bench
+    from .bench import http_bench, run_bench
     if args.http:
         res = http_bench(args.http, source=args.source, camera_url=args.camera_url, cameras=args.cameras,
                          frames=args.frames, api_key=args.api_key, progress=not args.quiet)
@@ -76,8 +78,8 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="amvad", description="Video anomaly detection: train, evaluate, "
-                                "export two-stream memory networks.")
+    p = argparse.ArgumentParser(prog="amvad", description="Video anomaly detection with two-stream memory "
+                                "networks: train, export and evaluate models; serve them; benchmark the service.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a method from a YAML config")
     t.add_argument("--config", required=True, type=Path)

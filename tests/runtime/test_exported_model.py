@@ -1,4 +1,4 @@
-"""The bundled exported model through ONNX Runtime: metadata, shapes, errors, and its Ped2 accuracy."""
+"""The bundled exported model through ONNX Runtime: metadata, shapes and errors."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from models.registry import bundled_models, resolve_model
-from service.engine import ExportedModel
-from tests.synthetic import ped2_or_skip
-from training.evaluate import evaluate
+from runtime.exported_model import ExportedModel
+from runtime.windows import scored_frames
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +40,9 @@ def test_wrong_shaped_inputs_are_rejected(ped2_model):
     with pytest.raises(ValueError, match="flows must have shape"):
         ped2_model.run(np.zeros((1, t, c, h, w), np.float32), np.zeros((1, t, 2, h, w), np.float32))
     with pytest.raises(ValueError, match="fewer than the clip length"):
-        ped2_model.score_clip(np.zeros((t - 1, c, h, w), np.float32))
+        scored_frames(t - 1, t)
 
 
 def test_unknown_model_name():
     with pytest.raises(FileNotFoundError, match="neither a file nor a bundled model"):
         ExportedModel("no-such-model")
-
-
-@pytest.mark.integration
-@pytest.mark.slow
-def test_bundled_model_ped2_auc_does_not_regress(tmp_path):
-    # given the full Ped2 test split, when the bundled model is evaluated, then both protocols meet the
-    # issue's targets (the model card records auc_paper 0.967, auc_stream 0.960)
-    res = evaluate("ped2", ped2_or_skip(), json_out=tmp_path / "eval.json", progress=False)
-    assert res["frames_scored"] == 2010 - 12 * (ExportedModel("ped2").meta.clip_len - 1)
-    assert res["auc_paper"] >= 0.95 and res["auc_stream"] >= 0.93, res

@@ -1,37 +1,25 @@
-"""Frames from any source (uploaded file, path, ``file://``, RTSP, HTTP) through one PyAV decoder.
+"""Frames from any source (uploaded file, path, ``file://``, RTSP, HTTP) through one PyAV decoder, for
+training, evaluation, uploads and cameras alike.
 
-A frame travels as a frozen :class:`Frame`; ``segment`` changes whenever the source was (re)opened, so
-consumers can restart temporal windows after a reconnect.
+A frame travels as a frozen :class:`~runtime.types.Frame`; ``segment`` changes whenever the source was
+(re)opened, so consumers can restart temporal windows after a reconnect.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import av
-import numpy as np
 
-from .security import redact
+from .redact import redact
+from .types import Frame
 
 
 class DecodeError(ValueError):
     """A source that is not a readable video (names the source and what went wrong)."""
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One decoded frame: RGB uint8 (H, W, 3); ``timestamp`` in seconds (stream time or wall clock);
-    ``decode_s``: seconds PyAV spent decoding it (packet read, decode, RGB conversion)."""
-    source_id: str
-    frame_id: int
-    segment: int
-    timestamp: float
-    pixels: np.ndarray
-    decode_s: float = 0.0
 
 
 def is_file_source(url: str) -> bool:

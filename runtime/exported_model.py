@@ -1,4 +1,7 @@
-"""An exported model ready to score: ONNX Runtime session + its metadata + the flow it was trained with."""
+"""An exported model ready to run: ONNX Runtime session + its metadata + the flow it was trained with.
+
+The one inference class every path uses (the engine behind cameras, uploads and ``amvad eval``): load once
+(warmed up), ``run`` a batch of windows, get a named :class:`ModelOutput` back."""
 
 from __future__ import annotations
 
@@ -14,6 +17,9 @@ from models.flow import build_flow
 from models.metadata import METADATA_KEY, ModelMetadata
 from models.registry import resolve_model
 
+from .device import pick_device
+from .flows import compute_flows
+
 
 @dataclass(frozen=True)
 class ModelOutput:
@@ -21,15 +27,6 @@ class ModelOutput:
     components: np.ndarray   # (B, K)
     heatmap: np.ndarray      # (B, 1, H, W)
     prediction: np.ndarray   # (B, C, H, W)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """The one place a device is chosen: ``auto`` is CUDA when available, else CPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 class ExportedModel:
@@ -90,30 +87,3 @@ class ExportedModel:
     def compute_flows(self, frames: np.ndarray, batch: int = 32) -> np.ndarray:
         """Flow between consecutive preprocessed frames: (N, C, H, W) -> (N-1, 2, H, W)."""
         return compute_flows(self.flow, frames, self.device, batch)
-
-    def score_clip(self, frames: np.ndarray, batch: int = 16) -> np.ndarray:
-        """Raw components for every frame of a clip that has a full window: (N, C, H, W) ->
-        (N - T + 1, K); row i belongs to frame i + T - 1."""
-        t = self.meta.clip_len
-        if len(frames) < t:
-            raise ValueError(f"clip has {len(frames)} frames, fewer than the clip length {t}")
-        flows = self.compute_flows(frames)
-        out = []
-        for start in range(0, len(frames) - t + 1, batch):
-            ids = range(start, min(start + batch, len(frames) - t + 1))
-            fw = np.stack([frames[i:i + t] for i in ids])
-            ow = np.stack([flows[i:i + t - 1] for i in ids])
-            out.append(self.run(fw, ow).components)
-        return np.concatenate(out)
-
-
-def compute_flows(flow: torch.nn.Module, frames: np.ndarray, device: torch.device,
-                  batch: int = 32) -> np.ndarray:
-    """Batched flow over consecutive frames of a clip, (N, C, H, W) float32 -> (N-1, 2, H, W)."""
-    out = []
-    x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))
-    for s in range(0, len(frames) - 1, batch):
-        e = min(s + batch, len(frames) - 1)
-        prev, nxt = x[s:e].to(device), x[s + 1:e + 1].to(device)
-        out.append(flow(prev, nxt).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 2, *frames.shape[2:]), np.float32)

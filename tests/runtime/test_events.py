@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.events import EventTracker
+from runtime.events import EventTracker
 
 
 def feed(tracker: EventTracker, scores: list[float | None]) -> list[str | None]:

@@ -1,0 +1,129 @@
+"""One stream's inference: preprocess -> engine (flow, model) -> causal score -> events.
+
+Every camera, every uploaded clip and every clip of ``amvad eval`` is a :class:`Stream`, built here and
+nowhere else. ``submit`` preprocesses a frame and hands it to the shared
+:class:`~runtime.engine.InferenceEngine`, which keeps the stream's window, batches flow and model work
+across streams and hands back each frame's output once, in frame order; the returned future holds the
+:class:`~runtime.types.FrameResult`. At most ``max_inflight`` frames of one stream are in the engine at
+once, so a stream that cannot keep up is held back at its own queue (where a live camera drops its
+oldest frame) instead of flooding the engine.
+
+A gap in the frames (a frame id that does not follow the previous one, or a new source segment after a
+reconnect) restarts the temporal window, and the stream reports ``warming_up`` (score None) until
+``clip_len`` consecutive frames are in.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+
+import numpy as np
+
+from .engine import InferenceEngine
+from .events import EventConfig, EventTracker
+from .preprocess import to_model_frame
+from .scoring import DEFAULT_FORGET, RunningStats, StreamScorer
+from .types import LIVE, WARMING_UP, EngineOutput, Frame, FrameResult, Observer
+
+
+class Stream:
+    """``threshold`` None = the model's; ``stats``: running statistics to resume from (else the model's
+    training statistics); ``keep_events``: how many past events ``events.events`` keeps."""
+
+    def __init__(self, engine: InferenceEngine, *, threshold: float | None = None,
+                 forget: float = DEFAULT_FORGET, events: EventConfig | None = None,
+                 stats: RunningStats | None = None, observer: Observer | None = None,
+                 keep_events: int = 100, max_inflight: int | None = None) -> None:
+        self.engine, self.model, self.observer = engine, engine.model, observer
+        meta = engine.meta
+        self.scorer = StreamScorer.from_metadata(meta, threshold=meta.threshold if threshold is None else threshold,
+                                                 forget=forget, stats=stats)
+        ev = events or EventConfig()
+        self.events = EventTracker(threshold=self.scorer.threshold, hysteresis=ev.hysteresis,
+                                   min_duration_s=ev.min_duration_s, cooldown_s=ev.cooldown_s, keep=keep_events)
+        self.state = WARMING_UP
+        self._lane = engine.open_lane(self)
+        self._last: tuple[int, int] | None = None  # (segment, frame_id) of the previous submitted frame
+        self._slots = threading.BoundedSemaphore(max_inflight or engine.config.max_inflight)
+
+    @property
+    def threshold(self) -> float:
+        return self.scorer.threshold
+
+    def submit(self, frame: Frame) -> Future:
+        """Preprocess ``frame`` and queue it; blocks while ``max_inflight`` frames are in the engine.
+        The future's result is the frame's :class:`FrameResult` (or the error that broke its batch)."""
+        restart = self._last is not None and (frame.segment, frame.frame_id) != (self._last[0], self._last[1] + 1)
+        self._last = (frame.segment, frame.frame_id)
+        m = self.engine.meta
+        # "decode" stage: PyAV's decode in the ingest thread (frame.decode_s) plus the conversion to the
+        # model input (resize, grey) here, observed once per frame
+        t0 = time.perf_counter()
+        x = self.engine.to_device(to_model_frame(frame.pixels, height=m.height, width=m.width, channels=m.channels))
+        if self.observer:
+            self.observer.observe("decode", frame.decode_s + time.perf_counter() - t0)
+        future: Future = Future()
+        self._slots.acquire()
+        try:
+            self.engine.submit(self._lane, x, restart=restart, ticket=(frame, future))
+        except BaseException:
+            self._slots.release()
+            raise
+        return future
+
+    def process(self, frame: Frame) -> FrameResult:
+        """Score one frame and wait for it (no overlap between frames; see :func:`results_in_order`)."""
+        return self.submit(frame).result()
+
+    def engine_done(self, ticket: tuple[Frame, Future], out: EngineOutput) -> None:
+        """The engine's output for one frame (in frame order): score, update events, resolve the future."""
+        frame, future = ticket
+        self._slots.release()
+        if self.observer:
+            self.observer.observe_latency(out.latency_s)
+        if out.error is not None:
+            future.set_exception(out.error)
+            return
+        try:
+            result = self._score(frame, out)
+        except Exception as exc:
+            future.set_exception(exc)
+            return
+        future.set_result(result)
+
+    def _score(self, frame: Frame, out: EngineOutput) -> FrameResult:
+        if out.restarted:
+            self.scorer.reset_window()
+        if out.components is None:
+            self.state = WARMING_UP
+            return FrameResult(frame.frame_id, frame.timestamp, None, False, WARMING_UP, None, None, None)
+        self.state = LIVE
+        t0 = time.perf_counter()
+        components = out.components.astype(np.float64)
+        score = self.scorer.update(components)
+        event = self.events.update(frame.timestamp, frame.frame_id, score)
+        if self.observer:
+            for stage, seconds in out.stage_s.items():
+                self.observer.observe(stage, seconds)
+            self.observer.observe("score", time.perf_counter() - t0)
+        return FrameResult(frame.frame_id, frame.timestamp, score, bool(score >= self.scorer.threshold), LIVE,
+                           components, out.heatmap, event)
+
+
+def results_in_order(stream: Stream, frames: Iterable[Frame]) -> Iterator[tuple[Frame, FrameResult]]:
+    """Feed ``frames`` as fast as the stream admits them (flow of frame t+1 overlaps the model of frame
+    t) and yield each frame with its result, in order. For files; a live camera publishes from its own
+    thread instead, so no result waits for the next frame to arrive."""
+    pending: deque[tuple[Frame, Future]] = deque()
+    for frame in frames:
+        pending.append((frame, stream.submit(frame)))
+        while pending and pending[0][1].done():
+            f, fut = pending.popleft()
+            yield f, fut.result()
+    while pending:
+        f, fut = pending.popleft()
+        yield f, fut.result()

@@ -1,0 +1,70 @@
+"""Records and protocols that several layers share. This module imports nothing of ours, so the decoder,
+the inference engine, a stream and the service can all name these types without importing each other
+(the way Starlette's ``types.py`` breaks its circles)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+WARMING_UP, LIVE = "warming_up", "live"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: RGB uint8 (H, W, 3); ``timestamp`` in seconds (stream time or wall clock);
+    ``segment`` changes whenever the source was (re)opened; ``decode_s``: seconds spent decoding it."""
+    source_id: str
+    frame_id: int
+    segment: int
+    timestamp: float
+    pixels: np.ndarray
+    decode_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What one frame produced; ``heatmap`` (h, w) at model resolution; score, components and heatmap
+    are None while the stream warms up (fewer than ``clip_len`` consecutive frames)."""
+    frame_id: int
+    timestamp: float
+    score: float | None
+    anomaly: bool
+    state: str
+    components: np.ndarray | None
+    heatmap: np.ndarray | None
+    event: str | None  # "start" / "end" when an anomaly event changed on this frame
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """What the inference engine hands a stream for one submitted frame, exactly once.
+
+    ``components`` (K,) and ``heatmap`` (h, w) are None while the window is not full (and on error);
+    ``restarted``: the engine started a new window with this frame (the stream asked for it, or an earlier
+    frame of the stream failed); ``error``: the exception that broke this frame's batch, if any."""
+    components: np.ndarray | None
+    heatmap: np.ndarray | None
+    restarted: bool
+    error: BaseException | None = None
+    stage_s: dict[str, float] = field(default_factory=dict)  # seconds each engine stage took
+    latency_s: float = 0.0                                   # submit -> output
+
+
+class StreamSink(Protocol):
+    """How the engine knows a stream: one call per submitted frame, in submission order, from the engine's
+    model thread. ``ticket`` is whatever the stream passed to ``submit`` for that frame."""
+
+    def engine_done(self, ticket: Any, out: EngineOutput) -> None: ...
+
+
+class Observer(Protocol):
+    """Where the engine and streams report timings (the service's Prometheus metrics implement it)."""
+
+    def observe(self, stage: str, seconds: float) -> None: ...
+
+    def observe_batch(self, stage: str, seconds: float, size: int) -> None: ...
+
+    def observe_latency(self, seconds: float) -> None: ...

@@ -1,0 +1,101 @@
+"""Live cameras: add, list, inspect and remove them; their events, recent scores, latest heatmap, and
+the per-frame WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, WebSocket, WebSocketDisconnect
+from starlette.concurrency import run_in_threadpool
+
+from ..cameras import UnknownCamera
+from ..config import CameraConfig
+from ..wiring import Services
+from .deps import key_ok, ready, require_key
+
+log = logging.getLogger("amvad.service")
+router = APIRouter(prefix="/v1/cameras", dependencies=[Depends(require_key)])
+# The WebSocket checks the key itself: it reports a refusal as a message before closing.
+websocket_router = APIRouter(prefix="/v1/cameras")
+
+
+@router.post("", status_code=201, summary="add a camera")
+async def add_camera(cfg: CameraConfig, svc: Services = Depends(ready)) -> dict:
+    """The camera is kept in the state directory and restarted with the service until deleted."""
+    return (await run_in_threadpool(svc.cameras.add, cfg, True)).status()
+
+
+@router.get("", summary="all cameras and their states")
+def list_cameras(svc: Services = Depends(ready)) -> list[dict]:
+    return [c.status() for c in svc.cameras.list()]
+
+
+@router.get("/{camera_id}", summary="one camera's state")
+def get_camera(camera_id: str, svc: Services = Depends(ready)) -> dict:
+    return svc.cameras.get(camera_id).status()
+
+
+@router.delete("/{camera_id}", summary="stop and remove a camera (also after a restart)")
+async def delete_camera(camera_id: str, svc: Services = Depends(ready)) -> dict:
+    await run_in_threadpool(svc.cameras.remove, camera_id)
+    return {"deleted": camera_id}
+
+
+@router.get("/{camera_id}/events", summary="recent anomaly events")
+def camera_events(camera_id: str, svc: Services = Depends(ready)) -> list[dict]:
+    return [e.to_dict() for e in svc.cameras.get(camera_id).stream.events.events]
+
+
+@router.get("/{camera_id}/scores", summary="recent per-frame messages")
+def camera_scores(camera_id: str, limit: int = Query(300, ge=1, le=600), svc: Services = Depends(ready)) -> list[dict]:
+    return list(svc.cameras.get(camera_id).recent)[-limit:]
+
+
+@router.get("/{camera_id}/heatmap.jpg", summary="latest heatmap overlay")
+async def camera_heatmap(camera_id: str, svc: Services = Depends(ready)) -> Response:
+    jpeg = await run_in_threadpool(svc.cameras.get(camera_id).heatmap_jpeg)
+    if jpeg is None:
+        raise HTTPException(404, f"camera {camera_id} has no scored frame yet")
+    return Response(jpeg, media_type="image/jpeg")
+
+
+@websocket_router.websocket("/{camera_id}/ws")
+async def camera_ws(websocket: WebSocket, camera_id: str, heatmap: bool = False) -> None:
+    """One JSON message per frame; errors are sent as ``{"error": ...}`` before closing with 1008."""
+    await websocket.accept()
+    try:
+        if not key_ok(websocket):
+            raise PermissionError("missing or wrong API key (api_key query parameter)")
+        cam = ready(websocket).cameras.get(camera_id)
+    except (PermissionError, HTTPException, UnknownCamera) as exc:
+        msg = exc.detail if isinstance(exc, HTTPException) else (exc.args[0] if exc.args else str(exc))
+        await websocket.send_json({"error": str(msg)})
+        await websocket.close(code=1008)
+        return
+    client = cam.broadcaster.subscribe(heatmap)
+    receiver = asyncio.create_task(_drain(websocket))
+    try:
+        while not receiver.done():
+            getter = asyncio.create_task(client.queue.get())
+            done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                break
+            await websocket.send_text(getter.result())
+    except (WebSocketDisconnect, RuntimeError) as exc:  # the client went away mid-send: normal end
+        log.debug("camera %s: WebSocket client left (%s)", camera_id, type(exc).__name__)
+    finally:
+        receiver.cancel()
+        cam.broadcaster.unsubscribe(client)
+
+
+async def _drain(websocket: WebSocket) -> None:
+    """Read (and ignore) client messages until it disconnects."""
+    try:
+        while True:
+            if (await websocket.receive())["type"] == "websocket.disconnect":
+                return
+    except (WebSocketDisconnect, RuntimeError):
+        return
+

@@ -1,0 +1,32 @@
+"""Liveness, readiness and Prometheus metrics (no API key: probes and scrapers call them)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from ..errors import error
+from .deps import services
+
+router = APIRouter()
+
+
+@router.get("/healthz", summary="liveness")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="ready once the model is loaded")
+def readyz(request: Request):
+    svc = services(request)
+    if not svc.ready:
+        return error(503, svc.load_error or "model is still loading")
+    return {"status": "ready", "model": svc.engine.meta.method, "threshold": svc.engine.meta.threshold,
+            "device": str(svc.engine.device)}
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+def metrics(request: Request) -> Response:
+    svc = services(request)
+    if svc.ready:
+        svc.cameras.refresh_metrics()
+    return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,66 @@
+"""The one place that builds a running service from its settings (as Frigate's ``FrigateApp.start()``):
+metrics, the shared inference engine, clip jobs and cameras, in that order, and stops them in reverse.
+``amvad serve`` (through :func:`service.app.create_app`) and ``amvad bench`` both use it."""
+
+from __future__ import annotations
+
+import logging
+
+from runtime.engine import InferenceEngine
+from runtime.redact import redact
+
+from .camera_store import CameraStore
+from .cameras import CameraManager
+from .clips import ClipJobs
+from .config import ServiceSettings
+from .metrics import Metrics
+
+log = logging.getLogger("amvad.service")
+
+
+class Services:
+    """Every long-lived part of the service. ``cameras`` is set last, so it marks the service ready;
+    ``load_error`` says why starting failed."""
+
+    def __init__(self, settings: ServiceSettings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.engine: InferenceEngine | None = None
+        self.clips: ClipJobs | None = None
+        self.cameras: CameraManager | None = None
+        self.load_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.cameras is not None
+
+    def start(self) -> None:
+        """Load the model into the engine, then start clip jobs and every configured or stored camera."""
+        s = self.settings
+        engine = self.engine = InferenceEngine(s.model, s.engine, self.metrics)
+        self.clips = ClipJobs(engine, s, self.metrics)
+        cameras = CameraManager(engine, s, self.metrics, CameraStore(s.state_dir))
+        for cfg in s.cameras:
+            cameras.add(cfg)
+        restored = cameras.restore({c.id for c in s.cameras})
+        self.cameras = cameras
+        log.info("model %s loaded (%s on %s); %d camera(s) from the config, %d restored: %s",
+                 engine.model.path, engine.meta.method, engine.device, len(s.cameras), len(restored),
+                 ", ".join(restored))
+
+    def start_or_record_error(self) -> None:
+        """:meth:`start` for a background thread: a failure is kept in ``load_error`` (readiness says it)."""
+        try:
+            self.start()
+        except Exception as exc:
+            self.load_error = redact(f"{type(exc).__name__}: {exc}")
+            log.error("cannot start: %s", self.load_error)
+
+    def stop(self) -> None:
+        """Cameras first (they feed the engine), then clip jobs, then the engine."""
+        if self.cameras:
+            self.cameras.stop_all()
+        if self.clips:
+            self.clips.shutdown()
+        if self.engine:
+            self.engine.close()
