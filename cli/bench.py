@@ -106,7 +106,7 @@ def run_bench(model: str = "ped2", *, source: str | Path | None = None, cameras:
         "model_threads": model_threads}.items() if v is not None})
     state_dir = tempfile.TemporaryDirectory(prefix="amvad-bench-")
     settings = ServiceSettings(model=model, state_dir=Path(state_dir.name), engine=engine_cfg,
-                               websocket=WebSocketConfig(queue=100_000))
+                               websocket=WebSocketConfig(queue=100_000), media_dirs=[src.resolve().parent])
     gpu_free0 = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
     if gpu_free0 is not None:
         torch.cuda.reset_peak_memory_stats()

@@ -143,9 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 2 for bad arguments or inputs, 1 when the service cannot start."""
+    from service.server import ServeError
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except ServeError as exc:
+        print(f"amvad {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as exc:
         print(f"amvad {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -13,13 +13,24 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import av
+import numpy as np
 
 from .redact import redact
 from .types import Frame
 
 
 class DecodeError(ValueError):
-    """A source that is not a readable video (names the source and what went wrong)."""
+    """A source that is not a readable video (names the source and what went wrong); ``reason`` is
+    FFmpeg's own words without any path, for messages that must not show ours."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def ffmpeg_reason(exc: Exception) -> str:
+    """FFmpeg's message for ``exc`` without the errno and file name PyAV adds."""
+    return getattr(exc, "strerror", None) or type(exc).__name__
 
 
 def is_file_source(url: str) -> bool:
@@ -42,10 +53,10 @@ def open_source(url: str, *, open_timeout: float = 5.0, read_timeout: float = 5.
     try:
         container = av.open(target, options=options, timeout=(open_timeout, read_timeout))
     except (av.error.FFmpegError, OSError) as exc:
-        raise DecodeError(redact(f"cannot open {url}: {exc}")) from None
+        raise DecodeError(redact(f"cannot open {url}: {exc}"), ffmpeg_reason(exc)) from None
     if not container.streams.video:
         container.close()
-        raise DecodeError(redact(f"{url}: no video stream"))
+        raise DecodeError(redact(f"{url}: no video stream"), "no video stream")
     return container
 
 
@@ -53,6 +64,13 @@ def stream_fps(container: av.container.InputContainer, default: float = 25.0) ->
     """The stream's frame rate, or ``default`` when the container does not say."""
     rate = container.streams.video[0].average_rate or container.streams.video[0].guessed_rate
     return float(rate) if rate else default
+
+
+def upright(pixels: np.ndarray, rotation: float) -> np.ndarray:
+    """The picture as it is meant to be seen: ``rotation`` is the stream's display rotation (degrees
+    counterclockwise, PyAV's ``VideoFrame.rotation``, e.g. -90 for a phone filmed upright)."""
+    quarter_turns = round(rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(pixels, quarter_turns)) if quarter_turns else pixels
 
 
 def iter_frames(container: av.container.InputContainer, *, source_id: str, segment: int = 0,
@@ -72,7 +90,7 @@ def iter_frames(container: av.container.InputContainer, *, source_id: str, segme
             pending += time.perf_counter() - t0
             for vf in decoded:
                 t0 = time.perf_counter()
-                pixels = vf.to_ndarray(format="rgb24")
+                pixels = upright(vf.to_ndarray(format="rgb24"), vf.rotation)
                 spent, pending = pending + time.perf_counter() - t0, 0.0
                 ts = time.time() if wall_clock else float(vf.time if vf.time is not None else fid - first_id)
                 yield Frame(source_id, fid, segment, ts, pixels, spent)

@@ -74,7 +74,7 @@ class CameraStore:
                 self._write()
 
     def _write(self) -> None:
-        entries = [{"id": c.id, "url": c.url.get_secret_value(), "threshold": c.threshold}
+        entries = [{**c.model_dump(mode="json", exclude={"url"}), "url": c.url.get_secret_value()}
                    for c in self._cameras.values()]
         try:
             write_atomic(self.path, json.dumps({"cameras": entries}), mode=0o600)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import queue
 import random
 import threading
@@ -34,6 +35,7 @@ from .config import CameraConfig, ServiceSettings
 from .heatmap import HeatScale
 from .metrics import Metrics
 from .publish import Broadcaster
+from .security import UrlError, check_media_path
 
 log = logging.getLogger("amvad.cameras")
 CONNECTING, RECONNECTING, STREAMING, FAILED = "connecting", "reconnecting", "streaming", "failed"
@@ -110,12 +112,17 @@ class Camera:
         """Ask the threads to end without waiting (lets many cameras wind down together)."""
         self._stop.set()
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float = 2.0, *, keep_stats: bool = True) -> None:
+        """Stop the threads; ``keep_stats`` saves the running statistics for the next start, otherwise
+        (the camera is deleted) they are removed, so a camera re-added under this id starts fresh."""
         self._stop.set()
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout)
-        self._save_stats()
+        if keep_stats:
+            self._save_stats()
+        else:
+            self._stats_path().unlink(missing_ok=True)
         self.metrics.remove_camera(self.id)
 
     @property
@@ -126,7 +133,7 @@ class Camera:
         since = None if self.last_frame_time is None else round(time.time() - self.last_frame_time, 3)
         return {"id": self.id, "url": self.url, "state": self.state, "reason": self.reason,
                 "fps": round(self.fps, 2), "frames": self.frames, "drops": self.drops,
-                "reconnects": self.reconnects, "last_frame_time": self.last_frame_time,
+                "reconnects": self.reconnects, "replay_fps": self.replay_fps, "last_frame_time": self.last_frame_time,
                 "seconds_since_last_frame": since, "threshold": self.stream.threshold,
                 "ws_clients": len(self.broadcaster.clients)}
 
@@ -241,8 +248,9 @@ class Camera:
             m.score.labels(self.id).set(r.score)
         if r.event == "start":
             m.events.labels(self.id).inc()
+        finite = r.score is not None and math.isfinite(r.score)  # every message must be valid JSON
         msg = {"camera": self.id, "frame_id": r.frame_id, "timestamp": r.timestamp,
-               "score": None if r.score is None else round(r.score, 4), "anomaly": r.anomaly,
+               "score": round(r.score, 4) if finite else None, "anomaly": r.anomaly,
                "state": self.state, "threshold": self.stream.threshold, "event": r.event}
         self.recent.append(msg)
         self.broadcaster.publish(msg, lambda: self.heatmap_jpeg())
@@ -296,6 +304,9 @@ class CameraManager:
 
     def add(self, cfg: CameraConfig, persist: bool = False, start: bool = True) -> Camera:
         """``start=False`` leaves the threads to the caller (``camera.start()``), e.g. to subscribe first."""
+        url = cfg.url.get_secret_value()
+        if is_file_source(url):
+            check_media_path(file_path(url), self.settings.media_dirs)
         with self._lock:
             if cfg.id in self._cameras:
                 raise DuplicateCamera(f"camera {cfg.id!r} already exists")
@@ -316,7 +327,11 @@ class CameraManager:
                 log.warning("stored camera %s is also declared in the config; the config wins", cfg.id)
                 self.store.discard(cfg.id)
                 continue
-            self.add(cfg)
+            try:
+                self.add(cfg)
+            except UrlError as exc:  # e.g. media_dirs changed since it was added: keep it, do not start it
+                log.warning("stored camera %s not started: %s", cfg.id, exc)
+                continue
             started.append(cfg.id)
         return started
 
@@ -336,7 +351,7 @@ class CameraManager:
             if forget and self.store is not None:
                 self.store.discard(camera_id)
             del self._cameras[camera_id]
-            cam.stop()
+            cam.stop(keep_stats=not forget)
 
     def list(self) -> list[Camera]:
         return list(self._cameras.values())

@@ -5,8 +5,7 @@ frame, in order (``None`` for warm-up frames)."""
 from __future__ import annotations
 
 import io
-import os
-import tempfile
+import logging
 import threading
 import time
 import uuid
@@ -14,19 +13,19 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import av
 
 from runtime.engine import InferenceEngine
 from runtime.stream import Stream, results_in_order
-from runtime.video import DecodeError, iter_frames, open_source, stream_fps
+from runtime.video import DecodeError, ffmpeg_reason, iter_frames, open_source, stream_fps
 
 from .config import ServiceSettings
 from .heatmap import HeatScale
 from .metrics import Metrics
 
 MAX_HEATMAP_FRAMES = 2000
+log = logging.getLogger("amvad.clips")
 
 
 class ClipTooLarge(ValueError):
@@ -35,6 +34,10 @@ class ClipTooLarge(ValueError):
 
 class UnknownJob(KeyError):
     """A clip job id that does not exist (HTTP 404)."""
+
+
+class QueueFull(RuntimeError):
+    """As many clip jobs as ``limits.max_queued_jobs`` are waiting or running (HTTP 429)."""
 
 
 @dataclass
@@ -67,31 +70,16 @@ class ClipJob:
         return out
 
 
-def save_upload(src: BinaryIO, limit: int, limit_mb: float) -> Path:
-    """Copy an upload to a temporary file, refusing more than ``limit`` bytes."""
-    fd, name = tempfile.mkstemp(prefix="amvad-upload-", suffix=".bin")
-    path, total = Path(name), 0
-    with os.fdopen(fd, "wb") as dst:
-        while chunk := src.read(2 ** 20):
-            total += len(chunk)
-            if total > limit:
-                dst.close()
-                path.unlink(missing_ok=True)
-                raise ClipTooLarge(f"upload is larger than the limit of {limit_mb:g} MB")
-            dst.write(chunk)
-    return path
-
-
-def probe_clip(path: Path, settings: ServiceSettings) -> ProbedClip:
-    """Decode the whole file once (cheap next to flow and model) to reject bad uploads up front."""
+def probe_clip(path: Path, settings: ServiceSettings, *, filename: str, min_frames: int) -> ProbedClip:
+    """Decode the whole file once (cheap next to flow and model) to reject bad uploads up front; messages
+    name the user's file (``filename``), never ours."""
     limits = settings.limits
     if path.stat().st_size == 0:
-        raise DecodeError("the uploaded file is empty")
+        raise DecodeError(f"{filename!r} is empty")
     try:
         container = open_source(str(path))
-    except DecodeError as exc:  # name the problem, not our temporary file
-        raise DecodeError(f"the upload is not a readable video: {exc}".replace(f"{path}: ", "")
-                          .replace(f" {path}", "").replace(f"'{path}'", "upload")) from None
+    except DecodeError as exc:
+        raise DecodeError(f"{filename!r} is not a readable video ({exc.reason})") from None
     with container:
         stream = container.streams.video[0]
         fps = stream_fps(container)
@@ -105,25 +93,48 @@ def probe_clip(path: Path, settings: ServiceSettings) -> ProbedClip:
                     raise ClipTooLarge(f"clip is longer than the limit of {limits.max_clip_seconds:g} s "
                                        f"/ {limits.max_clip_frames} frames")
         except av.error.FFmpegError as exc:
-            raise DecodeError(f"the upload is truncated or undecodable ({codec}) after {n} frames: "
-                              f"{exc}") from None
-    if n == 0:
-        raise DecodeError(f"no decodable video frames (codec {codec})")
+            raise DecodeError(f"{filename!r} is truncated or undecodable ({codec}) after {n} frames: "
+                              f"{ffmpeg_reason(exc)}") from None
+    if n < min_frames:
+        raise DecodeError(f"{filename!r} has {n} decodable frame(s) ({codec}); the model needs a video of at "
+                          f"least {min_frames} frames")
     return ProbedClip(n, fps, codec)
 
 
 class ClipJobs:
-    """Queue of clip jobs, one worker thread; keeps the last ``limits.max_jobs`` jobs."""
+    """Queue of clip jobs, one worker thread; at most ``limits.max_queued_jobs`` waiting or running, the
+    last ``limits.max_jobs`` finished ones kept. Upload files live in ``<state_dir>/uploads`` and are deleted
+    when their job ends or the service stops; files left by a crash are removed at start-up."""
 
     def __init__(self, engine: InferenceEngine, settings: ServiceSettings, metrics: Metrics) -> None:
         self.engine, self.settings, self.metrics = engine, settings, metrics
         self.jobs: OrderedDict[str, ClipJob] = OrderedDict()
+        self.upload_dir = settings.state_dir / "uploads"
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="clips")
+        stale = sorted(self.upload_dir.glob("upload-*")) if self.upload_dir.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("removed %d upload file(s) left by an earlier run", len(stale))
+
+    def check_capacity(self) -> None:
+        """Raise :class:`QueueFull` when no further job may queue (checked before and after receiving)."""
+        limit = self.settings.limits.max_queued_jobs
+        if sum(j.status in ("queued", "running") for j in list(self.jobs.values())) >= limit:
+            raise QueueFull(f"{limit} clip jobs are already queued or running; retry later")
+
+    def probe(self, path: Path, filename: str) -> ProbedClip:
+        return probe_clip(path, self.settings, filename=filename, min_frames=self.engine.meta.clip_len)
 
     def submit(self, path: Path, filename: str, probe: ProbedClip, heatmaps: bool) -> ClipJob:
         job = ClipJob(uuid.uuid4().hex[:16], path, filename, probe.frames, probe.fps, heatmaps)
         with self._lock:
+            try:
+                self.check_capacity()
+            except QueueFull:
+                path.unlink(missing_ok=True)
+                raise
             self.jobs[job.id] = job
             finished = [j for j, v in self.jobs.items() if v.status in ("done", "failed")]
             for old in finished[:max(0, len(self.jobs) - self.settings.limits.max_jobs)]:
@@ -138,7 +149,11 @@ class ClipJobs:
             raise UnknownJob(f"no clip job with id {job_id!r}") from None
 
     def shutdown(self) -> None:
+        """Cancel the queued jobs and delete the upload files of every job that has not ended."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for job in list(self.jobs.values()):
+            if job.status in ("queued", "running"):
+                job.path.unlink(missing_ok=True)
 
     def _run(self, job: ClipJob) -> None:
         job.status = "running"
@@ -195,7 +210,7 @@ def plot_png(result: dict, title: str) -> bytes:
                    color="orange", alpha=0.25)
     ax.set_xlabel("frame")
     ax.set_ylabel("anomaly score")
-    ax.set_title(title)
+    ax.set_title(title.replace("$", r"\$"))  # a file name is text, never matplotlib math
     ax.legend(loc="upper left")
     fig.tight_layout()
     buf = io.BytesIO()

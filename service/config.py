@@ -21,6 +21,7 @@ from runtime.scoring import DEFAULT_FORGET
 from .security import ALLOWED_SCHEMES, validate_url
 
 CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 
 
 class CameraConfig(BaseModel):
@@ -28,7 +29,7 @@ class CameraConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=CAMERA_ID, description="letters, digits, '_', '.', '-'; at most 64")
     url: SecretStr = Field(description="rtsp://, rtsps://, http(s):// or file:// source")
-    threshold: float | None = Field(None, description="anomaly threshold; default: the model's")
+    threshold: float | None = Field(None, allow_inf_nan=False, description="anomaly threshold; default: the model's")
     replay_fps: float | None = Field(None, ge=0, description="file sources only: replay rate; default the "
                                      "file's own, 0 = as fast as inference goes (no frame dropped)")
 
@@ -65,6 +66,7 @@ class LimitsConfig(BaseModel):
     max_clip_seconds: float = Field(600.0, gt=0)
     max_clip_frames: int = Field(20000, gt=0)
     max_jobs: int = Field(100, ge=1, description="finished clip jobs kept in memory")
+    max_queued_jobs: int = Field(8, ge=1, description="clip jobs waiting or running at once; more get 429")
 
 
 class ServiceSettings(BaseSettings):
@@ -77,6 +79,9 @@ class ServiceSettings(BaseSettings):
     state_dir: Path = Field(Path.home() / ".cache" / "amvad" / "service",
                             description="per-camera running stats and the cameras added through the API")
     forget: float = Field(DEFAULT_FORGET, ge=0, lt=1, description="running-normalisation forgetting per frame")
+    media_dirs: list[Path] = Field(default_factory=lambda: [SAMPLES_DIR, Path.cwd()],
+                                   description="folders whose files may be cameras (file:// URLs); default the "
+                                   "bundled samples and the working directory")
     cameras: list[CameraConfig] = Field(default_factory=list)
     events: EventConfig = Field(default_factory=EventConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)

@@ -1,7 +1,11 @@
-"""Every error leaves the service as a JSON body ``{"error": "...", ...}`` with a 4xx/5xx status.
-Validation errors never echo the submitted values (a camera URL may carry a password)."""
+"""Every error leaves the service as a JSON body ``{"error": "...", ...}`` with a 4xx/5xx status; an
+unexpected one as a 500 with a request id that the log line with the traceback carries too. Validation
+errors never echo the submitted values (a camera URL may carry a password)."""
 
 from __future__ import annotations
+
+import logging
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,28 +17,40 @@ from runtime.video import DecodeError
 
 from .camera_store import CameraStoreError
 from .cameras import DuplicateCamera, UnknownCamera
-from .clips import ClipTooLarge, UnknownJob
+from .clips import ClipTooLarge, QueueFull, UnknownJob
 from .security import UrlError
+from .uploads import BadUpload, UploadTooLarge
 
-STATUS = {ClipTooLarge: 413, DecodeError: 422, UnknownCamera: 404, UnknownJob: 404, DuplicateCamera: 409,
-          UrlError: 422, CameraStoreError: 500}
+STATUS = {ClipTooLarge: 413, UploadTooLarge: 413, BadUpload: 400, DecodeError: 422, UnknownCamera: 404,
+          UnknownJob: 404, DuplicateCamera: 409, UrlError: 422, QueueFull: 429, CameraStoreError: 500}
+RETRY_AFTER_S = 5  # what a 429 asks the client to wait
+log = logging.getLogger("amvad.service")
 
 
-def error(status: int, message: str, **extra) -> JSONResponse:
-    return JSONResponse({"error": redact(message), **extra}, status_code=status)
+def error(status: int, message: str, headers: dict[str, str] | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"error": redact(message), **extra}, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     async def known(request: Request, exc: Exception) -> JSONResponse:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        return error(STATUS[type(exc)], str(msg))
+        status = STATUS[type(exc)]
+        return error(status, str(msg), {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else None)
 
     for exc_type in STATUS:
         app.add_exception_handler(exc_type, known)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail))
+        return error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = uuid.uuid4().hex[:12]
+        log.error("request %s %s failed (request id %s): %s", request.method, request.url.path, request_id,
+                  redact(f"{type(exc).__name__}: {exc}"), exc_info=exc)
+        return error(500, f"internal error (request id {request_id}); the service log has the details",
+                     request_id=request_id)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

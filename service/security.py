@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from runtime.redact import redact
@@ -27,11 +28,22 @@ def validate_url(url: str, allowed: tuple[str, ...] | list[str] = ALLOWED_SCHEME
     if scheme not in allowed:
         raise UrlError(f"camera url scheme {scheme or '(none)'!r} is not allowed; allowed: {list(allowed)}")
     if scheme == "file":
+        if parts.netloc and parts.netloc != "localhost":
+            raise UrlError("file url must not name a host; use file:///path/on/this/machine")
         if not parts.path:
             raise UrlError("file url needs a path, e.g. file:///videos/cam.mp4")
     elif not parts.hostname:
         raise UrlError(f"{scheme} url needs a host, e.g. {scheme}://host:554/stream")
     return url
+
+
+def check_media_path(path: Path, media_dirs: list[Path]) -> None:
+    """Refuse a camera file outside the media folders. Symbolic links are resolved first; the message is
+    the same whether or not the path exists, so it reveals nothing about files outside them."""
+    real = path.expanduser().resolve()
+    if not any(real.is_relative_to(Path(d).expanduser().resolve()) for d in media_dirs):
+        raise UrlError(f"file cameras must be inside the media folders (media_dirs): "
+                       f"{', '.join(str(d) for d in media_dirs) or 'none configured'}")
 
 
 class RedactingFilter(logging.Filter):

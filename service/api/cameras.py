@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from ..cameras import UnknownCamera
 from ..config import CameraConfig
 from ..wiring import Services
-from .deps import key_ok, ready, require_key
+from .deps import WS_PROTOCOL, key_ok, ready, require_key
 
 log = logging.getLogger("amvad.service")
 router = APIRouter(prefix="/v1/cameras", dependencies=[Depends(require_key)])
@@ -63,10 +63,11 @@ async def camera_heatmap(camera_id: str, svc: Services = Depends(ready)) -> Resp
 @websocket_router.websocket("/{camera_id}/ws")
 async def camera_ws(websocket: WebSocket, camera_id: str, heatmap: bool = False) -> None:
     """One JSON message per frame; errors are sent as ``{"error": ...}`` before closing with 1008."""
-    await websocket.accept()
+    offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")]
+    await websocket.accept(subprotocol=WS_PROTOCOL if WS_PROTOCOL in offered else None)
     try:
         if not key_ok(websocket):
-            raise PermissionError("missing or wrong API key (api_key query parameter)")
+            raise PermissionError("missing or wrong API key")
         cam = ready(websocket).cameras.get(camera_id)
     except (PermissionError, HTTPException, UnknownCamera) as exc:
         msg = exc.detail if isinstance(exc, HTTPException) else (exc.args[0] if exc.args else str(exc))

@@ -7,10 +7,10 @@ import asyncio
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
-from ..clips import ClipTooLarge, plot_png, probe_clip, save_upload
+from ..clips import plot_png
 from ..errors import error
+from ..uploads import receive_upload
 from ..wiring import Services
 from .deps import ready, require_key
 
@@ -22,21 +22,14 @@ UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data
 @router.post("", status_code=202, openapi_extra=UPLOAD_DOC, summary="score an uploaded video (multipart field 'file')")
 async def upload_clip(request: Request, wait: bool = False, heatmaps: bool = False,
                       svc: Services = Depends(ready)):
-    limits = svc.settings.limits
-    limit = int(limits.max_upload_mb * 2 ** 20)
-    if int(request.headers.get("content-length") or 0) > limit + 2 ** 16:
-        raise ClipTooLarge(f"upload is larger than the limit of {limits.max_upload_mb:g} MB")
-    form = await request.form(max_files=1, max_fields=4)
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise HTTPException(400, "multipart form field 'file' with the video is required")
-    path = await run_in_threadpool(save_upload, upload.file, limit, limits.max_upload_mb)
+    svc.clips.check_capacity()  # before taking the body
+    path, filename = await receive_upload(request, svc.clips.upload_dir, svc.settings.limits.max_upload_mb)
     try:
-        probe = await run_in_threadpool(probe_clip, path, svc.settings)
+        probe = await run_in_threadpool(svc.clips.probe, path, filename)
     except Exception:
         path.unlink(missing_ok=True)
         raise
-    job = svc.clips.submit(path, upload.filename or "upload", probe, heatmaps)
+    job = svc.clips.submit(path, filename, probe, heatmaps)
     if not wait:
         return job.status_dict()
     await asyncio.wrap_future(job.future)

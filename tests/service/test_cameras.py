@@ -43,11 +43,15 @@ def test_file_camera_websocket_fast_and_slow_clients(service, sample_mp4):
         assert heat.status_code == 200 and heat.content[:2] == b"\xff\xd8"
         assert isinstance(service.http.get("/v1/cameras/lobby/events").json(), list)
         assert len(service.http.get("/v1/cameras/lobby/scores?limit=5").json()) == 5
+        # the running statistics are saved per camera while it runs (every stats_save_s = 1 s here)
+        stats_file = service.log.parent / "state" / "cameras" / "lobby.json"
+        service.wait_for(stats_file.is_file, 10, "the camera's running statistics on disk")
+        saved = json.loads(stats_file.read_text())
+        assert saved["stats"]["count"] >= 0 and len(saved["stats"]["mean"]) == len(saved["components"])
     finally:
         service.http.delete("/v1/cameras/lobby")
-    # the running statistics were saved per camera
-    saved = json.loads((service.log.parent / "state" / "cameras" / "lobby.json").read_text())
-    assert saved["stats"]["count"] >= 0 and len(saved["stats"]["mean"]) == len(saved["components"])
+    # and deleting the camera deletes them: the same id added again starts from the training statistics
+    assert not stats_file.exists()
 
 
 def test_websocket_rejects_wrong_key_and_unknown_camera(service):

@@ -49,6 +49,7 @@ class Service:
 def start_service(tmp: Path, model: Path, extra: dict | None = None) -> Service:
     port = free_port()
     cfg = {"model": str(model), "api_key": API_KEY, "state_dir": str(tmp / "state"),
+           "media_dirs": [str(tmp.parent)],  # pytest's base folder: the sample clips of every test
            "limits": {"max_upload_mb": 0.5, "max_clip_seconds": 60},
            "ingest": {"open_timeout_s": 3, "read_timeout_s": 2, "backoff_initial_s": 0.3,
                       "backoff_max_s": 2, "stats_save_s": 1},
