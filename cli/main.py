@@ -23,6 +23,32 @@ def _train(args: argparse.Namespace) -> None:
     print(f"checkpoint: {path}")
 
 
+def _fit(args: argparse.Namespace) -> None:
+    from training.fit import fit
+    res = fit(args.footage, args.out, minutes=args.minutes, method=args.method, init=args.init,
+              false_alarms_per_hour=args.false_alarms_per_hour, threads=args.threads, seed=args.seed,
+              base_width=args.base_width, max_pixels=args.max_pixels,
+              progress=not args.quiet, on_progress=ProgressFile(args.progress_json) if args.progress_json else None)
+    print(json.dumps(res, indent=1))
+
+
+class ProgressFile:
+    """Writes the latest progress as JSON (atomically, at most once a second but at every stage change),
+    for whoever watches a fit run in another process (the service's fit jobs)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._last, self._stage = path, 0.0, None
+
+    def __call__(self, progress: dict) -> None:
+        import time
+
+        from runtime.files import write_atomic
+        now = time.monotonic()
+        if progress.get("stage") != self._stage or now - self._last >= 1.0:
+            self._stage, self._last = progress.get("stage"), now
+            write_atomic(self.path, json.dumps(progress))
+
+
 def _export(args: argparse.Namespace) -> None:
     from training.export import export
     meta = export(args.checkpoint, args.out)
@@ -88,6 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="override optim.epochs")
     t.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
     t.set_defaults(func=_train)
+    fi = sub.add_parser("fit", help="fit a model of one camera's normal from its footage (one command)")
+    fi.add_argument("footage", nargs="+", type=Path,
+                    help="normal footage: video files, folders of videos, or folders of frame images (one per clip)")
+    fi.add_argument("--out", required=True, type=Path, help="the exported model (.onnx); its model card goes beside")
+    fi.add_argument("--minutes", type=float, default=30.0, help="training time budget (default 30)")
+    fi.add_argument("--method", default="comemory", choices=["comemory", "ammc", "amsrc"])
+    fi.add_argument("--init", default="none", choices=["none", "ped2"],
+                    help="none: random weights (default; see README); ped2: fine-tune the bundled model's weights")
+    fi.add_argument("--false-alarms-per-hour", type=float, default=1.0,
+                    help="target false-alarm rate the threshold is set for, on held-out footage (default 1)")
+    fi.add_argument("--base-width", type=int, default=12, help="network width (default 12, the bundled model's)")
+    fi.add_argument("--max-pixels", type=int, default=128 * 192,
+                    help="input size budget, height x width (default 24576, the bundled model's: real time on 2 cores)")
+    fi.add_argument("--threads", type=int, help="torch CPU threads (default all cores)")
+    fi.add_argument("--seed", type=int, default=0)
+    fi.add_argument("--progress-json", type=Path, help="keep the latest progress in this JSON file")
+    fi.set_defaults(func=_fit)
     e = sub.add_parser("eval", help="frame-level ROC AUC of an exported model")
     e.add_argument("--model", default="ped2", help="path to an exported .onnx or a bundled name")
     e.add_argument("--data", required=True, type=Path)
@@ -137,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--api-key", help="with --http: the service's API key")
     b.add_argument("--json", type=Path, help="write the report here")
     b.set_defaults(func=_bench)
-    for sp in (t, e, f, b):
+    for sp in (t, fi, e, f, b):
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.registry import resolve_model
+
 from .device import pick_device
-from .exported_model import ExportedModel
+from .exported_model import ExportedModel, file_sha256
 from .types import EngineOutput, Observer, StreamSink
 
 log = logging.getLogger("amvad.engine")
@@ -58,12 +60,13 @@ def default_threads(cpus: int | None = None) -> tuple[int, int]:
 
 
 class Lane:
-    """One stream's seat in the engine: the last ``clip_len`` frames and the flows between them. Only the
-    engine's flow thread reads or changes the window; ``broken`` (set by either stage when a frame of this
-    stream fails) makes the next frame start a new window."""
+    """One stream's seat in the engine: its model, and the last ``clip_len`` frames and the flows between
+    them. Only the engine's flow thread reads or changes the window; ``broken`` (set by either stage when a
+    frame of this stream fails) makes the next frame start a new window."""
 
-    def __init__(self, sink: StreamSink, clip_len: int) -> None:
-        self.sink = sink
+    def __init__(self, sink: StreamSink, model: ExportedModel) -> None:
+        self.sink, self.model = sink, model
+        clip_len = model.meta.clip_len
         self.frames: deque[torch.Tensor] = deque(maxlen=clip_len)
         self.flows: deque[torch.Tensor] = deque(maxlen=clip_len - 1)
         self.prev: torch.Tensor | None = None
@@ -83,8 +86,17 @@ class _Job:
     stage_s: dict[str, float] = field(default_factory=dict)   # seconds each stage took for this job
 
 
+def by_model(jobs: list[_Job]) -> dict[ExportedModel, list[_Job]]:
+    """Jobs grouped by their lane's model, each group in submission order (one batch per model)."""
+    groups: dict[ExportedModel, list[_Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.lane.model, []).append(job)
+    return groups
+
+
 class InferenceEngine:
-    """Owns the exported model and the two stage threads; streams open a lane and submit frames to it."""
+    """Owns the exported models and the two stage threads; streams open a lane on a model and submit
+    frames to it. ``model`` is the default model; :meth:`load` adds more (each batched on its own)."""
 
     def __init__(self, model: str | Path | ExportedModel = "ped2", config: EngineConfig | None = None,
                  observer: Observer | None = None) -> None:
@@ -97,10 +109,10 @@ class InferenceEngine:
             torch.set_num_threads(self.flow_threads)  # process-wide; the flow is the only torch work here
         # process-wide too: measured with `amvad bench` on 2 cores, 5 ms -> 0.2 ms took 28.8 -> 31.8 frames/s
         sys.setswitchinterval(cfg.switch_interval_ms / 1000.0)
-        if isinstance(model, ExportedModel):
-            self.model = model
-        else:
-            self.model = ExportedModel(model, device=self.device, threads=self.model_threads)
+        self._models: dict[str, ExportedModel] = {}  # content hash -> loaded model
+        self._models_lock = threading.Lock()
+        self.model = model if isinstance(model, ExportedModel) else self.load(model)
+        self._models.setdefault(self.model.sha256, self.model)
         self.meta = self.model.meta
         self.max_batch = cfg.max_batch
         wait_ms = cfg.batch_wait_ms if cfg.batch_wait_ms is not None else (4.0 if self.device.type == "cuda" else 0.0)
@@ -125,8 +137,29 @@ class InferenceEngine:
                           "channels": self.meta.channels, "clip_len": self.meta.clip_len,
                           "path": str(self.model.path)}}
 
-    def open_lane(self, sink: StreamSink) -> Lane:
-        return Lane(sink, self.meta.clip_len)
+    def load(self, name_or_path: str | Path) -> ExportedModel:
+        """The loaded model of a bundled name or file, loading it once per distinct content (thread-safe;
+        runs in the caller's thread, so the stages go on serving other streams meanwhile)."""
+        sha = file_sha256(resolve_model(name_or_path))
+        with self._models_lock:
+            if sha in self._models:
+                return self._models[sha]
+        model = ExportedModel(name_or_path, device=self.device, threads=self.model_threads)
+        with self._models_lock:
+            return self._models.setdefault(model.sha256, model)
+
+    def unload(self, sha256: str) -> None:
+        """Forget a loaded model (lanes still on it keep working until they close)."""
+        if sha256 != self.model.sha256:
+            with self._models_lock:
+                self._models.pop(sha256, None)
+
+    def loaded(self) -> list[ExportedModel]:
+        with self._models_lock:
+            return list(self._models.values())
+
+    def open_lane(self, sink: StreamSink, model: ExportedModel | None = None) -> Lane:
+        return Lane(sink, model or self.model)
 
     def to_device(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x).to(self.device, non_blocking=True)
@@ -189,18 +222,18 @@ class InferenceEngine:
             job.prev = None if job.restart else lane.prev
             lane.prev = job.x
         pairs = [j for j in batch if j.prev is not None]
-        flows = []
-        if pairs:
-            flows = self.model.flow(torch.stack([j.prev for j in pairs]), torch.stack([j.x for j in pairs]))
+        flow_of: dict[int, torch.Tensor] = {}
+        for model, group in by_model(pairs).items():
+            flows = model.flow(torch.stack([j.prev for j in group]), torch.stack([j.x for j in group]))
+            flow_of.update({id(j): f for j, f in zip(group, flows)})
         spent = time.perf_counter() - t0
-        it = iter(flows)
         for job in batch:
             lane = job.lane
             if job.restart:
                 lane.frames.clear()
                 lane.flows.clear()
             if job.prev is not None:
-                lane.flows.append(next(it))
+                lane.flows.append(flow_of[id(job)])
             lane.frames.append(job.x)
             if len(lane.frames) == lane.frames.maxlen:
                 job.window = (torch.stack(tuple(lane.frames)), torch.stack(tuple(lane.flows)))
@@ -210,20 +243,17 @@ class InferenceEngine:
 
     def _model_stage(self, batch: list[_Job]) -> None:
         live = [j for j in batch if j.window is not None]
-        out = None
+        rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         t0 = time.perf_counter()
-        if live:
-            out = self.model.run_tensors(torch.stack([j.window[0] for j in live]),
-                                         torch.stack([j.window[1] for j in live]))
+        for model, group in by_model(live).items():
+            out = model.run_tensors(torch.stack([j.window[0] for j in group]),
+                                    torch.stack([j.window[1] for j in group]))
+            rows.update({id(j): (out.components[r], out.heatmap[r, 0]) for r, j in enumerate(group)})
         spent = time.perf_counter() - t0
         self._observe("model", spent, len(live))
-        row = 0
         for job in batch:
             job.stage_s["model"] = spent
-            comps = heat = None
-            if job.window is not None:
-                comps, heat = out.components[row], out.heatmap[row, 0]
-                row += 1
+            comps, heat = rows.get(id(job), (None, None))
             self._deliver(job, EngineOutput(comps, heat, job.restart, None, job.stage_s,
                                             time.perf_counter() - job.submitted))
 

@@ -48,6 +48,10 @@ class EventTracker:
         self._below_since: tuple[float, int] | None = None  # when the open event went below `low`
         self._count = 0
 
+    def set_threshold(self, threshold: float) -> None:
+        """Move the threshold (and the end level below it) for the next frames."""
+        self.threshold, self.low = threshold, threshold - (self.threshold - self.low)
+
     def update(self, t: float, frame_id: int, score: float | None) -> str | None:
         if score is None:
             return None

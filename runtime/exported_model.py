@@ -5,6 +5,7 @@ The one inference class every path uses (the engine behind cameras, uploads and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +30,22 @@ class ModelOutput:
     prediction: np.ndarray   # (B, C, H, W)
 
 
+def file_sha256(path: Path) -> str:
+    """Content hash of a model file: what identifies a model (running statistics are kept per hash)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(2 ** 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 class ExportedModel:
     """Loads a bundled model name or ``.onnx`` path; CUDA execution provider when available."""
 
     def __init__(self, model: str | Path = "ped2", *, device: torch.device | None = None,
                  threads: int | None = None) -> None:
         self.path = resolve_model(model)
+        self.sha256 = file_sha256(self.path)
         self.device = device or pick_device()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -25,28 +25,30 @@ import numpy as np
 
 from .engine import InferenceEngine
 from .events import EventConfig, EventTracker
+from .exported_model import ExportedModel
 from .preprocess import to_model_frame
 from .scoring import DEFAULT_FORGET, RunningStats, StreamScorer
 from .types import LIVE, WARMING_UP, EngineOutput, Frame, FrameResult, Observer
 
 
 class Stream:
-    """``threshold`` None = the model's; ``stats``: running statistics to resume from (else the model's
-    training statistics); ``keep_events``: how many past events ``events.events`` keeps."""
+    """``model``: one of the engine's loaded models (default its default model); ``threshold`` None = the
+    model's; ``stats``: running statistics to resume from (else the model's training statistics);
+    ``keep_events``: how many past events ``events.events`` keeps."""
 
-    def __init__(self, engine: InferenceEngine, *, threshold: float | None = None,
-                 forget: float = DEFAULT_FORGET, events: EventConfig | None = None,
+    def __init__(self, engine: InferenceEngine, *, model: ExportedModel | None = None,
+                 threshold: float | None = None, forget: float = DEFAULT_FORGET, events: EventConfig | None = None,
                  stats: RunningStats | None = None, observer: Observer | None = None,
                  keep_events: int = 100, max_inflight: int | None = None) -> None:
-        self.engine, self.model, self.observer = engine, engine.model, observer
-        meta = engine.meta
+        self.engine, self.model, self.observer = engine, model or engine.model, observer
+        meta = self.model.meta
         self.scorer = StreamScorer.from_metadata(meta, threshold=meta.threshold if threshold is None else threshold,
                                                  forget=forget, stats=stats)
         ev = events or EventConfig()
         self.events = EventTracker(threshold=self.scorer.threshold, hysteresis=ev.hysteresis,
                                    min_duration_s=ev.min_duration_s, cooldown_s=ev.cooldown_s, keep=keep_events)
         self.state = WARMING_UP
-        self._lane = engine.open_lane(self)
+        self._lane = engine.open_lane(self, self.model)
         self._last: tuple[int, int] | None = None  # (segment, frame_id) of the previous submitted frame
         self._slots = threading.BoundedSemaphore(max_inflight or engine.config.max_inflight)
 
@@ -54,12 +56,17 @@ class Stream:
     def threshold(self) -> float:
         return self.scorer.threshold
 
+    def set_threshold(self, threshold: float) -> None:
+        """A new threshold for the next frames (scores, running statistics and events alike)."""
+        self.scorer.threshold = threshold
+        self.events.set_threshold(threshold)
+
     def submit(self, frame: Frame) -> Future:
         """Preprocess ``frame`` and queue it; blocks while ``max_inflight`` frames are in the engine.
         The future's result is the frame's :class:`FrameResult` (or the error that broke its batch)."""
         restart = self._last is not None and (frame.segment, frame.frame_id) != (self._last[0], self._last[1] + 1)
         self._last = (frame.segment, frame.frame_id)
-        m = self.engine.meta
+        m = self.model.meta
         # "decode" stage: PyAV's decode in the ingest thread (frame.decode_s) plus the conversion to the
         # model input (resize, grey) here, observed once per frame
         t0 = time.perf_counter()

@@ -68,6 +68,9 @@ class CameraStore:
                     self._cameras[cfg.id] = before
                 raise
 
+    def has(self, camera_id: str) -> bool:
+        return camera_id in self._cameras
+
     def discard(self, camera_id: str) -> None:
         with self._lock:
             if self._cameras.pop(camera_id, None) is not None:

@@ -22,7 +22,11 @@ from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
 
+import numpy as np
+
+from runtime.calibration import events_per_hour, pick_threshold
 from runtime.engine import InferenceEngine
+from runtime.exported_model import ExportedModel, file_sha256
 from runtime.files import write_atomic
 from runtime.redact import redact
 from runtime.scoring import RunningStats
@@ -31,10 +35,12 @@ from runtime.types import Frame, FrameResult
 from runtime.video import DecodeError, file_path, is_file_source, iter_frames, open_source, stream_fps
 
 from .camera_store import CameraStore
-from .config import CameraConfig, ServiceSettings
+from .config import CameraConfig, CameraPatch, ServiceSettings
 from .heatmap import HeatScale
 from .metrics import Metrics
+from .model_registry import ModelConflict, ModelRegistry, UnknownModel
 from .publish import Broadcaster
+from .recordings import Recorder, Recordings
 from .security import UrlError, check_media_path
 
 log = logging.getLogger("amvad.cameras")
@@ -47,6 +53,14 @@ class DuplicateCamera(ValueError):
 
 class UnknownCamera(KeyError):
     """A camera id that does not exist (HTTP 404)."""
+
+
+class CameraModelError(ValueError):
+    """A camera that names a model the service does not have (HTTP 422)."""
+
+
+class CameraNotLive(RuntimeError):
+    """Recording or calibrating a camera that delivers no frames right now (HTTP 409)."""
 
 
 class FrameQueue:
@@ -79,14 +93,17 @@ class FrameQueue:
 
 
 class Camera:
+    """One live camera on one model (``model``, default the engine's). ``cfg`` is kept current by
+    :meth:`set_model`, :meth:`set_threshold` and ``replay_fps`` changes (``PATCH``)."""
+
     def __init__(self, cfg: CameraConfig, engine: InferenceEngine, settings: ServiceSettings,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, model: ExportedModel | None = None) -> None:
+        self.cfg, self.engine = cfg, engine
         self.id, self._url = cfg.id, cfg.url.get_secret_value()
         self.url = redact(self._url)
-        self.replay_fps = cfg.replay_fps
         self.settings, self.metrics, self.ingest = settings, metrics, settings.ingest
-        self.stream = Stream(engine, threshold=cfg.threshold, forget=settings.forget, events=settings.events,
-                             stats=self._load_stats(engine.meta), observer=metrics)
+        self._stream_lock = threading.Lock()  # the submit thread and a model switch take turns
+        self.stream = self._open_stream(model or engine.model, self._load_stats(model or engine.model))
         self.heat_scale = HeatScale()
         self.broadcaster = Broadcaster(self.id, settings.websocket.queue, metrics)
         self.queue = FrameQueue(self.ingest.frame_queue)
@@ -97,11 +114,69 @@ class Camera:
         self.fps = 0.0
         self.latest: tuple[Frame, FrameResult] | None = None
         self.recent: deque[dict] = deque(maxlen=600)
+        self._recorders: list[Recorder] = []      # fed by the ingest thread
+        self._score_taps: list[list[float]] = []  # fed by the publish thread (calibration)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._ingest_loop, name=f"ingest-{self.id}", daemon=True),
                          threading.Thread(target=self._submit_loop, name=f"submit-{self.id}", daemon=True),
                          threading.Thread(target=self._publish_loop, name=f"publish-{self.id}", daemon=True)]
         metrics.init_camera(self.id, self.stream.threshold)
+
+    @property
+    def replay_fps(self) -> float | None:
+        return self.cfg.replay_fps
+
+    @property
+    def model_name(self) -> str:
+        return self.cfg.model or self.settings.model
+
+    def _open_stream(self, model: ExportedModel, stats: RunningStats | None) -> Stream:
+        return Stream(self.engine, model=model, threshold=self.cfg.threshold, forget=self.settings.forget,
+                      events=self.settings.events, stats=stats, observer=self.metrics)
+
+    def set_model(self, name: str | None, model: ExportedModel) -> None:
+        """Score the next frames with ``model``, starting from its own training statistics (frames already
+        in the engine finish on the old one); the threshold is the camera's own or the new model's."""
+        if model.sha256 == self.stream.model.sha256:
+            self.cfg = self.cfg.model_copy(update={"model": name})
+            return
+        with self._stream_lock:
+            self.cfg = self.cfg.model_copy(update={"model": name})
+            self.stream = self._open_stream(model, None)
+        self.metrics.threshold.labels(self.id).set(self.stream.threshold)
+        log.info("camera %s: now on model %s", self.id, self.model_name)
+
+    def set_threshold(self, threshold: float | None) -> None:
+        """The camera's own threshold, or (None) its model's."""
+        self.cfg = self.cfg.model_copy(update={"threshold": threshold})
+        value = self.stream.model.meta.threshold if threshold is None else threshold
+        self.stream.set_threshold(value)
+        self.metrics.threshold.labels(self.id).set(value)
+
+    def set_replay_fps(self, fps: float | None) -> None:
+        self.cfg = self.cfg.model_copy(update={"replay_fps": fps})
+
+    def require_live(self, what: str) -> None:
+        if self.ingest_state != STREAMING or self.fps <= 0:
+            raise CameraNotLive(f"cannot {what} camera {self.id!r}: it is {self.state}, not delivering frames")
+
+    def record(self, recordings: Recordings, seconds: float) -> Recorder:
+        """Keep the next ``seconds`` of decoded frames as H.264 segments (see service/recordings.py)."""
+        self.require_live("record")
+        recorder = recordings.start(self.id, seconds, self.fps)
+        self._recorders = [r for r in self._recorders if not r.finished] + [recorder]
+        return recorder
+
+    def collect_scores(self, seconds: float) -> list[float]:
+        """The scores of the frames published during the next ``seconds``."""
+        self.require_live("calibrate")
+        tap: list[float] = []
+        self._score_taps = [*self._score_taps, tap]
+        try:
+            self._stop.wait(seconds)
+        finally:
+            self._score_taps = [t for t in self._score_taps if t is not tap]
+        return tap
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -131,7 +206,7 @@ class Camera:
 
     def status(self) -> dict:
         since = None if self.last_frame_time is None else round(time.time() - self.last_frame_time, 3)
-        return {"id": self.id, "url": self.url, "state": self.state, "reason": self.reason,
+        return {"id": self.id, "url": self.url, "model": self.model_name, "state": self.state, "reason": self.reason,
                 "fps": round(self.fps, 2), "frames": self.frames, "drops": self.drops,
                 "reconnects": self.reconnects, "replay_fps": self.replay_fps, "last_frame_time": self.last_frame_time,
                 "seconds_since_last_frame": since, "threshold": self.stream.threshold,
@@ -155,15 +230,18 @@ class Camera:
             got = 0
             try:
                 with container:
-                    fps = self.replay_fps if self.replay_fps is not None else stream_fps(container)
-                    t0 = None
+                    native_fps = stream_fps(container)
+                    paced_fps, t0, paced = None, 0.0, 0  # pacing restarts when replay_fps changes (PATCH)
                     for frame in iter_frames(container, source_id=self.id, segment=segment, first_id=next_id,
                                              wall_clock=True):
                         if self._stop.is_set():
                             return
+                        fps = self.replay_fps if self.replay_fps is not None else native_fps
                         if is_file_source(self._url) and fps > 0:  # replay files at their frame rate
-                            t0 = t0 or time.monotonic()
-                            self._stop.wait(max(0.0, t0 + got / fps - time.monotonic()))
+                            if fps != paced_fps:
+                                paced_fps, t0, paced = fps, time.monotonic(), 0
+                            self._stop.wait(max(0.0, t0 + paced / fps - time.monotonic()))
+                            paced += 1
                             frame = dataclasses.replace(frame, timestamp=time.time())  # "captured" now
                         self._on_frame(frame)
                         next_id, got = frame.frame_id + 1, got + 1
@@ -177,6 +255,8 @@ class Camera:
             attempt += 1
 
     def _on_frame(self, frame: Frame) -> None:
+        for recorder in self._recorders:
+            recorder.offer(frame)
         now = time.time()
         if self.last_frame_time is not None:
             dt = max(now - self.last_frame_time, 1e-3)
@@ -215,7 +295,8 @@ class Camera:
             if frame is None:
                 continue
             try:
-                self._results.put((frame, self.stream.submit(frame)))
+                with self._stream_lock:
+                    self._results.put((frame, self.stream.submit(frame)))
             except Exception as exc:  # e.g. a frame that cannot be preprocessed; the camera goes on
                 log.exception("camera %s: cannot submit frame %d: %s", self.id, frame.frame_id, redact(str(exc)))
 
@@ -246,12 +327,14 @@ class Camera:
         m.frames.labels(self.id).inc()
         if r.score is not None:
             m.score.labels(self.id).set(r.score)
+            for tap in self._score_taps:
+                tap.append(r.score)
         if r.event == "start":
             m.events.labels(self.id).inc()
         finite = r.score is not None and math.isfinite(r.score)  # every message must be valid JSON
         msg = {"camera": self.id, "frame_id": r.frame_id, "timestamp": r.timestamp,
                "score": round(r.score, 4) if finite else None, "anomaly": r.anomaly,
-               "state": self.state, "threshold": self.stream.threshold, "event": r.event}
+               "state": self.state, "threshold": self.stream.threshold, "event": r.event, "model": self.model_name}
         self.recent.append(msg)
         self.broadcaster.publish(msg, lambda: self.heatmap_jpeg())
 
@@ -267,15 +350,16 @@ class Camera:
     def _stats_path(self) -> Path:
         return self.settings.state_dir / "cameras" / f"{self.id}.json"
 
-    def _load_stats(self, meta) -> RunningStats | None:
-        """Saved running stats of this camera, or None (start from the training statistics) when there
-        are none, they belong to another model, or the file is unreadable (logged)."""
+    def _load_stats(self, model: ExportedModel) -> RunningStats | None:
+        """Saved running stats of this camera with this very model (same file content), or None (start
+        from the model's training statistics) when there are none, they belong to another model, or the
+        file is unreadable (logged)."""
         path = self._stats_path()
         if not path.is_file():
             return None
         try:
             saved = json.loads(path.read_text())
-            if saved["components"] == [c.name for c in meta.components] and saved["method"] == meta.method:
+            if saved["model_sha256"] == model.sha256:
                 return RunningStats.from_dict(saved["stats"])
             log.info("camera %s: saved stats belong to another model; starting from training stats", self.id)
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -284,10 +368,12 @@ class Camera:
 
     def _save_stats(self) -> None:
         path = self._stats_path()
-        meta = self.stream.model.meta
+        stream = self.stream
+        meta = stream.model.meta
         try:
-            write_atomic(path, json.dumps({"method": meta.method, "components": [c.name for c in meta.components],
-                                           "stats": self.stream.scorer.stats.to_dict()}))
+            write_atomic(path, json.dumps({"model_sha256": stream.model.sha256, "model": self.model_name,
+                                           "method": meta.method, "components": [c.name for c in meta.components],
+                                           "stats": stream.scorer.stats.to_dict()}))
         except OSError as exc:
             log.warning("camera %s: cannot save running stats to %s: %s", self.id, path, exc)
 
@@ -297,22 +383,31 @@ class CameraManager:
     ``store`` so they come back after a restart; removing one forgets it, stopping the service does not."""
 
     def __init__(self, engine: InferenceEngine, settings: ServiceSettings, metrics: Metrics,
-                 store: CameraStore | None = None) -> None:
+                 store: CameraStore | None = None, registry: ModelRegistry | None = None) -> None:
         self.engine, self.settings, self.metrics, self.store = engine, settings, metrics, store
+        self.registry = registry or ModelRegistry(settings.state_dir, settings.model)
         self._cameras: dict[str, Camera] = {}
         self._lock = threading.Lock()
+
+    def _model(self, camera_id: str, name: str | None) -> ExportedModel:
+        """The loaded model a camera names (None: the service's); loading happens outside the engine."""
+        try:
+            return self.engine.load(self.registry.path(name))
+        except UnknownModel as exc:
+            raise CameraModelError(f"camera {camera_id!r}: {exc.args[0]}") from None
 
     def add(self, cfg: CameraConfig, persist: bool = False, start: bool = True) -> Camera:
         """``start=False`` leaves the threads to the caller (``camera.start()``), e.g. to subscribe first."""
         url = cfg.url.get_secret_value()
         if is_file_source(url):
             check_media_path(file_path(url), self.settings.media_dirs)
+        model = self._model(cfg.id, cfg.model)
         with self._lock:
             if cfg.id in self._cameras:
                 raise DuplicateCamera(f"camera {cfg.id!r} already exists")
             if persist and self.store is not None:
                 self.store.put(cfg)  # first, so a camera that cannot be saved is not added
-            cam = self._cameras[cfg.id] = Camera(cfg, self.engine, self.settings, self.metrics)
+            cam = self._cameras[cfg.id] = Camera(cfg, self.engine, self.settings, self.metrics, model)
         if start:
             cam.start()
         return cam
@@ -329,7 +424,7 @@ class CameraManager:
                 continue
             try:
                 self.add(cfg)
-            except UrlError as exc:  # e.g. media_dirs changed since it was added: keep it, do not start it
+            except (UrlError, CameraModelError) as exc:  # e.g. media_dirs changed: keep it, do not start it
                 log.warning("stored camera %s not started: %s", cfg.id, exc)
                 continue
             started.append(cfg.id)
@@ -352,6 +447,51 @@ class CameraManager:
                 self.store.discard(camera_id)
             del self._cameras[camera_id]
             cam.stop(keep_stats=not forget)
+
+    def update(self, camera_id: str, patch: CameraPatch) -> Camera:
+        """Change a running camera's model, threshold or replay rate; the other cameras never notice.
+        An API camera's new settings are stored (a YAML camera's last until the config is read again)."""
+        given = patch.model_fields_set
+        model = self._model(camera_id, patch.model) if "model" in given else None
+        with self._lock:
+            cam = self.get(camera_id)
+            if model is not None:
+                cam.set_model(patch.model, model)
+            if "threshold" in given:
+                cam.set_threshold(patch.threshold)
+            if "replay_fps" in given:
+                cam.set_replay_fps(patch.replay_fps)
+            if self.store is not None and self.store.has(camera_id):
+                self.store.put(cam.cfg)
+        return cam
+
+    def calibrate(self, camera_id: str, seconds: float, false_alarms_per_hour: float) -> dict:
+        """Score ``seconds`` of live footage the operator vouches is normal and set the camera's threshold
+        to the lowest at which that footage raises at most ``false_alarms_per_hour`` events per hour."""
+        cam = self.get(camera_id)
+        before = cam.stream.threshold
+        scores = np.array(cam.collect_scores(seconds))
+        if len(scores) < 10:
+            raise CameraNotLive(f"camera {camera_id!r} scored only {len(scores)} frames in {seconds:g} s; "
+                                f"calibrate once it is live")
+        fps = len(scores) / seconds
+        threshold = pick_threshold([scores], [fps], false_alarms_per_hour, events=self.settings.events)
+        self.update(camera_id, CameraPatch(threshold=threshold))
+        return {"camera": camera_id, "seconds": seconds, "frames": len(scores), "threshold_before": before,
+                "threshold": threshold, "target_false_alarms_per_hour": false_alarms_per_hour,
+                "false_alarms_per_hour_on_this_footage": events_per_hour([scores], [fps], threshold,
+                                                                         self.settings.events),
+                "score_max": float(scores.max()), "score_p99": float(np.percentile(scores, 99))}
+
+    def remove_model(self, name: str) -> None:
+        """Delete a registered model unless a camera uses it (checked and done under the cameras' lock)."""
+        with self._lock:
+            users = sorted(c.id for c in self._cameras.values() if c.model_name == name)
+            if users:
+                raise ModelConflict(f"model {name!r} is used by camera(s) {users}; assign them another first")
+            sha = file_sha256(self.registry.path(name))
+            self.registry.remove(name)
+            self.engine.unload(sha)
 
     def list(self) -> list[Camera]:
         return list(self._cameras.values())

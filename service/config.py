@@ -32,6 +32,8 @@ class CameraConfig(BaseModel):
     threshold: float | None = Field(None, allow_inf_nan=False, description="anomaly threshold; default: the model's")
     replay_fps: float | None = Field(None, ge=0, description="file sources only: replay rate; default the "
                                      "file's own, 0 = as fast as inference goes (no frame dropped)")
+    model: str | None = Field(None, max_length=64, description="bundled or registered model name; default the "
+                              "service's model")
 
     @field_validator("url", mode="before")
     @classmethod
@@ -39,6 +41,15 @@ class CameraConfig(BaseModel):
         raw = v.get_secret_value() if isinstance(v, SecretStr) else v
         validate_url(raw, ALLOWED_SCHEMES)
         return v
+
+
+class CameraPatch(BaseModel):
+    """``PATCH /v1/cameras/{id}``: what can change on a running camera; fields left out stay as they are,
+    ``threshold: null`` goes back to the model's own."""
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, max_length=64)
+    threshold: float | None = Field(None, allow_inf_nan=False)
+    replay_fps: float | None = Field(None, ge=0)
 
 
 class IngestConfig(BaseModel):
@@ -59,6 +70,13 @@ class WebSocketConfig(BaseModel):
     queue: int = Field(16, ge=1, description="messages waiting per WebSocket client (drop oldest)")
 
 
+class FitConfig(BaseModel):
+    """Fit jobs (``POST /v1/models/fit``): a separate process that must leave the cameras real time."""
+    model_config = ConfigDict(extra="forbid")
+    threads: int = Field(1, ge=1, description="torch threads of the fit process")
+    nice: int = Field(10, ge=0, le=19, description="how much lower the fit process's CPU priority is")
+
+
 class LimitsConfig(BaseModel):
     """Upload limits; larger uploads get 413."""
     model_config = ConfigDict(extra="forbid")
@@ -67,6 +85,7 @@ class LimitsConfig(BaseModel):
     max_clip_frames: int = Field(20000, gt=0)
     max_jobs: int = Field(100, ge=1, description="finished clip jobs kept in memory")
     max_queued_jobs: int = Field(8, ge=1, description="clip jobs waiting or running at once; more get 429")
+    max_model_mb: float = Field(50.0, gt=0, description="largest model upload (POST /v1/models)")
 
 
 class ServiceSettings(BaseSettings):
@@ -88,6 +107,7 @@ class ServiceSettings(BaseSettings):
     websocket: WebSocketConfig = Field(default_factory=WebSocketConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    fit: FitConfig = Field(default_factory=FitConfig)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings: PydanticBaseSettingsSource,

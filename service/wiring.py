@@ -13,7 +13,10 @@ from .camera_store import CameraStore
 from .cameras import CameraManager
 from .clips import ClipJobs
 from .config import ServiceSettings
+from .fit_jobs import FitJobs
 from .metrics import Metrics
+from .model_registry import ModelRegistry
+from .recordings import Recordings
 
 log = logging.getLogger("amvad.service")
 
@@ -25,6 +28,9 @@ class Services:
     def __init__(self, settings: ServiceSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.models = ModelRegistry(settings.state_dir, settings.model)
+        self.recordings = Recordings(settings.state_dir)
+        self.fits = FitJobs(settings, self.models, self.recordings)
         self.engine: InferenceEngine | None = None
         self.clips: ClipJobs | None = None
         self.cameras: CameraManager | None = None
@@ -37,9 +43,9 @@ class Services:
     def start(self) -> None:
         """Load the model into the engine, then start clip jobs and every configured or stored camera."""
         s = self.settings
-        engine = self.engine = InferenceEngine(s.model, s.engine, self.metrics)
+        engine = self.engine = InferenceEngine(self.models.path(None), s.engine, self.metrics)
         self.clips = ClipJobs(engine, s, self.metrics)
-        cameras = CameraManager(engine, s, self.metrics, CameraStore(s.state_dir))
+        cameras = CameraManager(engine, s, self.metrics, CameraStore(s.state_dir), self.models)
         for cfg in s.cameras:
             cameras.add(cfg)
         restored = cameras.restore({c.id for c in s.cameras})
@@ -57,7 +63,9 @@ class Services:
             log.error("cannot start: %s", self.load_error)
 
     def stop(self) -> None:
-        """Cameras first (they feed the engine), then clip jobs, then the engine."""
+        """Fits and recordings, cameras (they feed the engine), clip jobs, then the engine."""
+        self.fits.shutdown()
+        self.recordings.stop_all()
         if self.cameras:
             self.cameras.stop_all()
         if self.clips:

@@ -3,6 +3,7 @@ clip, a running ``amvad serve`` and a GStreamer RTSP server. Plain helpers live 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,17 @@ def tiny_model(synthetic_dataset, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_b(synthetic_dataset, tmp_path_factory) -> Path:
+    """A second tiny model (comemory, same input size as ``tiny_model``): another file for model swaps."""
+    out = tmp_path_factory.mktemp("tiny_model_b")
+    cfg_path = out / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_config(synthetic_dataset, out / "run", "comemory")))
+    path = out / "tiny-b.onnx"
+    export(train(load_config(cfg_path), progress=False), path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def sample_mp4(tmp_path_factory) -> Path:
     """30 frames at 10 fps; a bright square crosses fast from frame 15 on."""
     return write_mp4(tmp_path_factory.mktemp("clips") / "sample.mp4",
@@ -74,3 +86,21 @@ def rtsp_server(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through Playwright (never `playwright install`), for what a person sees. Per
+    module: Playwright's sync API keeps an event loop running, which later ``asyncio.run`` calls refuse."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, env={**os.environ, "LANG": "C"})
+        yield b
+        b.close()

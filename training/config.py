@@ -36,6 +36,9 @@ class OptimConfig(Strict):
     stage1_epochs: int = Field(0, ge=0, description="AMMC-Net: epochs before AMFT and all losses")
     disc_lr: float = Field(2e-5, gt=0, description="discriminator learning rate (AMMC-Net)")
     grad_clip: float | None = Field(5.0, gt=0)
+    time_budget_min: float | None = Field(None, gt=0, description="stop before an epoch that would end past "
+                                          "this many minutes of training (epochs is then the most)")
+    freeze_bn: bool = Field(False, description="keep batch-norm statistics fixed (fine-tuning on little data)")
 
 
 class ScoreConfig(Strict):

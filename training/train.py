@@ -7,6 +7,7 @@ import contextlib
 import platform
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -84,14 +85,22 @@ def calibrate(model: AnomalyModel, ds: ClipDataset, cfg: TrainConfig, device: to
             "threshold": float(np.quantile(scores, cfg.score.threshold_quantile))}
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train, save ``<out_dir>/last.pt`` after every epoch, calibrate, and return the checkpoint path."""
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
+          clips: tuple[list[str], list[tuple[np.ndarray, np.ndarray]]] | None = None,
+          init_state: dict | None = None, on_progress: Callable[[dict], None] | None = None) -> Path:
+    """Train, save ``<out_dir>/last.pt`` after every epoch, calibrate, and return the checkpoint path.
+
+    ``clips`` (names, [(frames, flows)]) replaces the config's training split (``amvad fit`` passes its
+    footage); ``init_state`` is a state dict to start from (fine-tuning); ``on_progress`` gets a dict after
+    every batch. With ``optim.time_budget_min`` training stops before an epoch that would not fit."""
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     model = build_model(cfg.model.method, **cfg.model.args).to(device)
-    names, clips = load_split(cfg, model, cfg.data.train_split, device, progress, cfg.data.max_clips)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    names, clips = clips or load_split(cfg, model, cfg.data.train_split, device, progress, cfg.data.max_clips)
     ds = ClipDataset(clips, model.clip_len, cfg.data.stride, names)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(ds, batch_size=cfg.optim.batch_size, shuffle=True, generator=gen,
@@ -120,14 +129,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
                 else contextlib.nullcontext())
+    budget_s = cfg.optim.time_budget_min * 60 if cfg.optim.time_budget_min else None
+    epochs_done = start_epoch
     for epoch in range(start_epoch, cfg.optim.epochs):
+        if budget_s is not None and epoch > start_epoch and elapsed + elapsed / epoch > budget_s:
+            break  # the next epoch (as long as the mean so far) would not fit in the budget
         t0 = time.time()
         stage = 1 if epoch < cfg.optim.stage1_epochs else 2
         if hasattr(model, "set_stage"):
             model.set_stage(stage)
         model.train()
+        if cfg.optim.freeze_bn:
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not progress)
-        for frames, flows in bar:
+        for batch_no, (frames, flows) in enumerate(bar, 1):
             frames, flows = frames.to(device), flows.to(device)
             with autocast:
                 out = model(frames, flows)
@@ -150,10 +167,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                 ((real + fake) / 2).backward()
                 disc_opt.step()
             bar.set_postfix(loss=f"{loss.item():.4f}")
+            if on_progress:
+                on_progress({"epoch": epoch + 1, "epochs": cfg.optim.epochs, "batch": batch_no,
+                             "batches": len(loader), "train_seconds": elapsed + time.time() - t0,
+                             "loss": loss.item()})
         elapsed += time.time() - t0
-        save_checkpoint(_checkpoint(cfg, model, opt, disc, disc_opt, epoch + 1, elapsed, gen), ckpt_path)
+        epochs_done = epoch + 1
+        save_checkpoint(_checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen), ckpt_path)
 
-    ckpt = _checkpoint(cfg, model, opt, disc, disc_opt, cfg.optim.epochs, elapsed, gen)
+    ckpt = _checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen)
     ckpt["stats"] = calibrate(model, ds, cfg, device)
     frames, flows = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
     ckpt["verify_inputs"] = {"frames": frames, "flows": flows}

@@ -7,10 +7,11 @@ import asyncio
 import logging
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..cameras import UnknownCamera
-from ..config import CameraConfig
+from ..config import CameraConfig, CameraPatch
 from ..wiring import Services
 from .deps import WS_PROTOCOL, key_ok, ready, require_key
 
@@ -34,6 +35,43 @@ def list_cameras(svc: Services = Depends(ready)) -> list[dict]:
 @router.get("/{camera_id}", summary="one camera's state")
 def get_camera(camera_id: str, svc: Services = Depends(ready)) -> dict:
     return svc.cameras.get(camera_id).status()
+
+
+@router.patch("/{camera_id}", summary="change a camera's model, threshold or replay rate")
+async def patch_camera(camera_id: str, patch: CameraPatch, svc: Services = Depends(ready)) -> dict:
+    """Only this camera changes; with a new model its next frames warm up and are scored by it, starting
+    from the model's own training statistics."""
+    return (await run_in_threadpool(svc.cameras.update, camera_id, patch)).status()
+
+
+class RecordRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds: float = Field(gt=0, le=3600, description="how long to record")
+
+
+class CalibrateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds: float = Field(60.0, ge=5, le=600, description="how much live footage, vouched normal, to score")
+    false_alarms_per_hour: float = Field(1.0, gt=0, description="the rate the threshold is set for")
+
+
+@router.post("/{camera_id}/recordings", status_code=201, summary="record the camera's frames (H.264) for a fit")
+async def record_camera(camera_id: str, req: RecordRequest, svc: Services = Depends(ready)) -> dict:
+    recorder = svc.cameras.get(camera_id).record(svc.recordings, req.seconds)
+    return recorder.rec.to_dict()
+
+
+@router.get("/{camera_id}/recordings", summary="the camera's recordings")
+def camera_recordings(camera_id: str, svc: Services = Depends(ready)) -> list[dict]:
+    svc.cameras.get(camera_id)
+    return svc.recordings.list(camera_id)
+
+
+@router.post("/{camera_id}/calibrate", summary="set the threshold from live footage the operator vouches is normal")
+async def calibrate_camera(camera_id: str, req: CalibrateRequest, svc: Services = Depends(ready)) -> dict:
+    """Waits ``seconds`` while the camera's frames are scored, then sets its threshold for the target
+    false-alarm rate on that footage (stored like a PATCH)."""
+    return await run_in_threadpool(svc.cameras.calibrate, camera_id, req.seconds, req.false_alarms_per_hour)
 
 
 @router.delete("/{camera_id}", summary="stop and remove a camera (also after a restart)")

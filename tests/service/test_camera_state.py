@@ -55,7 +55,8 @@ def test_camera_restores_running_stats_saved_by_its_previous_run(engine, tmp_pat
     settings = ServiceSettings(model="unused", state_dir=tmp_path)
     cfg = CameraConfig(id="door", url="file:///nowhere.mp4", threshold=2.5)
     k = len(engine.meta.components)
-    saved = {"method": engine.meta.method, "components": [c.name for c in engine.meta.components],
+    saved = {"model_sha256": engine.model.sha256, "method": engine.meta.method,
+             "components": [c.name for c in engine.meta.components],
              "stats": {"mean": [1.0] * k, "var": [4.0] * k, "count": 77}}
     (tmp_path / "cameras").mkdir()
     (tmp_path / "cameras" / "door.json").write_text(json.dumps(saved))
@@ -64,7 +65,21 @@ def test_camera_restores_running_stats_saved_by_its_previous_run(engine, tmp_pat
     cam.stream.scorer.stats.count = 78
     cam.stop()  # saves
     assert json.loads((tmp_path / "cameras" / "door.json").read_text())["stats"]["count"] == 78
-    # stats of another model are ignored
-    saved["components"] = ["other"]
+    # saved with the model's content hash: stats of any other model file are ignored (next test)
+    assert json.loads((tmp_path / "cameras" / "door.json").read_text())["model_sha256"] == engine.model.sha256
+
+
+def test_a_swapped_model_never_inherits_the_old_models_statistics(engine, tmp_path):
+    # given stats saved by a camera whose model had the same method and component names as the new one
+    # (a retrained or fitted model: the swap that left 97 % of frames flagged), but another file
+    settings = ServiceSettings(model="unused", state_dir=tmp_path)
+    k = len(engine.meta.components)
+    saved = {"model_sha256": "0" * 64, "method": engine.meta.method,
+             "components": [c.name for c in engine.meta.components],
+             "stats": {"mean": [50.0] * k, "var": [1e-6] * k, "count": 5000}}
+    (tmp_path / "cameras").mkdir()
     (tmp_path / "cameras" / "door.json").write_text(json.dumps(saved))
-    assert Camera(cfg, engine, settings, Metrics()).stream.scorer.stats.count == 0
+    cam = Camera(CameraConfig(id="door", url="file:///nowhere.mp4"), engine, settings, Metrics())
+    # then the camera starts from its own model's training statistics
+    assert cam.stream.scorer.stats.count == 0
+    np.testing.assert_allclose(cam.stream.scorer.stats.mean, [c.mean for c in engine.meta.components])

@@ -4,17 +4,11 @@ overlay and the recent-events area. Uses the system Chromium through Playwright 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from tests.support.servers import API_KEY
 
 pytestmark = pytest.mark.integration
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 # pixels of a canvas close to an RGB colour (the chart's strokes are anti-aliased)
 COUNT_COLOUR = """([sel, r, g, b]) => {
   const c = document.querySelector(sel), d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
@@ -23,17 +17,6 @@ COUNT_COLOUR = """([sel, r, g, b]) => {
     if (d[i + 3] > 200 && Math.abs(d[i] - r) + Math.abs(d[i + 1] - g) + Math.abs(d[i + 2] - b) < 60) n++;
   return n;
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, env={**os.environ, "LANG": "C"})
-        yield b
-        b.close()
 
 
 def test_live_page_shows_the_camera_chart_heatmap_and_events(service, sample_mp4, browser, tmp_path):
@@ -51,6 +34,8 @@ def test_live_page_shows_the_camera_chart_heatmap_and_events(service, sample_mp4
         # then the camera list shows the camera and its state
         cam.wait_for(timeout=10_000)
         assert cam.locator("h2").inner_text() == "page-cam"
+        # which model scores this camera
+        assert cam.locator(".model").inner_text() == service.http.get("/v1/cameras/page-cam").json()["model"]
         page.wait_for_function("() => /live|warming_up/.test("
                                "document.querySelector('.cam[data-camera=\"page-cam\"] .state').textContent)",
                                timeout=15_000)

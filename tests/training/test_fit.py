@@ -1,0 +1,80 @@
+"""``amvad fit``: footage discovery, the input size, the hold-out, refusing short footage, starting from
+the bundled weights, and a whole (tiny) fit that writes a model and its card."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cli.main import main
+from models.registry import build_model
+from runtime.exported_model import ExportedModel
+from tests.support.synthetic import render_clip, write_clip, write_mp4
+from training.fit import Clip, choose_size, find_footage, split_holdout
+from training.warm_start import weights_from_exported
+
+
+@pytest.mark.parametrize("w, h, want", [(360, 240, (128, 192)), (1920, 1080, (112, 200)), (640, 480, (128, 168)),
+                                        (1080, 1920, (208, 112)), (100, 100, (152, 152))])
+def test_input_size_keeps_the_aspect_within_the_bundled_models_cost(w, h, want):
+    hh, ww = choose_size(w, h)
+    assert (hh, ww) == want and hh % 8 == 0 and ww % 8 == 0 and hh * ww <= 128 * 192
+    assert abs(ww / hh - w / h) / (w / h) < 0.1
+
+
+def test_footage_is_videos_folders_of_videos_and_frame_folders(tmp_path):
+    write_clip(tmp_path / "frames" / "morning", render_clip(6, speed=1.0, seed=0))
+    (tmp_path / "videos").mkdir()
+    write_mp4(tmp_path / "videos" / "a.mp4", render_clip(6, speed=1.0, seed=1))
+    write_mp4(tmp_path / "videos" / "b.mp4", render_clip(6, speed=1.0, seed=2))
+    write_mp4(tmp_path / "a.mp4", render_clip(6, speed=1.0, seed=3))
+    found = find_footage([tmp_path / "frames" / "morning", tmp_path / "videos", tmp_path / "a.mp4"])
+    assert [c.name for c in found] == ["morning", "a", "b", "a-2"]
+    with pytest.raises(FileNotFoundError, match="not a video file"):
+        find_footage([tmp_path / "frames"])  # a folder of folders is not footage
+
+
+def test_the_end_of_each_clip_is_held_out():
+    frames, flows = np.zeros((100, 1, 8, 8), np.float32), np.zeros((99, 2, 8, 8), np.float32)
+    train, val = split_holdout(Clip("c", frames, flows, 10.0))
+    assert len(train.frames) == 90 and len(train.flows) == 89 and len(val.frames) == 10 and len(val.flows) == 9
+    whole, none = split_holdout(Clip("s", frames[:8], flows[:7], 10.0))
+    assert none is None and len(whole.frames) == 8
+
+
+def test_short_footage_is_refused_saying_how_much_is_needed(tmp_path, capsys):
+    write_clip(tmp_path / "cam", render_clip(40, speed=1.0, seed=0))
+    assert main(["fit", str(tmp_path / "cam"), "--out", str(tmp_path / "m.onnx"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "footage too short: 40 frames (4 s at 10 fps)" in err and "at least 334 frames" in err
+
+
+def test_weights_of_the_bundled_model_fit_any_input_size_of_the_same_widths():
+    model = build_model("comemory", clip_len=5, channels=1, height=48, width=64, base_width=12)
+    model.load_state_dict(weights_from_exported(model, "ped2"))  # checked against ONNX Runtime inside
+    with pytest.raises(ValueError, match="base_width=12, this model 8"):
+        weights_from_exported(build_model("comemory", clip_len=5, channels=1, height=48, width=64, base_width=8),
+                              "ped2")
+    with pytest.raises(ValueError, match="comemory model; cannot start a amsrc model"):
+        weights_from_exported(build_model("amsrc", clip_len=5, channels=1, height=48, width=64, base_width=12),
+                              "ped2")
+
+
+@pytest.mark.parametrize("init", ["none", "ped2"])
+def test_a_tiny_fit_writes_a_model_and_its_card(tmp_path, capsys, init):
+    clips = [write_mp4(tmp_path / f"cam{i}.mp4", render_clip(200, speed=1.0, seed=i)) for i in range(2)]
+    out = tmp_path / "cam.onnx"
+    width = "12" if init == "ped2" else "4"
+    assert main(["fit", *map(str, clips), "--out", str(out), "--minutes", "0.05", "--max-pixels", "1536",
+                 "--base-width", width, "--init", init, "--threads", "1", "--quiet"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["frames"] == 400 and res["validation_frames"] == 2 * (20 - 4) and res["epochs"] >= 1
+    assert res["threshold"] >= res["training_quantile_threshold"]
+    assert res["validation_false_alarms_per_hour"] <= 1.0
+    model = ExportedModel(out)
+    assert (model.meta.height, model.meta.width) == (32, 40)  # 4:3 footage and model.meta.threshold == res["threshold"]
+    assert model.meta.training["fit"]["init"] == init
+    card = out.with_suffix(".md").read_text()
+    assert "400 frames" in card and f"threshold {res['threshold']:.3f}" in card

@@ -1,0 +1,235 @@
+"""``amvad fit``: a model of one camera's normal from its footage, in one command.
+
+Footage (video files, folders of videos, or folders of frame images, one folder = one clip; all normal)
+-> the input size from its aspect ratio within the bundled model's cost (so it keeps real time) -> flows
+with the serving flow -> as many training epochs as fit in the time budget, the last ``FIT_HOLDOUT`` of every
+clip (by time) kept aside -> the threshold set on that held-out normal footage for a target false-alarm
+rate -> a self-describing ONNX file and a model card (``PATH.md``) beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from tqdm import tqdm
+
+from models.flow import build_flow
+from models.metadata import METADATA_KEY
+from models.registry import build_model
+from runtime.calibration import FIT_HOLDOUT, check_fit_footage, events_per_hour, pick_threshold
+from runtime.device import pick_device
+from runtime.events import EventConfig
+from runtime.exported_model import ExportedModel
+from runtime.files import atomic_path, write_atomic
+from runtime.flows import compute_flows
+from runtime.scoring import StreamScorer
+from runtime.video import open_source, stream_fps
+from runtime.windows import scored_frames, window
+
+from .config import DataConfig, ModelConfig, OptimConfig, ScoreConfig, TrainConfig
+from .data import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, ClipSource, iter_clip_frames, load_clip
+from .export import export
+from .train import train
+from .warm_start import weights_from_exported
+
+BUDGET_PIXELS = 128 * 192   # the bundled model's input: what keeps >= 25 frames/s on 2 CPU cores
+CLIP_LEN, BASE_WIDTH = 5, 12
+INITS = ("none", "ped2")
+
+
+@dataclass
+class Clip:
+    """One clip of footage, preprocessed: frames (N, C, H, W), flows (N-1, 2, H, W), its frame rate."""
+    name: str
+    frames: np.ndarray
+    flows: np.ndarray
+    fps: float
+
+
+def find_footage(paths: list[str | Path]) -> list[ClipSource]:
+    """Video files, folders of videos, and folders of frame images (one folder = one clip)."""
+    found: list[ClipSource] = []
+    for p in map(Path, paths):
+        if p.is_file() and p.suffix.lower() in VIDEO_EXTS:
+            found.append(ClipSource(p.stem, p))
+        elif p.is_dir() and any(f.suffix.lower() in FRAME_EXTS for f in p.iterdir()):
+            found.append(ClipSource(p.name, p))
+        elif p.is_dir() and (videos := sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_EXTS)):
+            found += [ClipSource(v.stem, v) for v in videos]
+        else:
+            raise FileNotFoundError(f"{p}: not a video file ({', '.join(sorted(VIDEO_EXTS))}), a folder of videos "
+                                    f"or a folder of frame images")
+    names: dict[str, int] = {}
+    unique = []
+    for src in found:  # the same stem twice (cam1/a.mp4, cam2/a.mp4) gets a suffix
+        names[src.name] = names.get(src.name, 0) + 1
+        unique.append(src if names[src.name] == 1 else ClipSource(f"{src.name}-{names[src.name]}", src.path))
+    return unique
+
+
+def choose_size(width: int, height: int, budget: int = BUDGET_PIXELS) -> tuple[int, int]:
+    """(height, width), multiples of 8, with the footage's aspect ratio and at most ``budget`` pixels."""
+    aspect = width / height
+    h = max(32, int(math.sqrt(budget / aspect)) // 8 * 8)
+    w = max(32, round(h * aspect / 8) * 8)
+    while h * w > budget and w > 32:
+        w -= 8
+    return h, w
+
+
+def source_fps(src: ClipSource) -> float:
+    if not src.is_video:
+        return FRAME_FOLDER_FPS
+    with open_source(str(src.path)) as container:
+        return stream_fps(container)
+
+
+def split_holdout(clip: Clip, holdout: float = FIT_HOLDOUT) -> tuple[Clip, Clip | None]:
+    """(training part, held-out end) of a clip; a clip too short for both stays whole in training."""
+    n = len(clip.frames)
+    n_val = max(CLIP_LEN + 1, round(n * holdout))
+    if n - n_val < CLIP_LEN:
+        return clip, None
+    cut = n - n_val
+    return (Clip(clip.name, clip.frames[:cut], clip.flows[:cut - 1], clip.fps),
+            Clip(clip.name, clip.frames[cut:], clip.flows[cut:], clip.fps))
+
+
+def holdout_scores(model: ExportedModel, clips: list[Clip]) -> list[np.ndarray]:
+    """Causal scores of the held-out windows (training statistics, no running updates), per clip."""
+    meta = model.meta
+    out = []
+    for c in clips:
+        ids = scored_frames(len(c.frames), meta.clip_len)
+        wins = [window(c.frames, c.flows, i, meta.clip_len) for i in ids]
+        comps = model.run(np.stack([w[0] for w in wins]), np.stack([w[1] for w in wins])).components
+        out.append(StreamScorer(meta.components, threshold=np.inf, smoothing=meta.smoothing, forget=0.0)
+                   .score_clip(comps))
+    return out
+
+
+def set_threshold(path: Path, threshold: float, training: dict) -> None:
+    """Rewrite the exported file's metadata with the chosen threshold and the fit's record."""
+    proto = onnx.load(str(path))
+    entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
+    meta = json.loads(entry.value)
+    meta["threshold"] = threshold
+    meta["training"] = {**meta["training"], **training}
+    entry.value = json.dumps(meta)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+
+
+def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, method: str = "comemory",
+        init: str = "none", false_alarms_per_hour: float = 1.0, threads: int | None = None, seed: int = 0,
+        base_width: int = BASE_WIDTH, max_pixels: int = BUDGET_PIXELS, progress: bool = True,
+        on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Fit, export to ``out`` and write the model card ``out`` with ``.md``; returns the fit's report."""
+    t_start = time.time()
+    out = Path(out)
+    report = on_progress or (lambda d: None)
+    if init not in INITS:
+        raise ValueError(f"--init must be one of {list(INITS)}, got {init!r}")
+    if threads:
+        torch.set_num_threads(threads)
+    sources = find_footage(footage)
+    first = next(iter_clip_frames(sources[0]))
+    height, width = choose_size(first.pixels.shape[1], first.pixels.shape[0], max_pixels)
+    args = dict(clip_len=CLIP_LEN, channels=1, height=height, width=width, base_width=base_width)
+    device = pick_device("auto")
+    flow = build_flow("default").to(device).eval()
+    clips = []
+    for i, src in enumerate(tqdm(sources, desc="footage + flow", disable=not progress)):
+        report({"stage": "loading", "fraction": i / len(sources)})
+        frames = load_clip(src, height=height, width=width, channels=1)
+        clips.append(Clip(src.name, frames, compute_flows(flow, frames, device), source_fps(src)))
+    parts = [split_holdout(c) for c in clips]
+    train_clips, val_clips = [p[0] for p in parts], [p[1] for p in parts if p[1] is not None]
+    n_train = sum(len(c.frames) for c in train_clips)
+    check_fit_footage(sum(len(c.frames) for c in clips) if val_clips else 0, clips[0].fps)
+    model = build_model(method, **args)
+    init_state = weights_from_exported(model, init) if init != "none" else None
+    with tempfile.TemporaryDirectory(prefix="amvad-fit-") as work:
+        cfg = TrainConfig(seed=seed, out_dir=Path(work), threads=threads, flow={"name": "default"},
+                          data=DataConfig(root=Path(work), stride=1, flow_cache=None),
+                          model=ModelConfig(method=method, args=args),
+                          optim=OptimConfig(epochs=100_000, batch_size=8, lr=5e-4, time_budget_min=minutes,
+                                            freeze_bn=init_state is not None),
+                          score=ScoreConfig(smoothing=5, threshold_quantile=0.99))
+        bar = tqdm(total=round(minutes * 60), unit="s", desc="training", disable=not progress,
+                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}] {postfix}")
+
+        def on_batch(p: dict) -> None:
+            bar.n = min(bar.total, round(p["train_seconds"]))
+            bar.set_postfix_str(f"epoch {p['epoch']}, loss {p['loss']:.4f}", refresh=True)
+            report({"stage": "training", "fraction": min(1.0, p["train_seconds"] / (minutes * 60)), **p})
+
+        ckpt_path = train(cfg, progress=False, clips=([c.name for c in train_clips],
+                                                      [(c.frames, c.flows) for c in train_clips]),
+                          init_state=init_state, on_progress=on_batch)
+        bar.close()
+        report({"stage": "exporting", "fraction": 1.0})
+        meta = export(ckpt_path, out)
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    exported = ExportedModel(out, device=torch.device("cpu"))
+    scores = holdout_scores(exported, val_clips)
+    fps = [c.fps for c in val_clips]
+    events = EventConfig()
+    threshold = pick_threshold(scores, fps, false_alarms_per_hour, floor=meta.threshold, events=events)
+    val_frames = sum(len(s) for s in scores)
+    result = {
+        "model": str(out), "method": method, "init": init, "height": height, "width": width, "base_width": base_width,
+        "footage": [str(s.path.resolve()) for s in sources], "clips": len(clips), "frames": sum(len(c.frames) for c in clips),
+        "train_frames": n_train, "validation_frames": val_frames,
+        "validation_seconds": round(sum(len(c.frames) / c.fps for c in val_clips), 1),
+        "epochs": ckpt["epoch"], "train_seconds": round(ckpt["train_seconds"], 1),
+        "threshold": threshold, "training_quantile_threshold": meta.threshold,
+        "target_false_alarms_per_hour": false_alarms_per_hour,
+        "validation_false_alarms_per_hour": round(events_per_hour(scores, fps, threshold, events), 3),
+        "flow": exported.flow.spec, "smoothing": meta.smoothing, "seconds": round(time.time() - t_start, 1),
+        "machine": f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} threads, {device}",
+        "date": date.today().isoformat(),
+    }
+    set_threshold(out, threshold, {"fit": {k: result[k] for k in ("footage", "init", "epochs", "train_frames",
+                                                                  "validation_frames", "target_false_alarms_per_hour",
+                                                                  "validation_false_alarms_per_hour")}})
+    write_atomic(out.with_suffix(".md"), model_card(result))
+    report({"stage": "done", "fraction": 1.0, "result": result})
+    return result
+
+
+def model_card(r: dict) -> str:
+    """The model card written beside the exported file."""
+    footage = "\n".join(f"- `{f}`" for f in r["footage"])
+    return f"""# {Path(r['model']).stem}: {r['method']} model fitted with `amvad fit` ({r['date']})
+
+| | |
+|---|---|
+| footage | {r['clips']} clip(s), {r['frames']} frames: {r['train_frames']} for training, \
+{r['validation_frames']} scored for the threshold ({r['validation_seconds']} s held out, the end of each clip) |
+| input | {r['height']}x{r['width']} grey, clip length {CLIP_LEN}, base width {r['base_width']} |
+| start | {'the bundled ' + r['init'] + ' weights (batch-norm statistics kept fixed)' if r['init'] != 'none' else 'random weights'} |
+| training | {r['epochs']} epochs in {r['train_seconds']} s ({r['machine']}) |
+| flow | `{json.dumps(r['flow'])}` (the serving flow) |
+| score | causal, smoothing {r['smoothing']} frames; threshold {r['threshold']:.3f} (training 99th percentile \
+{r['training_quantile_threshold']:.3f}) |
+| false alarms | target {r['target_false_alarms_per_hour']:g}/h; on the held-out footage \
+{r['validation_false_alarms_per_hour']:g}/h |
+
+Footage:
+{footage}
+
+Assign it to a camera (`PATCH /v1/cameras/<id> {{"model": "<name>"}}` after `POST /v1/models`) and, once
+the camera runs, calibrate its threshold on live normal footage (`POST /v1/cameras/<id>/calibrate`).
+"""
