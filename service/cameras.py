@@ -22,11 +22,8 @@ from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
 
-import numpy as np
-
-from runtime.calibration import events_per_hour, pick_threshold
 from runtime.engine import InferenceEngine
-from runtime.exported_model import ExportedModel, file_sha256
+from runtime.exported_model import ExportedModel
 from runtime.files import write_atomic
 from runtime.redact import redact
 from runtime.scoring import RunningStats
@@ -34,29 +31,14 @@ from runtime.stream import Stream
 from runtime.types import Frame, FrameResult
 from runtime.video import DecodeError, file_path, is_file_source, iter_frames, open_source, stream_fps
 
-from .camera_store import CameraStore
-from .config import CameraConfig, CameraPatch, ServiceSettings
+from .config import CameraConfig, ServiceSettings
 from .heatmap import HeatScale
 from .metrics import Metrics
-from .model_registry import ModelConflict, ModelRegistry, UnknownModel
 from .publish import Broadcaster
 from .recordings import Recorder, Recordings
-from .security import UrlError, check_media_path
 
 log = logging.getLogger("amvad.cameras")
 CONNECTING, RECONNECTING, STREAMING, FAILED = "connecting", "reconnecting", "streaming", "failed"
-
-
-class DuplicateCamera(ValueError):
-    """A camera id that is already in use (HTTP 409)."""
-
-
-class UnknownCamera(KeyError):
-    """A camera id that does not exist (HTTP 404)."""
-
-
-class CameraModelError(ValueError):
-    """A camera that names a model the service does not have (HTTP 422)."""
 
 
 class CameraNotLive(RuntimeError):
@@ -143,6 +125,7 @@ class Camera:
         with self._stream_lock:
             self.cfg = self.cfg.model_copy(update={"model": name})
             self.stream = self._open_stream(model, None)
+            self.heat_scale = HeatScale()  # another model's errors have another scale
         self.metrics.threshold.labels(self.id).set(self.stream.threshold)
         log.info("camera %s: now on model %s", self.id, self.model_name)
 
@@ -376,134 +359,3 @@ class Camera:
                                            "stats": stream.scorer.stats.to_dict()}))
         except OSError as exc:
             log.warning("camera %s: cannot save running stats to %s: %s", self.id, path, exc)
-
-
-class CameraManager:
-    """The set of running cameras, keyed by id. Cameras added with ``persist=True`` (the API) are kept in
-    ``store`` so they come back after a restart; removing one forgets it, stopping the service does not."""
-
-    def __init__(self, engine: InferenceEngine, settings: ServiceSettings, metrics: Metrics,
-                 store: CameraStore | None = None, registry: ModelRegistry | None = None) -> None:
-        self.engine, self.settings, self.metrics, self.store = engine, settings, metrics, store
-        self.registry = registry or ModelRegistry(settings.state_dir, settings.model)
-        self._cameras: dict[str, Camera] = {}
-        self._lock = threading.Lock()
-
-    def _model(self, camera_id: str, name: str | None) -> ExportedModel:
-        """The loaded model a camera names (None: the service's); loading happens outside the engine."""
-        try:
-            return self.engine.load(self.registry.path(name))
-        except UnknownModel as exc:
-            raise CameraModelError(f"camera {camera_id!r}: {exc.args[0]}") from None
-
-    def add(self, cfg: CameraConfig, persist: bool = False, start: bool = True) -> Camera:
-        """``start=False`` leaves the threads to the caller (``camera.start()``), e.g. to subscribe first."""
-        url = cfg.url.get_secret_value()
-        if is_file_source(url):
-            check_media_path(file_path(url), self.settings.media_dirs)
-        model = self._model(cfg.id, cfg.model)
-        with self._lock:
-            if cfg.id in self._cameras:
-                raise DuplicateCamera(f"camera {cfg.id!r} already exists")
-            if persist and self.store is not None:
-                self.store.put(cfg)  # first, so a camera that cannot be saved is not added
-            cam = self._cameras[cfg.id] = Camera(cfg, self.engine, self.settings, self.metrics, model)
-        if start:
-            cam.start()
-        return cam
-
-    def restore(self, yaml_ids: set[str]) -> list[str]:
-        """Start the stored API cameras; an id the YAML config also declares is dropped (YAML wins)."""
-        if self.store is None:
-            return []
-        started = []
-        for cfg in self.store.load():
-            if cfg.id in yaml_ids:
-                log.warning("stored camera %s is also declared in the config; the config wins", cfg.id)
-                self.store.discard(cfg.id)
-                continue
-            try:
-                self.add(cfg)
-            except (UrlError, CameraModelError) as exc:  # e.g. media_dirs changed: keep it, do not start it
-                log.warning("stored camera %s not started: %s", cfg.id, exc)
-                continue
-            started.append(cfg.id)
-        return started
-
-    def get(self, camera_id: str) -> Camera:
-        try:
-            return self._cameras[camera_id]
-        except KeyError:
-            raise UnknownCamera(f"no camera with id {camera_id!r}") from None
-
-    def remove(self, camera_id: str, forget: bool = True) -> None:
-        """Stop a camera; ``forget`` also drops it from the store (DELETE), shutdown keeps it.
-
-        Stopping happens under the lock, so a camera re-added with the same id right after a DELETE
-        cannot have its fresh metric series removed by the old camera's clean-up."""
-        with self._lock:
-            cam = self.get(camera_id)
-            if forget and self.store is not None:
-                self.store.discard(camera_id)
-            del self._cameras[camera_id]
-            cam.stop(keep_stats=not forget)
-
-    def update(self, camera_id: str, patch: CameraPatch) -> Camera:
-        """Change a running camera's model, threshold or replay rate; the other cameras never notice.
-        An API camera's new settings are stored (a YAML camera's last until the config is read again)."""
-        given = patch.model_fields_set
-        model = self._model(camera_id, patch.model) if "model" in given else None
-        with self._lock:
-            cam = self.get(camera_id)
-            if model is not None:
-                cam.set_model(patch.model, model)
-            if "threshold" in given:
-                cam.set_threshold(patch.threshold)
-            if "replay_fps" in given:
-                cam.set_replay_fps(patch.replay_fps)
-            if self.store is not None and self.store.has(camera_id):
-                self.store.put(cam.cfg)
-        return cam
-
-    def calibrate(self, camera_id: str, seconds: float, false_alarms_per_hour: float) -> dict:
-        """Score ``seconds`` of live footage the operator vouches is normal and set the camera's threshold
-        to the lowest at which that footage raises at most ``false_alarms_per_hour`` events per hour."""
-        cam = self.get(camera_id)
-        before = cam.stream.threshold
-        scores = np.array(cam.collect_scores(seconds))
-        if len(scores) < 10:
-            raise CameraNotLive(f"camera {camera_id!r} scored only {len(scores)} frames in {seconds:g} s; "
-                                f"calibrate once it is live")
-        fps = len(scores) / seconds
-        threshold = pick_threshold([scores], [fps], false_alarms_per_hour, events=self.settings.events)
-        self.update(camera_id, CameraPatch(threshold=threshold))
-        return {"camera": camera_id, "seconds": seconds, "frames": len(scores), "threshold_before": before,
-                "threshold": threshold, "target_false_alarms_per_hour": false_alarms_per_hour,
-                "false_alarms_per_hour_on_this_footage": events_per_hour([scores], [fps], threshold,
-                                                                         self.settings.events),
-                "score_max": float(scores.max()), "score_p99": float(np.percentile(scores, 99))}
-
-    def remove_model(self, name: str) -> None:
-        """Delete a registered model unless a camera uses it (checked and done under the cameras' lock)."""
-        with self._lock:
-            users = sorted(c.id for c in self._cameras.values() if c.model_name == name)
-            if users:
-                raise ModelConflict(f"model {name!r} is used by camera(s) {users}; assign them another first")
-            sha = file_sha256(self.registry.path(name))
-            self.registry.remove(name)
-            self.engine.unload(sha)
-
-    def list(self) -> list[Camera]:
-        return list(self._cameras.values())
-
-    def refresh_metrics(self) -> None:
-        now = time.time()
-        for cam in self.list():
-            if cam.last_frame_time is not None:
-                self.metrics.since_last.labels(cam.id).set(now - cam.last_frame_time)
-
-    def stop_all(self) -> None:
-        for cam in self.list():
-            cam.signal_stop()
-        for cam in self.list():
-            self.remove(cam.id, forget=False)

@@ -15,8 +15,9 @@ from starlette.exceptions import HTTPException
 from runtime.redact import redact
 from runtime.video import DecodeError
 
+from .camera_manager import CameraModelError, DuplicateCamera, UnknownCamera
 from .camera_store import CameraStoreError
-from .cameras import CameraModelError, CameraNotLive, DuplicateCamera, UnknownCamera
+from .cameras import CameraNotLive
 from .clips import ClipTooLarge, QueueFull, UnknownJob
 from .fit_jobs import FitBusy, FootageError, UnknownFit
 from .model_registry import InvalidModel, ModelConflict, UnknownModel

@@ -9,8 +9,8 @@ import logging
 from runtime.engine import InferenceEngine
 from runtime.redact import redact
 
+from .camera_manager import CameraManager
 from .camera_store import CameraStore
-from .cameras import CameraManager
 from .clips import ClipJobs
 from .config import ServiceSettings
 from .fit_jobs import FitJobs

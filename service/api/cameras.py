@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response, WebSocke
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from ..cameras import UnknownCamera
+from ..camera_manager import UnknownCamera
 from ..config import CameraConfig, CameraPatch
 from ..wiring import Services
 from .deps import WS_PROTOCOL, key_ok, ready, require_key
