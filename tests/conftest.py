@@ -10,12 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.support.servers import (
-    RtspServer,
-    rtsp_available,
-    start_service,
-    stop_process,
-)
+from tests.support.servers import RtspServer, rtsp_available, running_service
 from tests.support.synthetic import render_clip, tiny_config, write_clip, write_mp4
 from training.config import load_config
 from training.export import export
@@ -38,27 +33,25 @@ def synthetic_dataset(tmp_path_factory) -> Path:
     return root
 
 
+def train_tiny_model(root: Path, out: Path, method: str) -> Path:
+    """A tiny model of ``method`` (32x48 grey, clip_len 4) trained one epoch on the synthetic clips."""
+    cfg_path = out / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_config(root, out / "run", method)))
+    path = out / f"{method}.onnx"
+    export(train(load_config(cfg_path), progress=False), path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model(synthetic_dataset, tmp_path_factory) -> Path:
-    """A tiny amsrc model (32x48 grey, clip_len 4) trained one epoch on the synthetic clips."""
-    out = tmp_path_factory.mktemp("tiny_model")
-    cfg_path = out / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(tiny_config(synthetic_dataset, out / "run", "amsrc")))
-    ckpt = train(load_config(cfg_path), progress=False)
-    path = out / "tiny.onnx"
-    export(ckpt, path)
-    return path
+    """The tiny amsrc model most service tests run."""
+    return train_tiny_model(synthetic_dataset, tmp_path_factory.mktemp("tiny_model"), "amsrc")
 
 
 @pytest.fixture(scope="session")
 def tiny_model_b(synthetic_dataset, tmp_path_factory) -> Path:
     """A second tiny model (comemory, same input size as ``tiny_model``): another file for model swaps."""
-    out = tmp_path_factory.mktemp("tiny_model_b")
-    cfg_path = out / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(tiny_config(synthetic_dataset, out / "run", "comemory")))
-    path = out / "tiny-b.onnx"
-    export(train(load_config(cfg_path), progress=False), path)
-    return path
+    return train_tiny_model(synthetic_dataset, tmp_path_factory.mktemp("tiny_model_b"), "comemory")
 
 
 @pytest.fixture(scope="session")
@@ -70,10 +63,8 @@ def sample_mp4(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def service(tiny_model, tmp_path_factory):
-    svc = start_service(tmp_path_factory.mktemp("service"), tiny_model)
-    yield svc
-    svc.http.close()
-    stop_process(svc.proc)
+    with running_service(tmp_path_factory.mktemp("service"), tiny_model) as svc:
+        yield svc
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from service.config import SAMPLES_DIR
-from tests.support.servers import start_service, stop_process
+from tests.support.servers import running_service
 from tests.support.synthetic import render_clip, write_mp4
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -15,8 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_two_cameras_at_5_fps_drop_at_most_2_percent_during_a_fit(tmp_path):
     footage = write_mp4(tmp_path / "normal.mp4", render_clip(400, speed=1.0, seed=4))
-    svc = start_service(tmp_path, "ped2", {"media_dirs": [str(tmp_path), str(SAMPLES_DIR)]})
-    try:
+    with running_service(tmp_path, "ped2", {"media_dirs": [str(tmp_path), str(SAMPLES_DIR)]}) as svc:
         sample = (SAMPLES_DIR / "ped2_test01.mp4").as_uri()
         for cam in ("left", "right"):
             r = svc.http.post("/v1/cameras", json={"id": cam, "url": sample, "replay_fps": 5})
@@ -35,6 +34,3 @@ def test_two_cameras_at_5_fps_drop_at_most_2_percent_during_a_fit(tmp_path):
         print(f"during the fit ({result['progress']}): {frames} frames published, {drops} dropped "
               f"({100 * drops / max(frames + drops, 1):.2f} %)")
         assert frames > 100 and drops <= 0.02 * (frames + drops)
-    finally:
-        svc.http.close()
-        stop_process(svc.proc)

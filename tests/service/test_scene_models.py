@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 from websockets.sync.client import connect
 
-from tests.support.servers import API_KEY, add_camera, receive, start_service, stop_process, ws_url
+from tests.support.servers import API_KEY, add_camera, receive, running_service, ws_url
 from tests.support.synthetic import render_clip, write_mp4
 
 pytestmark = pytest.mark.integration
@@ -21,10 +21,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def svc(tiny_model, tmp_path_factory):
     """A service of its own (these tests register models and record): tiny model, cameras at 10 fps."""
-    service = start_service(tmp_path_factory.mktemp("scene"), tiny_model)
-    yield service
-    service.http.close()
-    stop_process(service.proc)
+    with running_service(tmp_path_factory.mktemp("scene"), tiny_model) as service:
+        yield service
 
 
 def register(service, path, name: str):

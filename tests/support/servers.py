@@ -3,12 +3,14 @@ and helpers for its cameras and WebSocket), and GStreamer's RTSP server driven b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -76,6 +78,17 @@ def start_service(tmp: Path, model: Path, extra: dict | None = None) -> Service:
         stop_process(proc)
         raise
     return svc
+
+
+@contextlib.contextmanager
+def running_service(tmp: Path, model: Path | str, extra: dict | None = None) -> Iterator[Service]:
+    """:func:`start_service` for a ``with`` block: the server is stopped whatever happens inside."""
+    svc = start_service(tmp, model, extra)
+    try:
+        yield svc
+    finally:
+        svc.http.close()
+        stop_process(svc.proc)
 
 
 def stop_process(proc: subprocess.Popen) -> None:
