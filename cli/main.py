@@ -50,8 +50,10 @@ class ProgressFile:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from training.export import export
-    meta = export(args.checkpoint, args.out)
+    from training.export import export, reexport
+    if (args.checkpoint is None) == (args.onnx is None):
+        raise ValueError("give exactly one of --checkpoint (a finished training run) or --onnx (an exported model)")
+    meta = export(args.checkpoint, args.out) if args.checkpoint else reexport(args.onnx, args.out)
     print(f"exported {meta.method} to {args.out} (threshold {meta.threshold:.3f}, "
           f"components {[c.name for c in meta.components]})")
 
@@ -138,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", type=Path, help="write the full results here")
     e.add_argument("--plot", type=Path, help="write one PNG score curve per clip into this folder")
     e.set_defaults(func=_eval)
-    x = sub.add_parser("export", help="export a finished checkpoint to ONNX with metadata")
-    x.add_argument("--checkpoint", required=True, type=Path)
+    x = sub.add_parser("export", help="export a checkpoint (or re-export a model) to ONNX with metadata")
+    x.add_argument("--checkpoint", type=Path, help="a finished training checkpoint")
+    x.add_argument("--onnx", help="an exported model (or bundled name) to write again under the current contract")
     x.add_argument("--out", required=True, type=Path)
     x.set_defaults(func=_export)
     f = sub.add_parser("flow-check", help="flow accuracy and speed on synthetic warps of real frames")

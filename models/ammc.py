@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .contract import AnomalyModel, neg_psnr
+from .contract import AnomalyModel, masked_mean, neg_psnr, shrink_mask
 from .flow import build_flow
-from .layers import Decoder, Encoder, gradient_loss
+from .layers import BOTTLENECK_STRIDE, Decoder, Encoder, gradient_loss
 
 
 class MemPool(nn.Module):
@@ -38,9 +38,10 @@ class MemPool(nn.Module):
         return self.fuse(picked.permute(0, 3, 1, 2))
 
 
-def commit_error(z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean squared distance between encoder features and memory-guided features."""
-    return ((z - e) ** 2).mean(1).flatten(1).mean(1)
+def commit_error(z: torch.Tensor, e: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample mean squared distance between encoder features and memory-guided features, over the
+    feature cells the (full-resolution) mask keeps."""
+    return masked_mean(((z - e) ** 2).mean(1, keepdim=True), shrink_mask(mask, BOTTLENECK_STRIDE))
 
 
 def transfer_net(dim: int) -> nn.Sequential:
@@ -126,12 +127,14 @@ class AMMCNet(AnomalyModel):
         """VQ-style commit loss ||sg[z] - e||^2 + beta ||z - sg[e]||^2."""
         return F.mse_loss(e, z.detach()) + self.beta * F.mse_loss(z, e.detach())
 
-    def score(self, frames: torch.Tensor, flows: torch.Tensor
+    def score(self, frames: torch.Tensor, flows: torch.Tensor, mask: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.check_mask(frames, mask)
         out = self.forward(frames, flows)
         pred, target = out["prediction"], out["target"]
-        commit = commit_error(out["z_app"], out["e_app"]) + commit_error(out["z_mot"], out["e_mot"])
-        components = torch.stack([neg_psnr(pred, target), commit], 1)
+        commit = commit_error(out["z_app"], out["e_app"], mask) + commit_error(out["z_mot"], out["e_mot"], mask)
+        components = torch.stack([neg_psnr(pred, target, mask), commit], 1)
         frame_err = ((pred - target) ** 2).mean(1, keepdim=True)
         flow_err = ((out["pred_flow"] - out["target_flow"]) ** 2).sum(1, keepdim=True)
-        return components, frame_err + flow_err, (pred + 1) / 2
+        heatmap = frame_err + flow_err
+        return components, heatmap if mask is None else heatmap * mask, (pred + 1) / 2

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .contract import FLOW_SCALE, AnomalyModel, neg_psnr
-from .layers import Decoder, Encoder, gradient_loss
+from .contract import FLOW_SCALE, AnomalyModel, masked_mean, neg_psnr, shrink_mask
+from .layers import BOTTLENECK_STRIDE, Decoder, Encoder, gradient_loss
 
 
 def inconsistency_map(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -72,18 +72,23 @@ class AMSRCNet(AnomalyModel):
             "consistency": self.lambda_sim * out["inconsistency"].mean(),
         }
 
-    def score(self, frames: torch.Tensor, flows: torch.Tensor
+    def score(self, frames: torch.Tensor, flows: torch.Tensor, mask: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """components (B, 2) = (mean 1-cos over bottleneck, -PSNR dB); heatmap = squared frame error
-        (mean over channels, [-1, 1] units) + bilinearly upsampled 1-cos map; prediction in [0, 1]."""
+        """components (B, 2) = (mean 1-cos over the unmasked bottleneck, -PSNR dB over unmasked pixels);
+        heatmap = squared frame error (mean over channels, [-1, 1] units) + bilinearly upsampled 1-cos map,
+        zero where masked; prediction in [0, 1]."""
+        self.check_mask(frames, mask)
         out = self.forward(frames, flows)
         target = self.split(frames, flows)["target"]
         pred = out["pred"]
         inc = out["inconsistency"]
-        components = torch.stack([inc.flatten(1).mean(1), neg_psnr(pred, target)], 1)
+        inc_mean = masked_mean(inc, shrink_mask(mask, BOTTLENECK_STRIDE))
+        components = torch.stack([inc_mean, neg_psnr(pred, target, mask)], 1)
         err = ((pred - target) ** 2).mean(1, keepdim=True)
         inc_up = F.interpolate(inc, size=(self.height, self.width), mode="bilinear",
                                align_corners=False)
         heatmap = err + inc_up.clamp_min(0.0)
+        if mask is not None:
+            heatmap = heatmap * mask
         prediction = ((pred + 1.0) * 0.5).clamp(0.0, 1.0)
         return components, heatmap, prediction

@@ -98,11 +98,14 @@ class CoMemoryNet(AnomalyModel):
         flow_err = ((out["flow_pred"] - v["target_flow"]) ** 2).sum(1, keepdim=True)
         return frame_err, flow_err
 
-    def score(self, frames: torch.Tensor, flows: torch.Tensor
+    def score(self, frames: torch.Tensor, flows: torch.Tensor, mask: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """components (B, 2) = worst-patch mean of the frame / flow error maps; heatmap = their sum."""
+        """components (B, 2) = worst-patch mean of the (masked) frame / flow error maps; heatmap = their sum."""
+        self.check_mask(frames, mask)
         out = self.forward(frames, flows)
         frame_err, flow_err = self.error_maps(out, frames, flows)
+        if mask is not None:
+            frame_err, flow_err = frame_err * mask, flow_err * mask
         p = min(self.patch, self.height, self.width)
         components = torch.stack([patch_max(frame_err, p), patch_max(flow_err, p)], 1)
         prediction = ((out["pred"] + 1.0) * 0.5).clamp(0.0, 1.0)

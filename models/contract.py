@@ -8,9 +8,12 @@ Inputs (all float32):
     frames: (B, T, C, H, W) in [0, 1]; frames t-T+1 .. t, the last one is the frame being scored.
     flows:  (B, T-1, 2, H, W) optical flow in pixels between consecutive frames (x then y, OpenCV's
             convention ``prev(y, x) ~ next(y + v, x + u)``), computed with the model's flow settings.
+    mask:   (B, 1, H, W) in [0, 1]: 1 where a pixel counts, 0 where it is masked out (an on-screen clock,
+            a road, a tree). Masked pixels never contribute to the components or the heatmap: every
+            reduction inside the graph weighs the per-pixel errors by the mask. All ones = no mask.
 Outputs:
     components: (B, K) raw score components, each oriented so that higher = more anomalous.
-    heatmap:    (B, 1, H, W) non-negative per-pixel error (appearance and motion errors, summed).
+    heatmap:    (B, 1, H, W) non-negative per-pixel error (appearance and motion errors, summed), 0 where masked.
     prediction: (B, C, H, W) the predicted frame t in [0, 1].
 """
 
@@ -25,7 +28,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-INPUT_NAMES = ("frames", "flows")
+INPUT_NAMES = ("frames", "flows", "mask")
 OUTPUT_NAMES = ("components", "heatmap", "prediction")
 
 # Default scale that maps flow in pixels at model resolution to roughly [-1, 1] inside the networks.
@@ -37,9 +40,24 @@ def to_signed(x: torch.Tensor) -> torch.Tensor:
     return x * 2.0 - 1.0
 
 
-def neg_psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample negative PSNR in dB for images in [-1, 1] (peak-to-peak 2): higher = worse."""
-    mse = ((pred - target) ** 2).flatten(1).mean(1)
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample mean of (B, C, h, w) over the pixels a (B, 1, h, w) mask keeps (all of them for None)."""
+    if mask is None:
+        return x.flatten(1).mean(1)
+    weight = mask.expand_as(x)
+    return (x * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1e-6)
+
+
+def shrink_mask(mask: torch.Tensor | None, stride: int) -> torch.Tensor | None:
+    """The mask at the resolution of a feature map ``stride`` times smaller: the share of each cell's
+    pixels that count. ``stride`` is a Python int, so the exported graph holds a fixed pooling kernel."""
+    return None if mask is None else nn.functional.avg_pool2d(mask, stride)
+
+
+def neg_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample negative PSNR in dB over the unmasked pixels, for images in [-1, 1] (peak-to-peak 2):
+    higher = worse."""
+    mse = masked_mean((pred - target) ** 2, mask)
     return 10.0 * torch.log10(mse + 1e-8) - 20.0 * math.log10(2.0)
 
 
@@ -104,9 +122,15 @@ class AnomalyModel(nn.Module, abc.ABC):
 
     # -- export / serving ---------------------------------------------------------------------
     @abc.abstractmethod
-    def score(self, frames: torch.Tensor, flows: torch.Tensor
+    def score(self, frames: torch.Tensor, flows: torch.Tensor, mask: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(components, heatmap, prediction) as described in the module docstring."""
+        """(components, heatmap, prediction) as described in the module docstring; ``mask`` None counts
+        every pixel."""
+
+    def check_mask(self, frames: torch.Tensor, mask: torch.Tensor | None) -> None:
+        want = (frames.shape[0], 1, self.height, self.width)
+        if mask is not None and (mask.dim() != 4 or tuple(mask.shape[1:]) != want[1:] or mask.shape[0] != want[0]):
+            raise ValueError(f"mask must have shape {want}, got {tuple(mask.shape)}")
 
     def check_inputs(self, frames: torch.Tensor, flows: torch.Tensor) -> None:
         """Raise a ValueError naming the shape when inputs do not follow the contract."""

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+BOTTLENECK_STRIDE = 8  # an Encoder's bottleneck is 8 times smaller than its input (3 poolings)
 
 
 def conv_block(cin: int, cout: int, act: str) -> nn.Sequential:

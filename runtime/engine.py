@@ -64,8 +64,9 @@ class Lane:
     them. Only the engine's flow thread reads or changes the window; ``broken`` (set by either stage when a
     frame of this stream fails) makes the next frame start a new window."""
 
-    def __init__(self, sink: StreamSink, model: ExportedModel) -> None:
+    def __init__(self, sink: StreamSink, model: ExportedModel, mask: torch.Tensor | None = None) -> None:
         self.sink, self.model = sink, model
+        self.mask = mask  # (1, H, W) on the engine's device, 1 = counts; None = every pixel counts
         clip_len = model.meta.clip_len
         self.frames: deque[torch.Tensor] = deque(maxlen=clip_len)
         self.flows: deque[torch.Tensor] = deque(maxlen=clip_len - 1)
@@ -246,8 +247,12 @@ class InferenceEngine:
         rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         t0 = time.perf_counter()
         for model, group in by_model(live).items():
+            masks = None
+            if any(j.lane.mask is not None for j in group):
+                ones = torch.ones(1, model.meta.height, model.meta.width, device=self.device)
+                masks = torch.stack([ones if j.lane.mask is None else j.lane.mask for j in group])
             out = model.run_tensors(torch.stack([j.window[0] for j in group]),
-                                    torch.stack([j.window[1] for j in group]))
+                                    torch.stack([j.window[1] for j in group]), masks)
             rows.update({id(j): (out.components[r], out.heatmap[r, 0]) for r, j in enumerate(group)})
         spent = time.perf_counter() - t0
         self._observe("model", spent, len(live))

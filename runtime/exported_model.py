@@ -65,29 +65,44 @@ class ExportedModel:
         m = self.meta
         self.frame_shape = (m.clip_len, m.channels, m.height, m.width)
         self.flow_shape = (m.clip_len - 1, 2, m.height, m.width)
+        self.mask_shape = (1, m.height, m.width)
+        # models exported before masks existed take no mask input; they score every pixel
+        self.takes_mask = "mask" in {i.name for i in self.session.get_inputs()}
         self.run(np.zeros((1, *self.frame_shape), np.float32), np.zeros((1, *self.flow_shape), np.float32))
 
-    def run(self, frames: np.ndarray, flows: np.ndarray) -> ModelOutput:
-        """Score a batch of windows: frames (B, T, C, H, W) in [0, 1], flows (B, T-1, 2, H, W) pixels."""
+    def run(self, frames: np.ndarray, flows: np.ndarray, mask: np.ndarray | None = None) -> ModelOutput:
+        """Score a batch of windows: frames (B, T, C, H, W) in [0, 1], flows (B, T-1, 2, H, W) pixels, mask
+        (B, 1, H, W) in [0, 1] (None: every pixel counts)."""
         if frames.ndim != 5 or frames.shape[1:] != self.frame_shape:
             raise ValueError(f"frames must have shape (B, {self.frame_shape}), got {frames.shape}")
         if flows.ndim != 5 or flows.shape[1:] != self.flow_shape or len(flows) != len(frames):
             raise ValueError(f"flows must have shape ({len(frames)}, {self.flow_shape}), got {flows.shape}")
-        outs = self.session.run(None, {"frames": np.ascontiguousarray(frames, dtype=np.float32),
-                                       "flows": np.ascontiguousarray(flows, dtype=np.float32)})
-        return ModelOutput(*outs)
+        feed = {"frames": np.ascontiguousarray(frames, dtype=np.float32),
+                "flows": np.ascontiguousarray(flows, dtype=np.float32)}
+        if self.takes_mask:
+            feed["mask"] = (np.ones((len(frames), *self.mask_shape), np.float32) if mask is None
+                            else np.ascontiguousarray(mask, dtype=np.float32))
+        elif mask is not None:
+            raise ValueError(f"{self.path.name} was exported before masks; re-export it (amvad export --onnx)")
+        return ModelOutput(*self.session.run(None, feed))
 
-    def run_tensors(self, frames: torch.Tensor, flows: torch.Tensor) -> ModelOutput:
+    def run_tensors(self, frames: torch.Tensor, flows: torch.Tensor, mask: torch.Tensor | None = None) -> ModelOutput:
         """Like :meth:`run` for contiguous float32 tensors that may live on the GPU: ONNX Runtime reads
         them in place through IO binding (no copy to the host and back); outputs come back on the host."""
         if tuple(frames.shape[1:]) != self.frame_shape or tuple(flows.shape[1:]) != self.flow_shape:
             raise ValueError(f"frames/flows must have shapes (B, {self.frame_shape}) and (B, {self.flow_shape}), "
                              f"got {tuple(frames.shape)} and {tuple(flows.shape)}")
         binding = self.session.io_binding()
-        tensors = [t.float().contiguous() for t in (frames, flows)]
-        if tensors[0].is_cuda:
-            torch.cuda.current_stream(tensors[0].device).synchronize()  # ORT reads on its own stream
-        for name, t in zip(("frames", "flows"), tensors):
+        inputs = {"frames": frames, "flows": flows}
+        if self.takes_mask:
+            inputs["mask"] = (torch.ones(len(frames), *self.mask_shape, device=frames.device) if mask is None
+                              else mask)
+        elif mask is not None:
+            raise ValueError(f"{self.path.name} was exported before masks; re-export it (amvad export --onnx)")
+        tensors = {name: t.float().contiguous() for name, t in inputs.items()}
+        if frames.is_cuda:
+            torch.cuda.current_stream(frames.device).synchronize()  # ORT reads on its own stream
+        for name, t in tensors.items():
             binding.bind_input(name, t.device.type, t.device.index or 0, np.float32, tuple(t.shape), t.data_ptr())
         for name in ("components", "heatmap", "prediction"):
             binding.bind_output(name, "cpu")

@@ -26,6 +26,7 @@ import numpy as np
 from .engine import InferenceEngine
 from .events import EventConfig, EventTracker
 from .exported_model import ExportedModel
+from .masks import check_polygons, mask_image
 from .preprocess import to_model_frame
 from .scoring import DEFAULT_FORGET, RunningStats, StreamScorer
 from .types import LIVE, WARMING_UP, EngineOutput, Frame, FrameResult, Observer
@@ -36,7 +37,7 @@ class Stream:
     model's; ``stats``: running statistics to resume from (else the model's training statistics);
     ``keep_events``: how many past events ``events.events`` keeps."""
 
-    def __init__(self, engine: InferenceEngine, *, model: ExportedModel | None = None,
+    def __init__(self, engine: InferenceEngine, *, model: ExportedModel | None = None, masks: list | None = None,
                  threshold: float | None = None, forget: float = DEFAULT_FORGET, events: EventConfig | None = None,
                  stats: RunningStats | None = None, observer: Observer | None = None,
                  keep_events: int = 100, max_inflight: int | None = None) -> None:
@@ -49,12 +50,22 @@ class Stream:
                                    min_duration_s=ev.min_duration_s, cooldown_s=ev.cooldown_s, keep=keep_events)
         self.state = WARMING_UP
         self._lane = engine.open_lane(self, self.model)
+        self.set_masks(masks or [])
         self._last: tuple[int, int] | None = None  # (segment, frame_id) of the previous submitted frame
         self._slots = threading.BoundedSemaphore(max_inflight or engine.config.max_inflight)
 
     @property
     def threshold(self) -> float:
         return self.scorer.threshold
+
+    def set_masks(self, polygons: list) -> None:
+        """Masked regions (polygons in 0-1 frame coordinates) for the next frames; [] = none."""
+        m = self.model.meta
+        mask = mask_image(check_polygons(polygons), m.height, m.width)
+        if mask is not None and not self.model.takes_mask:
+            raise ValueError(f"model {self.model.path.name} was exported before masks; re-export it with "
+                             f"`amvad export --onnx {self.model.path} --out NEW.onnx`")
+        self._lane.mask = None if mask is None else self.engine.to_device(mask)
 
     def set_threshold(self, threshold: float) -> None:
         """A new threshold for the next frames (scores, running statistics and events alike)."""

@@ -17,8 +17,10 @@ from runtime.video import file_path, is_file_source
 from .camera_store import CameraStore
 from .cameras import Camera, CameraNotLive
 from .config import CameraConfig, CameraPatch, ServiceSettings
+from .event_store import EventStore
 from .metrics import Metrics
 from .model_registry import ModelConflict, ModelRegistry, UnknownModel
+from .notify import Notifier
 from .security import UrlError, check_media_path
 
 log = logging.getLogger("amvad.cameras")
@@ -41,9 +43,11 @@ class CameraManager:
     ``store`` so they come back after a restart; removing one forgets it, stopping the service does not."""
 
     def __init__(self, engine: InferenceEngine, settings: ServiceSettings, metrics: Metrics,
-                 store: CameraStore | None = None, registry: ModelRegistry | None = None) -> None:
+                 store: CameraStore | None = None, registry: ModelRegistry | None = None,
+                 events: EventStore | None = None, notifier: Notifier | None = None) -> None:
         self.engine, self.settings, self.metrics, self.store = engine, settings, metrics, store
         self.registry = registry or ModelRegistry(settings.state_dir, settings.model)
+        self.events, self.notifier = events, notifier
         self._cameras: dict[str, Camera] = {}
         self._lock = threading.Lock()
 
@@ -65,7 +69,13 @@ class CameraManager:
                 raise DuplicateCamera(f"camera {cfg.id!r} already exists")
             if persist and self.store is not None:
                 self.store.put(cfg)  # first, so a camera that cannot be saved is not added
-            cam = self._cameras[cfg.id] = Camera(cfg, self.engine, self.settings, self.metrics, model)
+            try:
+                cam = Camera(cfg, self.engine, self.settings, self.metrics, model, self.events, self.notifier)
+            except ValueError as exc:  # masks on a model exported before masks
+                if persist and self.store is not None:
+                    self.store.discard(cfg.id)
+                raise CameraModelError(f"camera {cfg.id!r}: {exc}") from None
+            self._cameras[cfg.id] = cam
         if start:
             cam.start()
         return cam
@@ -113,8 +123,16 @@ class CameraManager:
         model = self._model(camera_id, patch.model) if "model" in given else None
         with self._lock:
             cam = self.get(camera_id)
+            if model is not None and cam.cfg.masks and not model.takes_mask:
+                raise CameraModelError(f"camera {camera_id!r} has masks; model {patch.model!r} was exported before "
+                                       f"masks (re-export it with `amvad export --onnx`)")
             if model is not None:
                 cam.set_model(patch.model, model)
+            if patch.masks is not None:
+                try:
+                    cam.set_masks(patch.masks)
+                except ValueError as exc:
+                    raise CameraModelError(f"camera {camera_id!r}: {exc}") from None
             if "threshold" in given:
                 cam.set_threshold(patch.threshold)
             if "replay_fps" in given:

@@ -32,8 +32,11 @@ from runtime.types import Frame, FrameResult
 from runtime.video import DecodeError, file_path, is_file_source, iter_frames, open_source, stream_fps
 
 from .config import CameraConfig, ServiceSettings
+from .event_store import EventStore
+from .evidence import EventEvidence
 from .heatmap import HeatScale
 from .metrics import Metrics
+from .notify import Notifier
 from .publish import Broadcaster
 from .recordings import Recorder, Recordings
 
@@ -79,8 +82,9 @@ class Camera:
     :meth:`set_model`, :meth:`set_threshold` and ``replay_fps`` changes (``PATCH``)."""
 
     def __init__(self, cfg: CameraConfig, engine: InferenceEngine, settings: ServiceSettings,
-                 metrics: Metrics, model: ExportedModel | None = None) -> None:
-        self.cfg, self.engine = cfg, engine
+                 metrics: Metrics, model: ExportedModel | None = None, store: EventStore | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.cfg, self.engine, self.store, self.notifier = cfg, engine, store, notifier
         self.id, self._url = cfg.id, cfg.url.get_secret_value()
         self.url = redact(self._url)
         self.settings, self.metrics, self.ingest = settings, metrics, settings.ingest
@@ -98,11 +102,16 @@ class Camera:
         self.recent: deque[dict] = deque(maxlen=600)
         self._recorders: list[Recorder] = []      # fed by the ingest thread
         self._score_taps: list[list[float]] = []  # fed by the publish thread (calibration)
+        self.evidence = (EventEvidence(self.id, settings.state_dir / "events" / self.id, store, settings.events,
+                                       self._report_evidence) if store is not None else None)
+        self._event_id: int | None = None  # the stored id of the open event
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._ingest_loop, name=f"ingest-{self.id}", daemon=True),
                          threading.Thread(target=self._submit_loop, name=f"submit-{self.id}", daemon=True),
                          threading.Thread(target=self._publish_loop, name=f"publish-{self.id}", daemon=True)]
         metrics.init_camera(self.id, self.stream.threshold)
+        if notifier is not None:
+            notifier.camera(self.id)
 
     @property
     def replay_fps(self) -> float | None:
@@ -113,8 +122,8 @@ class Camera:
         return self.cfg.model or self.settings.model
 
     def _open_stream(self, model: ExportedModel, stats: RunningStats | None) -> Stream:
-        return Stream(self.engine, model=model, threshold=self.cfg.threshold, forget=self.settings.forget,
-                      events=self.settings.events, stats=stats, observer=self.metrics)
+        return Stream(self.engine, model=model, masks=self.cfg.masks, threshold=self.cfg.threshold,
+                      forget=self.settings.forget, events=self.settings.events, stats=stats, observer=self.metrics)
 
     def set_model(self, name: str | None, model: ExportedModel) -> None:
         """Score the next frames with ``model``, starting from its own training statistics (frames already
@@ -122,6 +131,7 @@ class Camera:
         if model.sha256 == self.stream.model.sha256:
             self.cfg = self.cfg.model_copy(update={"model": name})
             return
+        self._close_open_event()
         with self._stream_lock:
             self.cfg = self.cfg.model_copy(update={"model": name})
             self.stream = self._open_stream(model, None)
@@ -135,6 +145,10 @@ class Camera:
         value = self.stream.model.meta.threshold if threshold is None else threshold
         self.stream.set_threshold(value)
         self.metrics.threshold.labels(self.id).set(value)
+
+    def set_masks(self, masks: list) -> None:
+        self.stream.set_masks(masks)
+        self.cfg = self.cfg.model_copy(update={"masks": masks})
 
     def set_replay_fps(self, fps: float | None) -> None:
         self.cfg = self.cfg.model_copy(update={"replay_fps": fps})
@@ -177,6 +191,9 @@ class Camera:
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout)
+        self._close_open_event()
+        if self.evidence is not None:
+            self.evidence.stop()
         if keep_stats:
             self._save_stats()
         else:
@@ -191,7 +208,7 @@ class Camera:
         since = None if self.last_frame_time is None else round(time.time() - self.last_frame_time, 3)
         return {"id": self.id, "url": self.url, "model": self.model_name, "state": self.state, "reason": self.reason,
                 "fps": round(self.fps, 2), "frames": self.frames, "drops": self.drops,
-                "reconnects": self.reconnects, "replay_fps": self.replay_fps, "last_frame_time": self.last_frame_time,
+                "reconnects": self.reconnects, "replay_fps": self.replay_fps, "masks": self.cfg.masks, "last_frame_time": self.last_frame_time,
                 "seconds_since_last_frame": since, "threshold": self.stream.threshold,
                 "ws_clients": len(self.broadcaster.clients)}
 
@@ -240,6 +257,8 @@ class Camera:
     def _on_frame(self, frame: Frame) -> None:
         for recorder in self._recorders:
             recorder.offer(frame)
+        if self.evidence is not None:
+            self.evidence.on_frame(frame, self.fps)
         now = time.time()
         if self.last_frame_time is not None:
             dt = max(now - self.last_frame_time, 1e-3)
@@ -314,12 +333,53 @@ class Camera:
                 tap.append(r.score)
         if r.event == "start":
             m.events.labels(self.id).inc()
+            self._event_started()
+        if self._event_id is not None and r.score is not None and self.evidence is not None:
+            self.evidence.on_frame_scored(r.score, frame.pixels, r.heatmap)
+        if r.event == "end":
+            self._event_ended()
+        if r.score is not None and self.notifier is not None:
+            self.notifier.score(self.id, r.score, r.anomaly, self.stream.threshold)
         finite = r.score is not None and math.isfinite(r.score)  # every message must be valid JSON
         msg = {"camera": self.id, "frame_id": r.frame_id, "timestamp": r.timestamp,
                "score": round(r.score, 4) if finite else None, "anomaly": r.anomaly,
                "state": self.state, "threshold": self.stream.threshold, "event": r.event, "model": self.model_name}
         self.recent.append(msg)
         self.broadcaster.publish(msg, lambda: self.heatmap_jpeg())
+
+    # -- events: store, evidence, notifications (publish thread) ------------------------------
+    def _event_started(self) -> None:
+        ev = self.stream.events.open
+        if self.store is None or ev is None:
+            return
+        self._event_id = self.store.open(camera=self.id, model=self.model_name, threshold=self.stream.threshold,
+                                         start=ev.start, start_frame=ev.start_frame, peak_score=ev.peak_score,
+                                         peak_frame=ev.peak_frame)
+        self.evidence.on_start(self._event_id, ev.start)
+        if self.notifier is not None:
+            self.notifier.event(self.id, "start", self.store.get(self.id, self._event_id))
+
+    def _event_ended(self) -> None:
+        if self.store is None or self._event_id is None:
+            return
+        ev, event_id = self.stream.events.events[-1], self._event_id
+        self._event_id = None
+        self.store.close(event_id, end=ev.end, end_frame=ev.end_frame, peak_score=ev.peak_score,
+                         peak_frame=ev.peak_frame)
+        self.evidence.on_end(event_id, ev.end, self.heat_scale)
+        if self.notifier is not None:
+            self.notifier.event(self.id, "end", self.store.get(self.id, event_id))
+
+    def _close_open_event(self) -> None:
+        """An event still open when the camera stops or changes model ends at the last published frame."""
+        if self._event_id is not None and self.latest is not None:
+            frame, _ = self.latest
+            if self.stream.events.open is not None:
+                self.stream.events.finish(frame.timestamp, frame.frame_id)
+                self._event_ended()
+
+    def _report_evidence(self) -> None:
+        self.metrics.evidence_bytes.labels(self.id).set(self.store.evidence_bytes(self.id))
 
     def heatmap_jpeg(self) -> bytes | None:
         """The latest frame with its heatmap overlay (None while warming up)."""

@@ -14,10 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from runtime.engine import EngineConfig
-from runtime.events import EventConfig
+from runtime.masks import check_polygons
 from runtime.redact import redact
 from runtime.scoring import DEFAULT_FORGET
 
+from .evidence import EventsConfig
+from .notify import NotifyConfig
 from .security import ALLOWED_SCHEMES, validate_url
 
 CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -34,6 +36,13 @@ class CameraConfig(BaseModel):
                                      "file's own, 0 = as fast as inference goes (no frame dropped)")
     model: str | None = Field(None, max_length=64, description="bundled or registered model name; default the "
                               "service's model")
+    masks: list[list[tuple[float, float]]] = Field(default_factory=list, max_length=32, description=
+                                                   "polygons ([[x, y], ...], 0-1 frame coordinates) that never alarm")
+
+    @field_validator("masks")
+    @classmethod
+    def _check_masks(cls, v: list) -> list:
+        return check_polygons(v)
 
     @field_validator("url", mode="before")
     @classmethod
@@ -50,6 +59,12 @@ class CameraPatch(BaseModel):
     model: str | None = Field(None, max_length=64)
     threshold: float | None = Field(None, allow_inf_nan=False)
     replay_fps: float | None = Field(None, ge=0)
+    masks: list[list[tuple[float, float]]] | None = Field(None, max_length=32)
+
+    @field_validator("masks")
+    @classmethod
+    def _check_masks(cls, v: list | None) -> list | None:
+        return v if v is None else check_polygons(v)
 
 
 class IngestConfig(BaseModel):
@@ -102,7 +117,8 @@ class ServiceSettings(BaseSettings):
                                    description="folders whose files may be cameras (file:// URLs); default the "
                                    "bundled samples and the working directory")
     cameras: list[CameraConfig] = Field(default_factory=list)
-    events: EventConfig = Field(default_factory=EventConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     websocket: WebSocketConfig = Field(default_factory=WebSocketConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

@@ -19,16 +19,19 @@ from .camera_manager import CameraModelError, DuplicateCamera, UnknownCamera
 from .camera_store import CameraStoreError
 from .cameras import CameraNotLive
 from .clips import ClipTooLarge, QueueFull, UnknownJob
+from .event_store import UnknownEvent
 from .fit_jobs import FitBusy, FootageError, UnknownFit
 from .model_registry import InvalidModel, ModelConflict, UnknownModel
 from .recordings import RecordingBusy, UnknownRecording
 from .security import UrlError
 from .uploads import BadUpload, UploadTooLarge
+from .webhooks import UnknownWebhook
 
 STATUS = {ClipTooLarge: 413, UploadTooLarge: 413, BadUpload: 400, DecodeError: 422, UnknownCamera: 404,
           UnknownJob: 404, DuplicateCamera: 409, UrlError: 422, QueueFull: 429, CameraStoreError: 500,
           UnknownModel: 404, InvalidModel: 422, ModelConflict: 409, CameraModelError: 422, CameraNotLive: 409,
-          UnknownRecording: 404, RecordingBusy: 409, UnknownFit: 404, FitBusy: 429, FootageError: 422}
+          UnknownRecording: 404, RecordingBusy: 409, UnknownFit: 404, FitBusy: 429, FootageError: 422,
+          UnknownEvent: 404, UnknownWebhook: 404}
 RETRY_AFTER_S = 5  # what a 429 asks the client to wait
 log = logging.getLogger("amvad.service")
 

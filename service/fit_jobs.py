@@ -22,6 +22,7 @@ from runtime.redact import redact
 from runtime.video import file_path, open_source, stream_fps
 
 from .config import ServiceSettings
+from .event_store import EventStore
 from .model_registry import NAME, InvalidModel, ModelConflict, ModelRegistry
 from .recordings import Recordings
 from .security import check_media_path
@@ -37,6 +38,7 @@ class FitRequest(BaseModel):
     name: str = Field(pattern=NAME.pattern, description="the name the model is registered under")
     recordings: list[str] = Field(default_factory=list, max_length=100)
     footage: list[str] = Field(default_factory=list, max_length=100)
+    feedback_of: str | None = Field(None, description="also fit on this camera's event clips marked normal")
     minutes: float = Field(30.0, gt=0, le=24 * 60, description="training time budget")
     init: str = Field("none", pattern="^(none|ped2)$")
     false_alarms_per_hour: float = Field(1.0, gt=0)
@@ -91,17 +93,25 @@ def count_frames(path: Path) -> tuple[int, float]:
 class FitJobs:
     """One fit at a time; the jobs of this run of the service (their work folders under ``<state>/fits``)."""
 
-    def __init__(self, settings: ServiceSettings, registry: ModelRegistry, recordings: Recordings) -> None:
-        self.settings, self.registry, self.recordings = settings, registry, recordings
+    def __init__(self, settings: ServiceSettings, registry: ModelRegistry, recordings: Recordings,
+                 events: EventStore) -> None:
+        self.settings, self.registry, self.recordings, self.events = settings, registry, recordings, events
         self.dir = settings.state_dir / "fits"
         self.jobs: dict[str, FitJob] = {}
         self._lock = threading.Lock()
 
     def footage(self, req: FitRequest) -> list[Path]:
         """The files to fit on; raises :class:`FootageError` when there is too little, naming how much."""
-        if not req.recordings and not req.footage:
-            raise FootageError("name at least one recording or footage file to fit on")
+        if not req.recordings and not req.footage and not req.feedback_of:
+            raise FootageError("name at least one recording, footage file or camera with feedback to fit on")
         paths, frames, fps = [], 0, None
+        if req.feedback_of is not None:  # false alarms the operator marked normal are normal footage
+            folder = self.settings.state_dir / "events" / req.feedback_of
+            for event in self.events.query(camera=req.feedback_of, feedback="normal", limit=10_000):
+                if event["clip"] and (folder / event["clip"]).is_file():
+                    n, rate = count_frames(folder / event["clip"])
+                    paths.append(folder / event["clip"])
+                    frames, fps = frames + n, fps or rate
         for rec_id in req.recordings:
             segs, n, rate = self.recordings.footage(rec_id)
             paths += segs

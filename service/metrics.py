@@ -35,6 +35,10 @@ class Metrics:
         self.threshold = Gauge("vad_anomaly_threshold", "The camera's effective anomaly threshold (its override "
                                "or the model's default); alerts compare vad_anomaly_score with it", ["camera"],
                                registry=r)
+        self.notifications = Counter("vad_notifications_total", "Notifications sent, retried, failed or dropped",
+                                     ["channel", "result"], registry=r)
+        self.evidence_bytes = Gauge("vad_event_storage_bytes", "Bytes of event clips and snapshots kept",
+                                    ["camera"], registry=r)
         self._per_camera = (self.score, self.frames, self.up, self.reconnects, self.since_last,
                             self.events, self.ws_clients, self.threshold)
 

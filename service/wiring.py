@@ -13,10 +13,13 @@ from .camera_manager import CameraManager
 from .camera_store import CameraStore
 from .clips import ClipJobs
 from .config import ServiceSettings
+from .event_store import EventStore
 from .fit_jobs import FitJobs
 from .metrics import Metrics
 from .model_registry import ModelRegistry
+from .notify import Notifier
 from .recordings import Recordings
+from .webhooks import ApiWebhooks
 
 log = logging.getLogger("amvad.service")
 
@@ -29,8 +32,11 @@ class Services:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.models = ModelRegistry(settings.state_dir, settings.model)
+        self.notifier: Notifier | None = None
+        self.webhooks: ApiWebhooks | None = None
         self.recordings = Recordings(settings.state_dir)
-        self.fits = FitJobs(settings, self.models, self.recordings)
+        self.events = EventStore(settings.state_dir / "events.sqlite3")
+        self.fits = FitJobs(settings, self.models, self.recordings, self.events)
         self.engine: InferenceEngine | None = None
         self.clips: ClipJobs | None = None
         self.cameras: CameraManager | None = None
@@ -45,7 +51,10 @@ class Services:
         s = self.settings
         engine = self.engine = InferenceEngine(self.models.path(None), s.engine, self.metrics)
         self.clips = ClipJobs(engine, s, self.metrics)
-        cameras = CameraManager(engine, s, self.metrics, CameraStore(s.state_dir), self.models)
+        self.notifier = Notifier(s.notify, self.metrics, f"http://{s.host}:{s.port}")
+        self.webhooks = ApiWebhooks(s.state_dir, self.notifier)
+        cameras = CameraManager(engine, s, self.metrics, CameraStore(s.state_dir), self.models, self.events,
+                                self.notifier)
         for cfg in s.cameras:
             cameras.add(cfg)
         restored = cameras.restore({c.id for c in s.cameras})
@@ -70,5 +79,8 @@ class Services:
             self.cameras.stop_all()
         if self.clips:
             self.clips.shutdown()
+        if self.notifier:
+            self.notifier.stop()
+        self.events.close_db()
         if self.engine:
             self.engine.close()

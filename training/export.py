@@ -12,7 +12,7 @@ import torch
 
 from models.contract import INPUT_NAMES, OUTPUT_NAMES, AnomalyModel
 from models.metadata import METADATA_KEY, ModelMetadata
-from models.registry import build_model
+from models.registry import build_model, resolve_model
 from runtime.files import atomic_path
 
 OPSET = 17
@@ -25,17 +25,22 @@ class ScoreGraph(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, frames: torch.Tensor, flows: torch.Tensor):
-        return self.model.score(frames, flows)
+    def forward(self, frames: torch.Tensor, flows: torch.Tensor, mask: torch.Tensor):
+        return self.model.score(frames, flows, mask)
+
+
+def full_mask(frames: torch.Tensor) -> torch.Tensor:
+    """The mask that keeps every pixel, for a batch of windows (B, T, C, H, W)."""
+    return torch.ones(frames.shape[0], 1, *frames.shape[-2:])
 
 
 def export_onnx(model: AnomalyModel, frames: torch.Tensor, flows: torch.Tensor, dst) -> None:
-    """Trace the contract's ``score`` to ONNX (opset 17, dynamic batch) at ``dst`` (path or file)."""
+    """Trace the contract's ``score`` (frames, flows, mask) to ONNX (opset 17, dynamic batch) at ``dst``."""
     axes = {n: {0: "batch"} for n in (*INPUT_NAMES, *OUTPUT_NAMES)}
     with torch.no_grad():
-        torch.onnx.export(ScoreGraph(model).eval(), (frames, flows), dst, input_names=list(INPUT_NAMES),
-                          output_names=list(OUTPUT_NAMES), dynamic_axes=axes, opset_version=OPSET,
-                          dynamo=False)
+        torch.onnx.export(ScoreGraph(model).eval(), (frames, flows, full_mask(frames)), dst,
+                          input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
+                          opset_version=OPSET, dynamo=False)
 
 
 def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict]:
@@ -61,6 +66,26 @@ def build_metadata(model: AnomalyModel, ckpt: dict) -> ModelMetadata:
                   "config": cfg, "exported": date.today().isoformat()})
 
 
+def write_exported(model: AnomalyModel, meta: ModelMetadata, frames: torch.Tensor, flows: torch.Tensor,
+                   expected: list[np.ndarray], out: str | Path, atol: float) -> None:
+    """Export ``model`` with ``meta`` attached to ``out``, but only if ONNX Runtime then gives ``expected``
+    (within ``atol``) on these windows; otherwise raise and leave ``out`` as it was."""
+    with atomic_path(out) as tmp:
+        export_onnx(model, frames, flows, str(tmp))
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, meta.to_json()
+        proto.producer_name = "amvad"
+        onnx.save(proto, str(tmp))
+        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"frames": frames.numpy(), "flows": flows.numpy(), "mask": full_mask(frames).numpy()})
+        for name, e, g in zip(OUTPUT_NAMES, expected, got):
+            diff = float(np.abs(e - g).max())
+            if not diff <= atol:
+                raise ValueError(f"export check failed: ONNX Runtime output {name!r} differs from "
+                                 f"the reference by {diff:.3g} > {atol:g}")
+
+
 def export(checkpoint: str | Path, out: str | Path, *, atol: float = 1e-4) -> ModelMetadata:
     """Export, attach metadata, and compare ONNX Runtime with PyTorch on the real training windows
     stored in the checkpoint; refuse (and leave ``out`` untouched) when they differ by more than atol."""
@@ -70,20 +95,29 @@ def export(checkpoint: str | Path, out: str | Path, *, atol: float = 1e-4) -> Mo
                          f"finish it with `amvad train --config ... --resume` before exporting")
     meta = build_metadata(model, ckpt)
     frames, flows = ckpt["verify_inputs"]["frames"], ckpt["verify_inputs"]["flows"]
-    with atomic_path(out) as tmp:  # a failed check leaves ``out`` as it was
-        export_onnx(model, frames, flows, str(tmp))
-        with torch.no_grad():
-            expected = [t.numpy() for t in model.score(frames, flows)]
-        proto = onnx.load(str(tmp))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, meta.to_json()
-        proto.producer_name = "amvad"
-        onnx.save(proto, str(tmp))
-        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = sess.run(None, {"frames": frames.numpy(), "flows": flows.numpy()})
-        for name, e, g in zip(OUTPUT_NAMES, expected, got):
-            diff = float(np.abs(e - g).max())
-            if not diff <= atol:
-                raise ValueError(f"export check failed: ONNX Runtime output {name!r} differs from "
-                                 f"PyTorch by {diff:.3g} > {atol:g}")
+    with torch.no_grad():
+        expected = [t.numpy() for t in model.score(frames, flows)]
+    write_exported(model, meta, frames, flows, expected, out, atol)
+    return meta
+
+
+def reexport(source: str | Path, out: str | Path, *, atol: float = 1e-4) -> ModelMetadata:
+    """An exported model (a bundled name or file, e.g. one made before masks) written again under the
+    current contract: same weights (recovered from the graph), same metadata, checked against the old
+    file on random windows (full mask)."""
+    from .warm_start import exported_metadata, weights_from_exported  # warm_start imports this module
+    path = resolve_model(source)
+    old = exported_metadata(onnx.load(str(path)), path)
+    model = build_model(old.method, **old.model_args)
+    model.load_state_dict(weights_from_exported(model, path))
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.rand(4, model.clip_len, model.channels, model.height, model.width, generator=gen)
+    flows = torch.randn(4, model.clip_len - 1, 2, model.height, model.width, generator=gen)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {"frames": frames.numpy(), "flows": flows.numpy(), "mask": full_mask(frames).numpy()}
+    expected = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
+    meta = old.model_copy(update={"input_names": INPUT_NAMES, "output_names": OUTPUT_NAMES,
+                                  "training": {**old.training, "reexported": date.today().isoformat()}})
+    write_exported(model, meta, frames, flows, expected, out, atol)
     return meta

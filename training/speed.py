@@ -41,7 +41,7 @@ def measure(method: str, *, height: int, width: int, base_width: int, clip_len: 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
-    feed = {"frames": frames.numpy(), "flows": flows.numpy()}
+    feed = {"frames": frames.numpy(), "flows": flows.numpy(), "mask": np.ones((1, 1, height, width), np.float32)}
     estimator = build_flow(**(flow or {"name": "default"}))
     a, b = frames[:, -2], frames[:, -1]
     with torch.no_grad():

@@ -117,8 +117,9 @@ def _check_against_onnx(twin: AnomalyModel, path: Path, atol: float) -> None:
     rng = np.random.default_rng(0)
     frames = rng.random((2, twin.clip_len, twin.channels, twin.height, twin.width), dtype=np.float32)
     flows = rng.normal(0, 1, (2, twin.clip_len - 1, 2, twin.height, twin.width)).astype(np.float32)
-    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {"frames": frames, "flows": flows})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {"frames": frames, "flows": flows, "mask": np.ones((2, 1, twin.height, twin.width), np.float32)}
+    want = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
     with torch.no_grad():
         got = twin.eval().score(torch.from_numpy(frames), torch.from_numpy(flows))
     diff = max(float(np.abs(w - g.numpy()).max()) for w, g in zip(want, got))

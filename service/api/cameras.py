@@ -80,11 +80,6 @@ async def delete_camera(camera_id: str, svc: Services = Depends(ready)) -> dict:
     return {"deleted": camera_id}
 
 
-@router.get("/{camera_id}/events", summary="recent anomaly events")
-def camera_events(camera_id: str, svc: Services = Depends(ready)) -> list[dict]:
-    return [e.to_dict() for e in svc.cameras.get(camera_id).stream.events.events]
-
-
 @router.get("/{camera_id}/scores", summary="recent per-frame messages")
 def camera_scores(camera_id: str, limit: int = Query(300, ge=1, le=600), svc: Services = Depends(ready)) -> list[dict]:
     return list(svc.cameras.get(camera_id).recent)[-limit:]

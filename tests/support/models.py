@@ -138,7 +138,8 @@ def assert_onnx_matches_torch(model: AnomalyModel, frames: torch.Tensor, flows: 
     model.eval()
     export_onnx(model, frames[:1], flows[:1], str(path))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {INPUT_NAMES[0]: frames.numpy(), INPUT_NAMES[1]: flows.numpy()})
+    mask = torch.ones(frames.shape[0], 1, *frames.shape[-2:])
+    got = sess.run(None, dict(zip(INPUT_NAMES, (frames.numpy(), flows.numpy(), mask.numpy()))))
     assert not model.training
     with torch.no_grad():
         want = model.score(frames, flows)

@@ -1,0 +1,209 @@
+"""Evidence of each anomaly event: an H.264 clip of the camera's own frames from ``pre_roll_s`` before
+the event's start to ``post_roll_s`` after its end, and a JPEG of the peak frame with the heatmap overlay.
+
+The camera's ingest thread hands every decoded frame to :meth:`EventEvidence.on_frame`, which only keeps
+a short ring of (downscaled) frames and offers frames to the clip writers' bounded queues, so writing
+clips never blocks ingest or inference; each clip is encoded in its own thread. Files live in
+``<state_dir>/events/<camera>/``; retention (``retain_days``, ``max_storage_mb`` per camera) removes the
+oldest evidence first.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from pydantic import ConfigDict, Field
+
+from runtime.events import EventConfig
+from runtime.types import Frame
+
+from .event_store import EventStore
+from .heatmap import HeatScale
+
+log = logging.getLogger("amvad.evidence")
+MAX_WIDTH = 640  # evidence frames are kept and written at most this wide
+
+
+class EventsConfig(EventConfig):
+    """The service's ``events:`` section: how flags become events (runtime/events.py) and their evidence."""
+    model_config = ConfigDict(extra="forbid")
+    clips: bool = Field(True, description="write a clip and a snapshot for every event")
+    pre_roll_s: float = Field(5.0, ge=0, le=60, description="clip seconds before the event's start")
+    post_roll_s: float = Field(5.0, ge=0, le=60, description="clip seconds after the event's end")
+    max_clip_s: float = Field(300.0, gt=0, description="a longer event's clip stops here")
+    retain_days: float = Field(30.0, gt=0, description="evidence older than this is deleted")
+    max_storage_mb: float = Field(1000.0, gt=0, description="evidence per camera; the oldest goes first")
+
+
+def shrink(pixels: np.ndarray) -> np.ndarray:
+    h, w = pixels.shape[:2]
+    if w <= MAX_WIDTH:
+        return pixels
+    return cv2.resize(pixels, (MAX_WIDTH, round(h * MAX_WIDTH / w)), interpolation=cv2.INTER_AREA)
+
+
+class ClipWriter(threading.Thread):
+    """Encodes one event's frames (pre-roll first) until the capture time passes ``until``."""
+
+    def __init__(self, path: Path, pre_roll: list[tuple[float, np.ndarray]], fps: float, max_s: float,
+                 on_done) -> None:
+        super().__init__(name=f"clip-{path.stem}", daemon=True)
+        self.path, self.fps, self._on_done = path, max(1.0, fps), on_done
+        self.until: float | None = None  # set at the event's end (+ post-roll)
+        self._first = pre_roll[0][0] if pre_roll else None
+        self._limit = max_s
+        self._frames: queue.Queue[tuple[float, np.ndarray]] = queue.Queue(maxsize=len(pre_roll) + 256)
+        self.dropped = 0
+        for item in pre_roll:
+            self._frames.put(item)
+
+    def offer(self, ts: float, pixels: np.ndarray) -> None:
+        try:
+            self._frames.put_nowait((ts, pixels))
+        except queue.Full:  # the disk is slower than the camera: the clip loses a frame, the camera none
+            self.dropped += 1
+
+    def _done_by(self, ts: float) -> bool:
+        return (self.until is not None and ts > self.until) or (self._first is not None and ts - self._first > self._limit)
+
+    def run(self) -> None:
+        out = stream = None
+        written, last_pts = 0, -1
+        try:
+            while True:
+                try:
+                    ts, pixels = self._frames.get(timeout=1.0)
+                except queue.Empty:
+                    if self.until is not None and time.time() > self.until + 10:
+                        break  # the camera stopped delivering frames: close with what there is
+                    continue
+                self._first = ts if self._first is None else self._first
+                if self._done_by(ts):
+                    break
+                if out is None:
+                    out = av.open(str(self.path), "w")
+                    stream = out.add_stream("libx264", rate=round(self.fps))
+                    stream.height, stream.width = pixels.shape[0] // 2 * 2, pixels.shape[1] // 2 * 2
+                    stream.pix_fmt, stream.time_base = "yuv420p", Fraction(1, 1000)
+                    stream.codec_context.time_base = Fraction(1, 1000)  # capture times to the millisecond
+                    stream.options = {"preset": "veryfast", "crf": "23"}
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels[:stream.height, :stream.width]),
+                                                   format="rgb24")
+                last_pts = max(int(round((ts - self._first) * 1000)), last_pts + 1)  # strictly increasing
+                frame.pts, frame.time_base = last_pts, Fraction(1, 1000)
+                out.mux(stream.encode(frame))
+                written += 1
+            if out is not None:
+                out.mux(stream.encode())
+                out.close()
+        except Exception:  # a clip that cannot be written is logged; the event and the camera go on
+            log.exception("clip %s could not be written", self.path)
+            self.path.unlink(missing_ok=True)
+            written = 0
+        self._on_done(self, written)
+
+
+class EventEvidence:
+    """One camera's evidence: the pre-roll ring, the clips being written, the peak frame of the open event."""
+
+    def __init__(self, camera: str, folder: Path, store: EventStore, cfg: EventsConfig, on_bytes) -> None:
+        self.camera, self.folder, self.store, self.cfg, self._on_bytes = camera, folder, store, cfg, on_bytes
+        self._ring: deque[tuple[float, np.ndarray]] = deque()
+        self._writers: dict[int, ClipWriter] = {}
+        self._lock = threading.Lock()
+        self._peak: tuple[float, np.ndarray, np.ndarray] | None = None  # score, pixels, heatmap
+        self._fps = 10.0
+
+    def on_frame(self, frame: Frame, fps: float) -> None:
+        """Ingest thread: keep the frame for pre-roll and hand it to the clips being written."""
+        if not self.cfg.clips:
+            return
+        small = shrink(frame.pixels)
+        self._fps = fps or self._fps
+        with self._lock:
+            self._ring.append((frame.timestamp, small))
+            horizon = frame.timestamp - self.cfg.pre_roll_s - 10.0  # the event's start is some frames back
+            while self._ring and self._ring[0][0] < horizon:
+                self._ring.popleft()
+            for writer in self._writers.values():
+                writer.offer(frame.timestamp, small)
+
+    def on_start(self, event_id: int, start: float) -> None:
+        """Publish thread: an event began at capture time ``start``; its clip starts pre-roll earlier."""
+        self._peak = None
+        if not self.cfg.clips:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            pre = [item for item in self._ring if item[0] >= start - self.cfg.pre_roll_s]
+            writer = ClipWriter(self.folder / f"{event_id}.mp4", pre, self._fps, self.cfg.max_clip_s,
+                                lambda w, n, eid=event_id: self._clip_done(eid, w, n))
+            self._writers[event_id] = writer
+        writer.start()
+
+    def on_frame_scored(self, score: float, pixels: np.ndarray, heatmap: np.ndarray | None) -> None:
+        """Publish thread, while an event is open: remember the peak frame for the snapshot."""
+        if heatmap is not None and (self._peak is None or score > self._peak[0]):
+            self._peak = (score, pixels, heatmap)
+
+    def on_end(self, event_id: int, end: float, scale: HeatScale) -> None:
+        """Publish thread: the clip runs on for the post-roll; the snapshot is written now."""
+        with self._lock:
+            writer = self._writers.get(event_id)
+        if writer is not None:
+            writer.until = end + self.cfg.post_roll_s
+        if self._peak is not None and self.cfg.clips:
+            _, pixels, heat = self._peak
+            path = self.folder / f"{event_id}.jpg"
+            path.write_bytes(scale.overlay(pixels, heat))
+            self.store.set_evidence(event_id, snapshot=path.name, add_bytes=path.stat().st_size)
+            self._on_bytes()
+        self._peak = None
+
+    def _clip_done(self, event_id: int, writer: ClipWriter, frames: int) -> None:
+        with self._lock:
+            self._writers.pop(event_id, None)
+        if frames:
+            self.store.set_evidence(event_id, clip=writer.path.name, add_bytes=writer.path.stat().st_size)
+        self.enforce_retention()
+        self._on_bytes()
+
+    def enforce_retention(self) -> None:
+        """Oldest evidence first: past ``retain_days``, then while over ``max_storage_mb``."""
+        limit, oldest_kept = self.cfg.max_storage_mb * 2 ** 20, time.time() - self.cfg.retain_days * 86400
+        used = self.store.evidence_bytes(self.camera)
+        for event in self.store.with_evidence(self.camera):
+            if event["start_ts"] >= oldest_kept and used <= limit:
+                break
+            for name in (event["clip"], event["snapshot"]):
+                if name:
+                    (self.folder / name).unlink(missing_ok=True)
+            self.store.drop_evidence(event["id"])
+            used -= event["evidence_bytes"]
+
+    def file(self, event_id: int, kind: str) -> Path | None:
+        event = self.store.get(self.camera, event_id)
+        name = event["clip"] if kind == "clip" else event["snapshot"]
+        return self.folder / name if name and (self.folder / name).is_file() else None
+
+    def writing(self, event_id: int) -> bool:
+        with self._lock:
+            return event_id in self._writers
+
+    def stop(self) -> None:
+        """End every clip at the last frame it got (service stopping or camera removed)."""
+        with self._lock:
+            writers = list(self._writers.values())
+        for w in writers:
+            w.until = 0.0
+        for w in writers:
+            w.join(5)

@@ -1,0 +1,238 @@
+"""Notifications without a monitoring stack: signed webhooks and MQTT (with Home Assistant discovery).
+
+Cameras hand events and scores to the :class:`Notifier`, which only queues them: each webhook has its own
+sender thread (retries with backoff, one slow receiver delays no other), and the MQTT client publishes from
+paho's network thread, so a notification never blocks a camera. Results are counted in
+``vad_notifications_total{channel, result}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Literal
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from runtime.redact import redact
+
+from .metrics import Metrics
+
+log = logging.getLogger("amvad.notify")
+BACKOFF_S = (0.25, 0.5, 1.0, 2.0, 4.0)  # waits between the attempts of one webhook delivery
+
+
+class WebhookConfig(BaseModel):
+    """A receiver of event notifications: ``POST url`` with ``X-Amvad-Signature: sha256=<hex HMAC>``."""
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(max_length=2000, description="http:// or https:// receiver")
+    secret: SecretStr | None = Field(None, description="HMAC-SHA256 key of the signature header")
+    cameras: list[str] | None = Field(None, description="only these cameras; default all")
+    on: list[Literal["start", "end"]] = Field(default_factory=lambda: ["start", "end"], min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError("webhook url must be http:// or https:// with a host")
+        return url
+
+
+class MqttConfig(BaseModel):
+    """A broker to publish events, scores and Home Assistant discovery to."""
+    model_config = ConfigDict(extra="forbid")
+    host: str
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    topic_prefix: str = Field("amvad", pattern=r"^[^#+\s]+$")
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[^#+\s]+$")
+    score_interval_s: float = Field(1.0, gt=0, description="at most one score message per camera this often")
+    keepalive_s: int = Field(30, ge=5)
+
+
+class NotifyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    mqtt: MqttConfig | None = None
+    public_url: str | None = Field(None, description="how receivers reach this service (snapshot and clip "
+                                   "links); default http://<host>:<port>")
+
+
+def signature(body: bytes, secret: str) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class WebhookSender(threading.Thread):
+    """Delivers one webhook's notifications in order, each with retries and backoff."""
+
+    def __init__(self, cfg: WebhookConfig, metrics: Metrics) -> None:
+        super().__init__(name="webhook", daemon=True)
+        self.cfg, self.metrics = cfg, metrics
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=1000)
+
+    def wants(self, camera: str, kind: str) -> bool:
+        return kind in self.cfg.on and (self.cfg.cameras is None or camera in self.cfg.cameras)
+
+    def offer(self, body: bytes) -> None:
+        try:
+            self.queue.put_nowait(body)
+        except queue.Full:
+            self.metrics.notifications.labels("webhook", "dropped").inc()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=5.0) as http:
+            while (body := self.queue.get()) is not None:
+                self._deliver(http, body)
+
+    def _deliver(self, http: httpx.Client, body: bytes) -> None:
+        headers = {"Content-Type": "application/json", "User-Agent": "amvad"}
+        if self.cfg.secret is not None:
+            headers["X-Amvad-Signature"] = signature(body, self.cfg.secret.get_secret_value())
+        for attempt, wait in enumerate((0.0, *BACKOFF_S)):
+            time.sleep(wait)
+            try:
+                status = http.post(self.cfg.url, content=body, headers=headers).status_code
+            except httpx.HTTPError as exc:
+                status, reason = None, type(exc).__name__
+            else:
+                reason = f"HTTP {status}"
+            if status is not None and 200 <= status < 300:
+                self.metrics.notifications.labels("webhook", "ok").inc()
+                return
+            last = attempt == len(BACKOFF_S)
+            self.metrics.notifications.labels("webhook", "failed" if last else "retry").inc()
+            log.warning("webhook %s: %s%s", redact(self.cfg.url), reason, "; giving up" if last else "; retrying")
+
+    def stop(self) -> None:
+        self.queue.put(None)
+
+
+class MqttPublisher:
+    """Events, throttled scores, an availability topic with a last will, and Home Assistant discovery
+    (a binary sensor ``anomaly`` and a sensor ``score`` per camera)."""
+
+    def __init__(self, cfg: MqttConfig, metrics: Metrics) -> None:
+        from paho.mqtt import client as mqtt
+        self.cfg, self.metrics = cfg, metrics
+        self.availability = f"{cfg.topic_prefix}/availability"
+        self._cameras: set[str] = set()
+        self._last_score: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="amvad",
+                                  clean_session=True)
+        if cfg.username:
+            self.client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
+        self.client.will_set(self.availability, "offline", qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.reconnect_delay_set(1, 30)
+        self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        self.client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("MQTT broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason_code)
+            return
+        self._publish(self.availability, "online", retain=True)
+        with self._lock:
+            cameras = sorted(self._cameras)
+        for camera in cameras:
+            self._discovery(camera)
+
+    def _publish(self, topic: str, payload: str, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        self.metrics.notifications.labels("mqtt", "ok" if info.rc == 0 else "failed").inc()
+
+    def _discovery(self, camera: str) -> None:
+        p, d = self.cfg.topic_prefix, self.cfg.discovery_prefix
+        device = {"identifiers": [f"amvad_{camera}"], "name": f"amvad {camera}", "manufacturer": "amvad"}
+        common = {"availability_topic": self.availability, "device": device}
+        self._publish(f"{d}/binary_sensor/amvad_{camera}/anomaly/config", json.dumps({
+            **common, "name": "anomaly", "unique_id": f"amvad_{camera}_anomaly", "device_class": "problem",
+            "state_topic": f"{p}/{camera}/anomaly", "payload_on": "ON", "payload_off": "OFF"}), retain=True)
+        self._publish(f"{d}/sensor/amvad_{camera}/score/config", json.dumps({
+            **common, "name": "score", "unique_id": f"amvad_{camera}_score", "state_class": "measurement",
+            "state_topic": f"{p}/{camera}/score", "value_template": "{{ value_json.score }}"}), retain=True)
+
+    def camera(self, camera: str) -> None:
+        with self._lock:
+            new = camera not in self._cameras
+            self._cameras.add(camera)
+        if new and self.client.is_connected():
+            self._discovery(camera)
+
+    def event(self, camera: str, kind: str, body: str) -> None:
+        self._publish(f"{self.cfg.topic_prefix}/{camera}/event", body)
+        self._publish(f"{self.cfg.topic_prefix}/{camera}/anomaly", "ON" if kind == "start" else "OFF", retain=True)
+
+    def score(self, camera: str, score: float, anomaly: bool, threshold: float) -> None:
+        now = time.monotonic()
+        if now - self._last_score.get(camera, -1e9) < self.cfg.score_interval_s:
+            return
+        self._last_score[camera] = now
+        self._publish(f"{self.cfg.topic_prefix}/{camera}/score", json.dumps(
+            {"score": round(score, 4), "anomaly": anomaly, "threshold": threshold, "time": time.time()}))
+
+    def stop(self) -> None:
+        self._publish(self.availability, "offline", retain=True)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Notifier:
+    """Fans camera events out to the webhooks and MQTT; never blocks the caller."""
+
+    def __init__(self, cfg: NotifyConfig, metrics: Metrics, public_url: str) -> None:
+        self.public_url = (cfg.public_url or public_url).rstrip("/")
+        self.metrics = metrics
+        self.webhooks = [WebhookSender(w, metrics) for w in cfg.webhooks]
+        for w in self.webhooks:
+            w.start()
+        self.mqtt = MqttPublisher(cfg.mqtt, metrics) if cfg.mqtt else None
+        self._lock = threading.Lock()
+
+    def add_webhook(self, cfg: WebhookConfig) -> WebhookSender:
+        sender = WebhookSender(cfg, self.metrics)
+        sender.start()
+        with self._lock:
+            self.webhooks = [*self.webhooks, sender]
+        return sender
+
+    def remove_webhook(self, sender: WebhookSender) -> None:
+        with self._lock:
+            self.webhooks = [w for w in self.webhooks if w is not sender]
+        sender.stop()
+
+    def camera(self, camera: str) -> None:
+        if self.mqtt:
+            self.mqtt.camera(camera)
+
+    def event(self, camera: str, kind: str, event: dict) -> None:
+        """``kind`` is ``start`` or ``end``; ``event`` the stored event (service/event_store.py)."""
+        base = f"{self.public_url}/v1/cameras/{camera}/events/{event['id']}"
+        body = json.dumps({"camera": camera, "type": kind, "event": event,
+                           "scores": {"peak": event["peak_score"], "threshold": event["threshold"]},
+                           "snapshot_url": f"{base}/snapshot.jpg", "clip_url": f"{base}/clip.mp4"}).encode()
+        for w in self.webhooks:
+            if w.wants(camera, kind):
+                w.offer(body)
+        if self.mqtt:
+            self.mqtt.event(camera, kind, body.decode())
+
+    def score(self, camera: str, score: float, anomaly: bool, threshold: float) -> None:
+        if self.mqtt:
+            self.mqtt.score(camera, score, anomaly, threshold)
+
+    def stop(self) -> None:
+        for w in self.webhooks:
+            w.stop()
+        if self.mqtt:
+            self.mqtt.stop()
