@@ -47,7 +47,7 @@ FROM runtime-${VARIANT} AS final
 RUN pip install --no-cache-dir "numpy>=1.24" "onnx>=1.15" "opencv-contrib-python-headless>=4.8" "av>=11" \
       "pydantic>=2.5" "pyyaml>=6" "tqdm>=4.60" "matplotlib>=3.7" "fastapi>=0.110" "uvicorn>=0.29" \
       "python-multipart>=0.0.9" "prometheus-client>=0.20" "pydantic-settings>=2.2" "httpx>=0.27" \
-      "websockets>=13" "fastapi-offline>=1.7"
+      "websockets>=13" "fastapi-offline>=1.7" "paho-mqtt>=2.0"
 COPY --from=wheel /wheels /wheels
 RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
 RUN useradd --system --uid 10001 --create-home --home-dir /home/amvad amvad \

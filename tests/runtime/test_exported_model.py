@@ -19,7 +19,8 @@ def test_bundled_model_describes_itself(ped2_model):
     meta = ped2_model.meta
     assert "ped2" in bundled_models()
     assert resolve_model("ped2").stat().st_size < 20 * 2 ** 20
-    assert meta.input_names == ("frames", "flows") and meta.output_names == ("components", "heatmap", "prediction")
+    assert meta.input_names == ("frames", "flows", "mask") and meta.output_names == ("components", "heatmap", "prediction")
+    assert ped2_model.takes_mask  # re-exported under the contract with masks
     assert meta.flow["name"] == "tvl1" and len(meta.components) >= 2
     assert all(c.std > 0 for c in meta.components) and meta.threshold > 0
 

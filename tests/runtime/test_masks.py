@@ -60,7 +60,7 @@ def test_the_cyclist_is_flagged_unless_the_mask_covers_his_path(engine):
     # when a mask covers that path, nothing is flagged
     assert flagged(engine, [path])[0] == 0
     # and a mask as large elsewhere leaves the cyclist flagged
-    x0, y0, x1, _ = path[0][0], path[0][1], path[1][0], path[2][1]
-    width = x1 - x0
+    x0, x1 = path[0][0], path[1][0]
+    width = x1 - x0  # a band as wide as the path, at the top, on the other side of the frame
     elsewhere = box(0.0, 0.0, min(1.0, width), 0.15) if x0 > 0.5 else box(max(0.0, 1 - width), 0.0, 1.0, 0.15)
     assert flagged(engine, [elsewhere])[0] > 20

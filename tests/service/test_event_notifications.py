@@ -23,7 +23,7 @@ import pytest
 from websockets.sync.client import connect
 
 from service.config import SAMPLES_DIR
-from tests.support.servers import free_port, receive, running_service, stop_process, ws_url
+from tests.support.servers import API_KEY, free_port, receive, running_service, stop_process, ws_url
 
 pytestmark = pytest.mark.integration
 SECRET = "hook-secret"
@@ -156,11 +156,34 @@ def test_mqtt_discovery_event_and_throttled_scores(world):
     assert "score" in json.loads(scores[-1][1])
 
 
+def test_live_page_shows_masks_and_takes_feedback(world, browser):
+    svc = world["svc"]
+    r = svc.http.patch("/v1/cameras/walkway", json={"masks": [[[0.0, 0.0], [0.2, 0.0], [0.2, 0.2]]]})
+    assert r.status_code == 200
+    svc.wait_for(lambda: any(e["end"] for e in svc.http.get("/v1/cameras/walkway/events").json()), 90,
+                 "an event that ended")
+    page = browser.new_page()
+    try:
+        page.goto(f"{svc.base}/?api_key={API_KEY}")
+        cam = page.locator('.cam[data-camera="walkway"]')
+        cam.locator("svg.masks polygon").wait_for(timeout=15000)  # the masked region is drawn
+        assert cam.locator("svg.masks polygon").count() == 1
+        button = cam.locator("ul.events li button[data-label=anomaly]").first
+        button.wait_for(timeout=15000)
+        event_id = int(button.locator("xpath=..").get_attribute("data-event"))
+        button.click()
+        cam.locator(f'ul.events li[data-event="{event_id}"] .said').wait_for(timeout=15000)
+    finally:
+        page.close()
+    assert svc.http.get(f"/v1/cameras/walkway/events/{event_id}").json()["feedback"] == "anomaly"
+    svc.http.patch("/v1/cameras/walkway", json={"masks": []})
+
+
 def test_clip_snapshot_feedback_and_history_survive_a_restart(world):
     svc = world["svc"]
     # the event ends once the clip loops back to normal frames; its clip is written after the post-roll
-    done = svc.wait_for(lambda: (lambda es: es if es and es[-1]["end"] and es[-1]["clip"] else None)(
-        svc.http.get("/v1/cameras/walkway/events").json()), 90, "the first event's clip")
+    done = svc.wait_for(lambda: [e for e in svc.http.get("/v1/cameras/walkway/events").json()
+                                 if e["end"] and e["clip"] and not e["feedback"]], 90, "an event's clip")
     event = done[-1]
     clip = svc.http.get(f"/v1/cameras/walkway/events/{event['id']}/clip.mp4")
     assert clip.status_code == 200 and clip.headers["content-type"] == "video/mp4"
@@ -213,3 +236,31 @@ def test_bad_event_input_is_4xx_json(service, sample_mp4):
     assert hook.status_code == 201 and hook.json()["signed"] and "secret" not in hook.json()
     assert service.http.delete(f"/v1/webhooks/{hook.json()['id']}").status_code == 200
     assert service.http.delete(f"/v1/webhooks/{hook.json()['id']}").status_code == 404
+
+
+@pytest.mark.slow
+def test_two_cameras_at_5_fps_with_clips_and_notifications_drop_at_most_1_percent(broker, tmp_path):
+    receiver = Receiver(failures=0)
+    extra = {"media_dirs": [str(SAMPLES_DIR)], "events": {"pre_roll_s": 5, "post_roll_s": 5},
+             "notify": {"webhooks": [{"url": f"http://127.0.0.1:{receiver.server_port}/hook", "secret": SECRET}],
+                        "mqtt": {"host": "127.0.0.1", "port": broker}}}
+    try:
+        with running_service(tmp_path, "ped2", extra) as svc:
+            for cam in ("east", "west"):
+                r = svc.http.post("/v1/cameras", json={"id": cam, "url": (SAMPLES_DIR / "ped2_test01.mp4").as_uri(),
+                                                       "replay_fps": 5})
+                assert r.status_code == 201, r.text
+            svc.wait_for(lambda: all(svc.http.get(f"/v1/cameras/{c}").json()["state"] == "live"
+                                     for c in ("east", "west")), 30, "both cameras live")
+            before = {c: svc.http.get(f"/v1/cameras/{c}").json() for c in ("east", "west")}
+            time.sleep(45)  # 225 frames per camera: the cyclist's events, their clips and notifications
+            after = {c: svc.http.get(f"/v1/cameras/{c}").json() for c in ("east", "west")}
+            events = svc.http.get("/v1/events").json()
+        frames = sum(after[c]["frames"] - before[c]["frames"] for c in after)
+        drops = sum(after[c]["drops"] - before[c]["drops"] for c in after)
+        print(f"2 cameras at 5 fps with clips and notifications: {frames} frames, {drops} dropped, "
+              f"{len(events)} events, {len(receiver.posts)} webhooks")
+        assert events and any(e["clip"] for e in events) and receiver.posts
+        assert frames > 400 and drops <= 0.01 * (frames + drops)
+    finally:
+        receiver.shutdown()
