@@ -210,6 +210,9 @@ def test_clip_snapshot_feedback_and_history_survive_a_restart(world):
         assert again.http.get(f"/v1/cameras/walkway/events/{event['id']}/clip.mp4").content == clip.content
         normal = again.http.get("/v1/events", params={"feedback": "normal"}).json()
         assert [e["id"] for e in normal] == [event["id"]]
+        # and the clip marked normal is footage a fit of this camera can use (here: too little on its own)
+        r = again.http.post("/v1/models/fit", json={"name": "from-feedback", "feedback_of": "walkway"})
+        assert r.status_code == 422 and f"footage too short: {len(times)} frames" in r.json()["error"], r.json()
 
 
 def test_bad_event_input_is_4xx_json(service, sample_mp4):
