@@ -21,14 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
 from tests.support.deploy import DEPLOY, RULES, binary, load_yaml
-from tests.support.servers import (
-    RtspServer,
-    free_port,
-    rtsp_available,
-    start_service,
-    stop_process,
-    ws_url,
-)
+from tests.support.servers import RtspServer, free_port, rtsp_available, start_service, stop_process, ws_url
 from tests.support.synthetic import PED2
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

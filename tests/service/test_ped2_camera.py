@@ -8,15 +8,7 @@ import time
 import pytest
 from websockets.sync.client import connect
 
-from tests.support.servers import (
-    RtspServer,
-    add_camera,
-    receive,
-    rtsp_available,
-    start_service,
-    stop_process,
-    ws_url,
-)
+from tests.support.servers import RtspServer, add_camera, receive, rtsp_available, start_service, stop_process, ws_url
 from tests.support.synthetic import PED2
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
