@@ -12,7 +12,9 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 from typing import Literal
@@ -47,7 +49,8 @@ class WebhookConfig(BaseModel):
 
 
 class MqttConfig(BaseModel):
-    """A broker to publish events, scores and Home Assistant discovery to."""
+    """A broker to publish events, scores and Home Assistant discovery to. Several amvad instances on one
+    broker (shards) each need their own ``topic_prefix``: the availability topic is per prefix."""
     model_config = ConfigDict(extra="forbid")
     host: str
     port: int = Field(1883, ge=1, le=65535)
@@ -127,7 +130,9 @@ class MqttPublisher:
         self._cameras: set[str] = set()
         self._last_score: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="amvad",
+        # one client id per process: a broker drops the older of two connections with the same id
+        client_id = f"amvad-{socket.gethostname()}-{os.getpid()}"
+        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   clean_session=True)
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
