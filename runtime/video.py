@@ -18,6 +18,12 @@ import numpy as np
 from .redact import redact
 from .types import Frame
 
+# Footage on disk: video files, or folders of frame images (one folder = one clip). Frame folders carry no
+# timing; their frames are stamped at FRAME_FOLDER_FPS (UCSD Ped2 was filmed at 10 fps).
+VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
+FRAME_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+FRAME_FOLDER_FPS = 10.0
+
 
 class DecodeError(ValueError):
     """A source that is not a readable video (names the source and what went wrong); ``reason`` is

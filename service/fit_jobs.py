@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.calibration import check_fit_footage
 from runtime.redact import redact
-from runtime.video import file_path, open_source, stream_fps
+from runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, file_path, open_source, stream_fps
 
 from .config import ServiceSettings
 from .event_store import EventStore
@@ -29,7 +29,6 @@ from .security import check_media_path
 
 log = logging.getLogger("amvad.fit")
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
-FRAME_EXTS = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
 class FitRequest(BaseModel):
@@ -83,9 +82,9 @@ class FitJob:
 
 
 def count_frames(path: Path) -> tuple[int, float]:
-    """(frames, fps) of a video file or a folder of frame images (10 fps assumed, as ``amvad fit`` does)."""
+    """(frames, fps) of a video file or a folder of frame images (stamped as ``amvad fit`` stamps them)."""
     if path.is_dir():
-        return sum(f.suffix.lower() in FRAME_EXTS for f in path.iterdir()), 10.0
+        return sum(f.suffix.lower() in FRAME_EXTS for f in path.iterdir()), FRAME_FOLDER_FPS
     with open_source(str(path)) as container:
         return sum(1 for _ in container.decode(video=0)), stream_fps(container)
 

@@ -18,13 +18,8 @@ from runtime.files import atomic_path
 from runtime.flows import compute_flows
 from runtime.preprocess import to_model_frame
 from runtime.types import Frame
-from runtime.video import iter_frames, open_source
+from runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, iter_frames, open_source
 from runtime.windows import scored_frames, window
-
-# Frame folders carry no timing; their frames are stamped at this rate (UCSD Ped2 was filmed at 10 fps).
-FRAME_FOLDER_FPS = 10.0
-FRAME_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
-VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
 
 
 @dataclass(frozen=True)

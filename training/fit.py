@@ -34,11 +34,11 @@ from runtime.exported_model import ExportedModel
 from runtime.files import atomic_path, write_atomic
 from runtime.flows import compute_flows
 from runtime.scoring import StreamScorer
-from runtime.video import open_source, stream_fps
+from runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, open_source, stream_fps
 from runtime.windows import scored_frames, window
 
 from .config import DataConfig, ModelConfig, OptimConfig, ScoreConfig, TrainConfig
-from .data import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, ClipSource, iter_clip_frames, load_clip
+from .data import ClipSource, iter_clip_frames, load_clip
 from .export import export
 from .train import train
 from .warm_start import weights_from_exported
