@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 
@@ -40,9 +41,7 @@ class ProgressFile:
         self.path, self._last, self._stage = path, 0.0, None
 
     def __call__(self, progress: dict) -> None:
-        import time
-
-        from runtime.files import write_atomic
+        from runtime.files import write_atomic  # the CLI module itself stays import-light for --help
         now = time.monotonic()
         if progress.get("stage") != self._stage or now - self._last >= 1.0:
             self._stage, self._last = progress.get("stage"), now

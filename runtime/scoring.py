@@ -87,6 +87,12 @@ class StreamScorer:
         self._recent.clear()
 
 
+def training_scores(components: list[ComponentStats], clip_components: np.ndarray, smoothing: int) -> np.ndarray:
+    """Causal scores of one clip under the training statistics alone (no running updates, no threshold):
+    what thresholds are set on, so a threshold never chases itself. (N, K) -> (N,)."""
+    return StreamScorer(components, threshold=np.inf, smoothing=smoothing, forget=0.0).score_clip(clip_components)
+
+
 def min_max_per_clip(components: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """The papers' protocol (looks at the whole clip, not causal): min-max normalise each component
     over the clip, then take the weighted sum. components: (N, K) -> (N,)."""

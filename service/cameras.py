@@ -33,7 +33,7 @@ from runtime.video import DecodeError, file_path, is_file_source, iter_frames, o
 
 from .config import CameraConfig, ServiceSettings
 from .event_store import EventStore
-from .evidence import EventEvidence
+from .evidence import EventEvidence, evidence_folder
 from .heatmap import HeatScale
 from .metrics import Metrics
 from .notify import Notifier
@@ -102,7 +102,7 @@ class Camera:
         self.recent: deque[dict] = deque(maxlen=600)
         self._recorders: list[Recorder] = []      # fed by the ingest thread
         self._score_taps: list[list[float]] = []  # fed by the publish thread (calibration)
-        self.evidence = (EventEvidence(self.id, settings.state_dir / "events" / self.id, store, settings.events,
+        self.evidence = (EventEvidence(self.id, evidence_folder(settings.state_dir, self.id), store, settings.events,
                                        self._report_evidence) if store is not None else None)
         self._event_id: int | None = None  # the stored id of the open event
         self._stop = threading.Event()

@@ -31,6 +31,7 @@ from .heatmap import HeatScale
 
 log = logging.getLogger("amvad.evidence")
 MAX_WIDTH = 640  # evidence frames are kept and written at most this wide
+RAISE_LATENCY_S = 3.0  # ample room for capture -> flow -> model -> score before an event is raised
 
 
 class EventsConfig(EventConfig):
@@ -42,6 +43,11 @@ class EventsConfig(EventConfig):
     max_clip_s: float = Field(300.0, gt=0, description="a longer event's clip stops here")
     retain_days: float = Field(30.0, gt=0, description="evidence older than this is deleted")
     max_storage_mb: float = Field(1000.0, gt=0, description="evidence per camera; the oldest goes first")
+
+
+def evidence_folder(state_dir: Path, camera: str) -> Path:
+    """Where a camera's event clips and snapshots are kept (also after the camera is deleted)."""
+    return Path(state_dir) / "events" / camera
 
 
 def shrink(pixels: np.ndarray) -> np.ndarray:
@@ -131,7 +137,8 @@ class EventEvidence:
         self._fps = fps or self._fps
         with self._lock:
             self._ring.append((frame.timestamp, small))
-            horizon = frame.timestamp - self.cfg.pre_roll_s - 10.0  # the event's start is some frames back
+            # an event is raised min_duration_s after its start, plus the pipeline's latency (~1 s)
+            horizon = frame.timestamp - self.cfg.pre_roll_s - self.cfg.min_duration_s - RAISE_LATENCY_S
             while self._ring and self._ring[0][0] < horizon:
                 self._ring.popleft()
             for writer in self._writers.values():
@@ -189,11 +196,6 @@ class EventEvidence:
                     (self.folder / name).unlink(missing_ok=True)
             self.store.drop_evidence(event["id"])
             used -= event["evidence_bytes"]
-
-    def file(self, event_id: int, kind: str) -> Path | None:
-        event = self.store.get(self.camera, event_id)
-        name = event["clip"] if kind == "clip" else event["snapshot"]
-        return self.folder / name if name and (self.folder / name).is_file() else None
 
     def writing(self, event_id: int) -> bool:
         with self._lock:

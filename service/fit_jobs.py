@@ -23,6 +23,7 @@ from runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, file_path, open_source, 
 
 from .config import ServiceSettings
 from .event_store import EventStore
+from .evidence import evidence_folder
 from .model_registry import NAME, InvalidModel, ModelConflict, ModelRegistry
 from .recordings import Recordings
 from .security import check_media_path
@@ -105,7 +106,7 @@ class FitJobs:
             raise FootageError("name at least one recording, footage file or camera with feedback to fit on")
         paths, frames, fps = [], 0, None
         if req.feedback_of is not None:  # false alarms the operator marked normal are normal footage
-            folder = self.settings.state_dir / "events" / req.feedback_of
+            folder = evidence_folder(self.settings.state_dir, req.feedback_of)
             for event in self.events.query(camera=req.feedback_of, feedback="normal", limit=10_000):
                 if event["clip"] and (folder / event["clip"]).is_file():
                     n, rate = count_frames(folder / event["clip"])

@@ -33,7 +33,7 @@ from runtime.events import EventConfig
 from runtime.exported_model import ExportedModel
 from runtime.files import atomic_path, write_atomic
 from runtime.flows import compute_flows
-from runtime.scoring import StreamScorer
+from runtime.scoring import training_scores
 from runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, open_source, stream_fps
 from runtime.windows import scored_frames, window
 
@@ -114,8 +114,7 @@ def holdout_scores(model: ExportedModel, clips: list[Clip]) -> list[np.ndarray]:
         ids = scored_frames(len(c.frames), meta.clip_len)
         wins = [window(c.frames, c.flows, i, meta.clip_len) for i in ids]
         comps = model.run(np.stack([w[0] for w in wins]), np.stack([w[1] for w in wins])).components
-        out.append(StreamScorer(meta.components, threshold=np.inf, smoothing=meta.smoothing, forget=0.0)
-                   .score_clip(comps))
+        out.append(training_scores(meta.components, comps, meta.smoothing))
     return out
 
 

@@ -22,7 +22,7 @@ from models.metadata import ComponentStats
 from models.registry import build_model
 from runtime.device import pick_device
 from runtime.files import atomic_path
-from runtime.scoring import StreamScorer
+from runtime.scoring import training_scores
 
 from .config import TrainConfig
 from .data import ClipDataset, cached_flows, find_clips, load_clip
@@ -79,7 +79,7 @@ def calibrate(model: AnomalyModel, ds: ClipDataset, cfg: TrainConfig, device: to
     comps = [ComponentStats(name=n, weight=w, mean=float(m), std=max(float(s), 1e-6))
              for n, w, m, s in zip(model.component_names, weights, allc.mean(0), allc.std(0))]
     scores = np.concatenate([
-        StreamScorer(comps, threshold=np.inf, smoothing=cfg.score.smoothing, forget=0.0).score_clip(c)
+        training_scores(comps, c, cfg.score.smoothing)
         for c in per_clip])
     return {"components": [c.model_dump() for c in comps], "smoothing": cfg.score.smoothing,
             "threshold": float(np.quantile(scores, cfg.score.threshold_quantile))}

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..camera_manager import UnknownCamera
 from ..event_store import parse_time
+from ..evidence import evidence_folder
 from ..wiring import Services
 from .deps import ready, require_key
 
@@ -59,7 +60,7 @@ def evidence_file(svc: Services, camera_id: str, event_id: int, kind: str):
     if evidence is not None and kind == "clip" and evidence.writing(event_id):
         raise HTTPException(409, f"the clip of event {event_id} is still being written (post-roll)")
     name = event["clip" if kind == "clip" else "snapshot"]
-    path = svc.settings.state_dir / "events" / camera_id / name if name else None
+    path = evidence_folder(svc.settings.state_dir, camera_id) / name if name else None
     if path is None or not path.is_file():
         raise HTTPException(404, f"event {event_id} of camera {camera_id} has no {kind} (evidence off, not "
                                  f"written, or removed by retention)")
