@@ -62,6 +62,10 @@ def _eval(args: argparse.Namespace) -> None:
     res = evaluate(args.model, args.data, split=args.split, json_out=args.json, plot_dir=args.plot,
                    progress=not args.quiet)
     summary = {k: res[k] for k in ("method", "auc_paper", "auc_stream", "frames_scored", "seconds")}
+    for protocol, points in res["alarms"].items():
+        summary[protocol] = {name: None if p is None else {k: p[k] for k in (
+            "threshold", "false_alarms_per_hour", "events_caught", "events_total", "detection_delay_s")}
+            for name, p in points.items()}
     print(json.dumps(summary))
 
 
@@ -132,12 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--seed", type=int, default=0)
     fi.add_argument("--progress-json", type=Path, help="keep the latest progress in this JSON file")
     fi.set_defaults(func=_fit)
-    e = sub.add_parser("eval", help="frame-level ROC AUC of an exported model")
+    e = sub.add_parser("eval", help="frame-level ROC AUC, false alarms per hour and detection delays of a model")
     e.add_argument("--model", default="ped2", help="path to an exported .onnx or a bundled name")
     e.add_argument("--data", required=True, type=Path)
     e.add_argument("--split", default="testing")
     e.add_argument("--json", type=Path, help="write the full results here")
-    e.add_argument("--plot", type=Path, help="write one PNG score curve per clip into this folder")
+    e.add_argument("--plot", type=Path, help="write the ROC curves (roc.png) and one score curve per clip "
+                                             "(<clip>.png) into this folder")
     e.set_defaults(func=_eval)
     x = sub.add_parser("export", help="export a checkpoint (or re-export a model) to ONNX with metadata")
     x.add_argument("--checkpoint", type=Path, help="a finished training checkpoint")

@@ -1,9 +1,15 @@
 """AMMC-Net (Cai et al., AAAI 2021): appearance-motion memory consistency network.
 
-Appearance encoder on frames 1..t-1 and motion encoder on flows 1..t-2 (U-Net-like, 3 scales, Tanh),
+Appearance encoder on frames 1..t-1 and motion encoder on the flows 1..t (U-Net-like, 3 scales, Tanh),
 an appearance and a motion memory pool with top-K retrieval, cross-modal feature transfer (AMFT),
 feature aggregation before each decoder, and decoders for frame t and flow t-1 -> t.
-Score: S = (1 - lambda_c) * H(PSNR) + lambda_c * H(commit error), both oriented higher = anomalous.
+
+Score: the paper's S = (1 - lambda_c) * prediction error + lambda_c * commit error, each oriented higher =
+anomalous, with two departures measured on Ped2 (model card ``models/bundled/ped2-ammc.md``): the pixel
+prediction error is that of the frame *and* of the flow (half each), and every error is that of the worst
+16x16 patch instead of the whole frame, so a small anomaly is not averaged away. The flow decoder sees the
+memory-guided features alone (no encoder feature, no skips): a memory of normal motion can only give back
+normal motion, while a decoder with the encoder's own features copies any motion it is shown.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .contract import AnomalyModel, masked_mean, neg_psnr, shrink_mask
+from .contract import AnomalyModel, patch_max, shrink_mask
 from .flow import build_flow
 from .layers import BOTTLENECK_STRIDE, Decoder, Encoder, gradient_loss
 
@@ -38,10 +44,15 @@ class MemPool(nn.Module):
         return self.fuse(picked.permute(0, 3, 1, 2))
 
 
-def commit_error(z: torch.Tensor, e: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample mean squared distance between encoder features and memory-guided features, over the
-    feature cells the (full-resolution) mask keeps."""
-    return masked_mean(((z - e) ** 2).mean(1, keepdim=True), shrink_mask(mask, BOTTLENECK_STRIDE))
+COMMIT_PATCH = 2  # commit error is pooled over 2x2 bottleneck cells = a 16x16-pixel patch
+
+
+def commit_map(z: torch.Tensor, e: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared distance between encoder and memory-guided features per bottleneck cell (B, 1, h, w),
+    weighted by the share of each cell's pixels the (full-resolution) mask keeps."""
+    err = ((z - e) ** 2).mean(1, keepdim=True)
+    small = shrink_mask(mask, BOTTLENECK_STRIDE)
+    return err if small is None else err * small
 
 
 def transfer_net(dim: int) -> nn.Sequential:
@@ -52,34 +63,35 @@ def transfer_net(dim: int) -> nn.Sequential:
 
 class AMMCNet(AnomalyModel):
     method = "ammc"
-    component_names = ("neg_psnr", "commit")
+    component_names = ("frame_patch", "commit_patch", "flow_patch")
 
     def __init__(self, *, clip_len: int = 5, channels: int = 1, height: int = 128, width: int = 192,
                  flow_scale: float = 4.0, base_width: int = 16, mem_items: int = 20, top_k: int = 2,
                  beta: float = 0.25, lambda_c: float = 0.5, w_int: float = 1.0, w_grad: float = 1.0,
                  w_flow_pred: float = 1.0, w_commit: float = 0.25, w_frame_flow: float = 0.0,
-                 w_adv: float = 0.05) -> None:
+                 w_adv: float = 0.05, patch: int = 16) -> None:
         super().__init__(clip_len=clip_len, channels=channels, height=height, width=width,
                          flow_scale=flow_scale)
         self.beta = beta
         self.w_int, self.w_grad, self.w_flow_pred = w_int, w_grad, w_flow_pred
         self.w_commit, self.w_frame_flow = w_commit, w_frame_flow
-        self.default_weights = (1.0 - lambda_c, lambda_c)
+        self.patch = patch
+        self.default_weights = ((1.0 - lambda_c) / 2, lambda_c, (1.0 - lambda_c) / 2)
         self.adversarial_weight = w_adv
         w = base_width
         self.app_enc = Encoder((clip_len - 1) * channels, w, act="tanh")
-        self.mot_enc = Encoder((clip_len - 2) * 2, w, act="tanh")
+        self.mot_enc = Encoder((clip_len - 1) * 2, w, act="tanh")
         d = self.app_enc.out_channels
         self.app_mem = MemPool(d, mem_items, top_k)
         self.mot_mem = MemPool(d, mem_items, top_k)
         self.app_to_mot = transfer_net(d)
         self.mot_to_app = transfer_net(d)
-        # Aggregation F(transferred, memory, encoder) before each decoder.
+        # Aggregation before each decoder: F(transferred, memory, encoder) for the frame as in the paper;
+        # F(transferred, memory) for the flow, whose decoder has no skips either (module docstring).
         self.app_agg = nn.Sequential(nn.Conv2d(3 * d, d, 1), nn.Tanh())
-        self.mot_agg = nn.Sequential(nn.Conv2d(3 * d, d, 1), nn.Tanh())
+        self.mot_agg = nn.Sequential(nn.Conv2d(2 * d, d, 1), nn.Tanh())
         self.app_dec = Decoder(d, w, channels, skip_channels=self.app_enc.skip_channels, act="tanh")
-        self.mot_dec = Decoder(d, w, 2, skip_channels=self.mot_enc.skip_channels, act="tanh",
-                               out_act=None)
+        self.mot_dec = Decoder(d, w, 2, skip_channels=None, act="tanh", out_act=None)
         # Stage 1 trains without AMFT; stage 2 adds it. Saved with the weights so export knows.
         self.register_buffer("stage", torch.tensor(1, dtype=torch.int64))
         # Flow loss on the predicted frame uses a cheap estimator of our own flow module.
@@ -94,14 +106,14 @@ class AMMCNet(AnomalyModel):
         self.check_inputs(frames, flows)
         v = self.split(frames, flows)
         z_a, skips_a = self.app_enc(v["past"])
-        z_m, skips_m = self.mot_enc(v["past_flows"])
+        z_m, _ = self.mot_enc(torch.cat([v["past_flows"], v["target_flow"]], 1))
         e_a, e_m = self.app_mem(z_a), self.mot_mem(z_m)
         if int(self.stage) == 2:
             t_a, t_m = self.mot_to_app(e_m), self.app_to_mot(e_a)
         else:
             t_a, t_m = torch.zeros_like(e_a), torch.zeros_like(e_m)
         pred = self.app_dec(self.app_agg(torch.cat([t_a, e_a, z_a], 1)), skips_a)
-        pred_flow = self.mot_dec(self.mot_agg(torch.cat([t_m, e_m, z_m], 1)), skips_m)
+        pred_flow = self.mot_dec(self.mot_agg(torch.cat([t_m, e_m], 1)))
         return {"prediction": pred, "pred_flow": pred_flow, "z_app": z_a, "e_app": e_a,
                 "z_mot": z_m, "e_mot": e_m, "target": v["target"], "target_flow": v["target_flow"],
                 "last": v["last"]}
@@ -132,9 +144,12 @@ class AMMCNet(AnomalyModel):
         self.check_mask(frames, mask)
         out = self.forward(frames, flows)
         pred, target = out["prediction"], out["target"]
-        commit = commit_error(out["z_app"], out["e_app"], mask) + commit_error(out["z_mot"], out["e_mot"], mask)
-        components = torch.stack([neg_psnr(pred, target, mask), commit], 1)
+        commit = commit_map(out["z_app"], out["e_app"], mask) + commit_map(out["z_mot"], out["e_mot"], mask)
         frame_err = ((pred - target) ** 2).mean(1, keepdim=True)
         flow_err = ((out["pred_flow"] - out["target_flow"]) ** 2).sum(1, keepdim=True)
-        heatmap = frame_err + flow_err
-        return components, heatmap if mask is None else heatmap * mask, (pred + 1) / 2
+        if mask is not None:
+            frame_err, flow_err = frame_err * mask, flow_err * mask
+        p = min(self.patch, self.height, self.width)
+        components = torch.stack([patch_max(frame_err, p), patch_max(commit, COMMIT_PATCH),
+                                  patch_max(flow_err, p)], 1)
+        return components, frame_err + flow_err, (pred + 1) / 2

@@ -1,9 +1,16 @@
 """AMSRC-Net (Huang et al., 2022): appearance-motion semantics representation consistency.
 
-A frame stream (past frames) and a flow stream (flows among the past frames) are encoded to ReLU
+A frame stream (past frames) and a flow stream (the flows up to frame t) are encoded to ReLU
 bottleneck features that training pulls together (cosine consistency). Their flow-guided fusion feeds
 a U-Net decoder that predicts frame t. At test time, low appearance-motion consistency and a poor
 prediction both indicate an anomaly.
+
+Departures from the paper, measured on Ped2 (model card ``models/bundled/ped2-amsrc.md``): a small flow
+decoder reconstructs flow t-1 -> t from the flow stream's feature during training only. Without it both
+streams are free to agree on an uninformative feature (the consistency loss is then ~0 on everything,
+anomalies included); with it the motion feature must describe the motion, and the frame stream must
+predict that description from appearance. Both score components are those of the worst 16x16 patch
+(2x2 bottleneck cells for the inconsistency), so a small anomaly is not averaged away.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .contract import FLOW_SCALE, AnomalyModel, masked_mean, neg_psnr, shrink_mask
+from .contract import FLOW_SCALE, AnomalyModel, patch_max, shrink_mask
 from .layers import BOTTLENECK_STRIDE, Decoder, Encoder, gradient_loss
 
 
@@ -29,25 +36,31 @@ class AMSRCNet(AnomalyModel):
     """Two-stream encoder + consistency loss + flow-guided fusion + frame-prediction decoder.
 
     forward outputs: ``pred`` (B, C, H, W) in [-1, 1]; ``fea_frame``, ``fea_flow`` (B, 4w, H/8, W/8);
-    ``inconsistency`` (B, 1, H/8, W/8) = 1 - cos per bottleneck location.
+    ``inconsistency`` (B, 1, H/8, W/8) = 1 - cos per bottleneck location; ``flow_rec`` (B, 2, H, W) the
+    flow t-1 -> t decoded from the flow stream's feature (a training signal only, not scored).
     """
 
     method = "amsrc"
-    component_names = ("inconsistency", "neg_psnr")
+    component_names = ("inconsistency_patch", "frame_patch")
     default_weights = (0.5, 0.5)
 
     def __init__(self, *, clip_len: int, channels: int, height: int, width: int,
                  flow_scale: float = FLOW_SCALE, base_width: int = 16, lambda_int: float = 1.0,
-                 lambda_grad: float = 1.0, lambda_sim: float = 1.0) -> None:
+                 lambda_grad: float = 1.0, lambda_sim: float = 1.0, lambda_flow: float = 1.0,
+                 patch: int = 16) -> None:
         super().__init__(clip_len=clip_len, channels=channels, height=height, width=width,
                          flow_scale=flow_scale)
         self.base_width = base_width
         self.lambda_int = lambda_int
         self.lambda_grad = lambda_grad
         self.lambda_sim = lambda_sim
+        self.lambda_flow = lambda_flow
+        self.patch = patch
         w = base_width
         self.frame_encoder = Encoder((clip_len - 1) * channels, w, act="relu")
-        self.flow_encoder = Encoder((clip_len - 2) * 2, w, act="relu")
+        self.flow_encoder = Encoder((clip_len - 1) * 2, w, act="relu")
+        self.flow_decoder = Decoder(self.flow_encoder.out_channels, w, 2, skip_channels=None, act="relu",
+                                    out_act=None)
         self.decoder = Decoder(self.frame_encoder.out_channels, w, channels,
                                skip_channels=self.frame_encoder.skip_channels, act="relu",
                                out_act="tanh")
@@ -56,25 +69,33 @@ class AMSRCNet(AnomalyModel):
         self.check_inputs(frames, flows)
         v = self.split(frames, flows)
         fea_frame, skips = self.frame_encoder(v["past"])
-        fea_flow, _ = self.flow_encoder(v["past_flows"])
+        fea_flow, _ = self.flow_encoder(torch.cat([v["past_flows"], v["target_flow"]], 1))
         # Flow-guided fusion: motion features gated by the appearance features.
         fused = fea_frame + torch.sigmoid(fea_frame) * fea_flow
-        return {"pred": self.decoder(fused, skips), "fea_frame": fea_frame, "fea_flow": fea_flow,
-                "inconsistency": inconsistency_map(fea_frame, fea_flow)}
+        out = {"pred": self.decoder(fused, skips), "fea_frame": fea_frame, "fea_flow": fea_flow,
+               "inconsistency": inconsistency_map(fea_frame, fea_flow)}
+        if self.training:
+            out["flow_rec"] = self.flow_decoder(fea_flow)
+        return out
 
     def losses(self, out: dict[str, torch.Tensor], frames: torch.Tensor,
                flows: torch.Tensor) -> dict[str, torch.Tensor]:
-        target = self.split(frames, flows)["target"]
-        pred = out["pred"]
-        return {
+        """The flow term exists only for a training-mode ``out`` (eval mode skips the flow decoder)."""
+        v = self.split(frames, flows)
+        pred, target = out["pred"], v["target"]
+        terms = {
             "intensity": self.lambda_int * ((pred - target) ** 2).mean(),
             "gradient": self.lambda_grad * gradient_loss(pred, target),
             "consistency": self.lambda_sim * out["inconsistency"].mean(),
         }
+        if "flow_rec" in out:
+            terms["flow"] = self.lambda_flow * (out["flow_rec"] - v["target_flow"]).abs().mean()
+        return terms
 
     def score(self, frames: torch.Tensor, flows: torch.Tensor, mask: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """components (B, 2) = (mean 1-cos over the unmasked bottleneck, -PSNR dB over unmasked pixels);
+        """components (B, 2) = (mean 1-cos of the worst 2x2 bottleneck cells, each weighted by the share
+        of its pixels the mask keeps; squared frame error of the worst 16x16 patch over unmasked pixels);
         heatmap = squared frame error (mean over channels, [-1, 1] units) + bilinearly upsampled 1-cos map,
         zero where masked; prediction in [0, 1]."""
         self.check_mask(frames, mask)
@@ -82,13 +103,14 @@ class AMSRCNet(AnomalyModel):
         target = self.split(frames, flows)["target"]
         pred = out["pred"]
         inc = out["inconsistency"]
-        inc_mean = masked_mean(inc, shrink_mask(mask, BOTTLENECK_STRIDE))
-        components = torch.stack([inc_mean, neg_psnr(pred, target, mask)], 1)
+        small = shrink_mask(mask, BOTTLENECK_STRIDE)
         err = ((pred - target) ** 2).mean(1, keepdim=True)
         inc_up = F.interpolate(inc, size=(self.height, self.width), mode="bilinear",
                                align_corners=False)
         heatmap = err + inc_up.clamp_min(0.0)
         if mask is not None:
-            heatmap = heatmap * mask
+            inc, err, heatmap = inc * small, err * mask, heatmap * mask
+        p = min(self.patch, self.height, self.width)
+        components = torch.stack([patch_max(inc, 2), patch_max(err, p)], 1)
         prediction = ((pred + 1.0) * 0.5).clamp(0.0, 1.0)
         return components, heatmap, prediction

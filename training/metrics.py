@@ -1,4 +1,4 @@
-"""Frame-level ROC AUC without extra dependencies."""
+"""Frame-level ROC curve and AUC without extra dependencies."""
 
 from __future__ import annotations
 
@@ -21,3 +21,16 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     sums = np.bincount(inverse, weights=ranks)
     ranks = (sums / counts)[inverse]
     return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rates, true positive rates) at every distinct threshold, from (0, 0) to (1, 1)."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last index of each distinct score
+    tp, fp = np.cumsum(y)[last], np.cumsum(~y)[last]
+    tpr = np.r_[0.0, tp / max(int(y.sum()), 1)]
+    fpr = np.r_[0.0, fp / max(int((~y).sum()), 1)]
+    return fpr, tpr

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.ammc import AMMCNet, MemPool, commit_error
+from models.ammc import COMMIT_PATCH, AMMCNet, MemPool, commit_map
+from models.contract import patch_max
 from tests.support.models import (assert_bad_shapes_raise, assert_has_grads, assert_losses_backprop,
                                   assert_onnx_matches_torch, assert_rebuild_scores_equal,
                                   assert_score_outputs)
@@ -33,19 +34,42 @@ def test_forward_and_score_shapes(model, clip):
     for key in ("z_app", "e_app", "z_mot", "e_mot"):
         assert out[key].shape == (2, 16, H // 8, W // 8)
     comps = assert_score_outputs(model, *clip)
-    assert comps.shape == (2, len(AMMCNet.component_names)) == (2, 2)
+    assert comps.shape == (2, len(AMMCNet.component_names)) == (2, 3)
     with torch.no_grad():
         out = model(*clip)
-    commit = commit_error(out["z_app"], out["e_app"]) + commit_error(out["z_mot"], out["e_mot"])
-    torch.testing.assert_close(comps[:, 1], commit)
-    assert bool((comps[:, 1] >= 0).all())
+    commit = commit_map(out["z_app"], out["e_app"]) + commit_map(out["z_mot"], out["e_mot"])
+    torch.testing.assert_close(comps[:, 1], patch_max(commit, COMMIT_PATCH))
+    assert bool((comps >= 0).all())
 
 
-def test_commit_error_per_sample():
-    z = torch.zeros(2, 3, 2, 2)
-    e = torch.zeros(2, 3, 2, 2)
-    e[1] = 2.0
-    torch.testing.assert_close(commit_error(z, e), torch.tensor([0.0, 4.0]))
+def test_commit_error_is_that_of_the_worst_patch():
+    """One cell far from its memory feature: the mean over the map would dilute it, the patch keeps it."""
+    z = torch.zeros(2, 3, 4, 4)
+    e = torch.zeros(2, 3, 4, 4)
+    e[1, :, 0, 0] = 2.0
+    cells = commit_map(z, e)
+    torch.testing.assert_close(cells[:, 0, 0, 0], torch.tensor([0.0, 4.0]))
+    torch.testing.assert_close(patch_max(cells, COMMIT_PATCH), torch.tensor([0.0, 1.0]))
+    mask = torch.ones(2, 1, 32, 32)
+    mask[:, :, :8, :8] = 0  # masking that cell's pixels removes it
+    assert float(commit_map(z, e, mask).max()) == 0.0
+
+
+def test_flow_is_decoded_from_memory_features_only(model, clip):
+    """The flow decoder sees the aggregation of the memory-guided (and, in stage 2, transferred)
+    motion features, never the encoder feature or skips, which would let it copy any motion."""
+    seen = {}
+    model.mot_agg.register_forward_hook(lambda m, args, out: seen.update(agg_in=args[0]))
+    model.mot_mem.register_forward_hook(lambda m, args, out: seen.update(e_mot=out))
+    model.mot_dec.register_forward_hook(lambda m, args, out: seen.update(dec_args=args))
+    model.eval()
+    for stage in (1, 2):
+        model.set_stage(stage)
+        model(*clip)
+        d = seen["e_mot"].shape[1]
+        assert seen["agg_in"].shape[1] == 2 * d
+        assert torch.equal(seen["agg_in"][:, d:], seen["e_mot"])
+        assert len(seen["dec_args"]) == 1
 
 
 def _set_fuse_to_slot(pool: MemPool, slot: int) -> None:

@@ -41,7 +41,12 @@ def test_train_export_score_eval(method, synthetic_dataset, tmp_path):
     assert res["frames_scored"] == 2 * (14 - 3) and res["frames_total"] == 28
     assert 0.0 <= res["auc_paper"] <= 1.0 and 0.0 <= res["auc_stream"] <= 1.0
     assert json.loads((tmp_path / "eval.json").read_text())["per_clip"][0]["clip"] == "01"
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["01.png", "02.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["01.png", "02.png", "roc.png"]
+    for protocol in ("stream", "paper"):
+        point = res["alarms"][protocol]["at_recall_90"]
+        assert point["frame_recall"] >= 0.9 and point["events_total"] == 2  # one labelled run per clip
+        assert set(point["detection_delay_s"]) == {"median", "p90"}
+    assert res["alarms"]["stream"]["at_threshold"]["threshold"] == pytest.approx(meta.threshold, abs=1e-6)
     # and the exported model scores a batch with the shapes of the contract
     em = ExportedModel(onnx_path)
     frames = np.random.rand(3, 4, 1, 32, 48).astype(np.float32)
