@@ -1,14 +1,16 @@
-"""The Dockerfile and compose file offline (no Docker engine here): pip steps match pyproject, the
-bundled model is baked in, non-root, health check, state volume, and the compose stack is consistent."""
+"""The Dockerfile, the lock and the compose file read as text (tests/deploy/test_image.py builds and runs
+the image): locked versions that satisfy pyproject, installed by the image and CI alike, the torch index a
+build argument, the bundled model baked in, non-root, health check, state volume, a consistent compose stack."""
 
 from __future__ import annotations
 
 import fnmatch
 import json
 import re
-import shlex
 
 import tomllib
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.support.deploy import DEPLOY, REPO, load_yaml
 
@@ -30,48 +32,48 @@ def instructions() -> list[tuple[str, str, str]]:
     return out
 
 
-def pip_requirements(stage: str) -> list[str]:
-    """Requirement strings of every `pip install` in a stage (options and their values dropped)."""
-    reqs = []
-    for st, op, args in instructions():
-        if st != stage or op != "RUN":
+def locked() -> dict[str, str]:
+    """Package name -> pinned version in requirements.lock."""
+    pins = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            pkg, _, version = line.partition("==")
+            pins[canonicalize_name(pkg)] = version.split(";")[0].strip()
+    return pins
+
+
+def test_every_dependency_is_locked_at_a_version_that_satisfies_pyproject():
+    pins = locked()
+    deps = PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["test"]
+    for dep in map(Requirement, deps):
+        if dep.name == "torch":  # CPU and CUDA builds share a version: installed first, per variant
+            assert "torch" not in pins
             continue
-        for cmd in args.split("&&"):
-            words = shlex.split(cmd)
-            if words[:2] != ["pip", "install"]:
-                continue
-            skip = False
-            for w in words[2:]:
-                if skip:
-                    skip = False
-                elif w in ("--index-url", "--extra-index-url", "-r"):
-                    skip = True
-                elif not w.startswith("-"):
-                    reqs.append(w)
-    return reqs
+        assert canonicalize_name(dep.name) in pins, f"{dep.name} is not in requirements.lock"
+        assert dep.specifier.contains(pins[canonicalize_name(dep.name)]), (dep, pins[canonicalize_name(dep.name)])
+    assert "deploy/refresh-lock.sh" in (REPO / "requirements.lock").read_text()  # says how it was made
 
 
-def name(req: str) -> str:
-    return re.split(r"[<>=!~ \[]", req, maxsplit=1)[0].lower()
-
-
-def test_pip_steps_install_exactly_the_pyproject_dependencies():
-    deps = PYPROJECT["project"]["dependencies"]
-    variant_provided = {"torch", "onnxruntime"}
-    final = pip_requirements("final")
-    assert "/wheels/*.whl" in final
-    assert sorted(r for r in final if not r.startswith("/")) == sorted(d for d in deps if name(d) not in variant_provided)
-    spec = {name(d): d for d in deps}
-    gpu, cpu = pip_requirements("runtime-gpu"), pip_requirements("runtime-cpu")
-    assert {name(r) for r in gpu} == {"torch", "onnxruntime-gpu"}
-    assert {name(r) for r in cpu} == {"torch", "onnxruntime"}
-    assert spec["onnxruntime"] in cpu and spec["onnxruntime"].replace("onnxruntime", "onnxruntime-gpu") in gpu
-    # the CPU image uses the same CPU torch as README's install command
+def test_image_and_ci_install_the_locked_versions():
+    final_runs = " ".join(a for st, op, a in instructions() if st == "final" and op == "RUN")
+    assert "pip install --no-cache-dir -c /tmp/requirements.lock /wheels/*.whl" in final_runs
+    assert ("final", "COPY", "requirements.lock /tmp/requirements.lock") in instructions()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"pip install .*-c requirements\.lock -e \"\.\[test\]\"", ci)
+    # the image and README install the same CPU torch, each variant from an index a build argument names
     readme_torch = re.search(r"pip install (torch==[\d.]+)", (REPO / "README.md").read_text()).group(1)
-    args = {a.split("=")[0]: a.split("=")[1] for st, op, a in instructions() if op == "ARG" and "=" in a}
-    assert f"torch=={args['TORCH_VERSION']}" == readme_torch
-    cpu_runs = " ".join(a for st, op, a in instructions() if st == "runtime-cpu" and op == "RUN")
-    assert "--index-url https://download.pytorch.org/whl/cpu" in cpu_runs
+    for stage, index in (("runtime-cpu", "https://download.pytorch.org/whl/cpu"),
+                         ("runtime-gpu", "https://download.pytorch.org/whl/cu126")):
+        args = {a.split("=")[0]: a.split("=", 1)[1] for st, op, a in instructions()
+                if st == stage and op == "ARG" and "=" in a}
+        assert f"torch=={args['TORCH_VERSION']}" == readme_torch and args["TORCH_INDEX"] == index
+        runs = " ".join(a for st, op, a in instructions() if st == stage and op == "RUN")
+        assert '--index-url "${TORCH_INDEX}"' in runs
+
+
+def test_no_frontend_image_is_pulled_before_building():
+    assert "syntax=" not in (REPO / "Dockerfile").read_text().splitlines()[0]
 
 
 def test_python_versions_meet_requires_python():
