@@ -1,16 +1,18 @@
 """AMSRC-Net (Huang et al., 2022): appearance-motion semantics representation consistency.
 
-A frame stream (past frames) and a flow stream (the flows up to frame t) are encoded to ReLU
-bottleneck features that training pulls together (cosine consistency). Their flow-guided fusion feeds
-a U-Net decoder that predicts frame t. At test time, low appearance-motion consistency and a poor
-prediction both indicate an anomaly.
+A frame stream (appearance: frame t-1 alone) and a flow stream (motion: the flows among frames 1..t-1)
+are encoded to ReLU bottleneck features that training pulls together (cosine consistency). Their
+flow-guided fusion feeds a U-Net decoder that predicts frame t. At test time, low appearance-motion
+consistency and a poor prediction both indicate an anomaly.
 
-Departures from the paper, measured on Ped2 (model card ``models/bundled/ped2-amsrc.md``): a small flow
-decoder reconstructs flow t-1 -> t from the flow stream's feature during training only. Without it both
-streams are free to agree on an uninformative feature (the consistency loss is then ~0 on everything,
-anomalies included); with it the motion feature must describe the motion, and the frame stream must
-predict that description from appearance. Both score components are those of the worst 16x16 patch
-(2x2 bottleneck cells for the inconsistency), so a small anomaly is not averaged away.
+The frame stream sees one frame: given several, it can read the motion off them and agree with the flow
+stream about any motion, normal or not (measured on Ped2 with four frames: inconsistency AUC 0.58). From
+one frame it can only say what motion such an appearance has in normal footage. Departures from the
+paper, measured on Ped2 (model card ``models/bundled/ped2-amsrc.md``): a small flow decoder reconstructs
+the last past flow from the flow stream's feature during training only, so that feature must describe
+the motion instead of settling, with the frame stream's, on anything the two can agree on; and both
+score components are those of the worst 16x16 patch (2x2 bottleneck cells for the inconsistency), so a
+small anomaly is not averaged away.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class AMSRCNet(AnomalyModel):
 
     forward outputs: ``pred`` (B, C, H, W) in [-1, 1]; ``fea_frame``, ``fea_flow`` (B, 4w, H/8, W/8);
     ``inconsistency`` (B, 1, H/8, W/8) = 1 - cos per bottleneck location; ``flow_rec`` (B, 2, H, W) the
-    flow t-1 -> t decoded from the flow stream's feature (a training signal only, not scored).
+    flow t-2 -> t-1 decoded from the flow stream's feature (a training signal only, not scored).
     """
 
     method = "amsrc"
@@ -57,8 +59,8 @@ class AMSRCNet(AnomalyModel):
         self.lambda_flow = lambda_flow
         self.patch = patch
         w = base_width
-        self.frame_encoder = Encoder((clip_len - 1) * channels, w, act="relu")
-        self.flow_encoder = Encoder((clip_len - 1) * 2, w, act="relu")
+        self.frame_encoder = Encoder(channels, w, act="relu")
+        self.flow_encoder = Encoder((clip_len - 2) * 2, w, act="relu")
         self.flow_decoder = Decoder(self.flow_encoder.out_channels, w, 2, skip_channels=None, act="relu",
                                     out_act=None)
         self.decoder = Decoder(self.frame_encoder.out_channels, w, channels,
@@ -68,8 +70,8 @@ class AMSRCNet(AnomalyModel):
     def forward(self, frames: torch.Tensor, flows: torch.Tensor) -> dict[str, torch.Tensor]:
         self.check_inputs(frames, flows)
         v = self.split(frames, flows)
-        fea_frame, skips = self.frame_encoder(v["past"])
-        fea_flow, _ = self.flow_encoder(torch.cat([v["past_flows"], v["target_flow"]], 1))
+        fea_frame, skips = self.frame_encoder(v["last"])
+        fea_flow, _ = self.flow_encoder(v["past_flows"])
         # Flow-guided fusion: motion features gated by the appearance features.
         fused = fea_frame + torch.sigmoid(fea_frame) * fea_flow
         out = {"pred": self.decoder(fused, skips), "fea_frame": fea_frame, "fea_flow": fea_flow,
@@ -89,7 +91,8 @@ class AMSRCNet(AnomalyModel):
             "consistency": self.lambda_sim * out["inconsistency"].mean(),
         }
         if "flow_rec" in out:
-            terms["flow"] = self.lambda_flow * (out["flow_rec"] - v["target_flow"]).abs().mean()
+            last_flow = v["past_flows"][:, -2:]
+            terms["flow"] = self.lambda_flow * (out["flow_rec"] - last_flow).abs().mean()
         return terms
 
     def score(self, frames: torch.Tensor, flows: torch.Tensor, mask: torch.Tensor | None = None
