@@ -22,7 +22,6 @@ from __future__ import annotations
 import abc
 import functools
 import inspect
-import math
 from typing import ClassVar
 
 import torch
@@ -40,25 +39,10 @@ def to_signed(x: torch.Tensor) -> torch.Tensor:
     return x * 2.0 - 1.0
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Per-sample mean of (B, C, h, w) over the pixels a (B, 1, h, w) mask keeps (all of them for None)."""
-    if mask is None:
-        return x.flatten(1).mean(1)
-    weight = mask.expand_as(x)
-    return (x * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1e-6)
-
-
 def shrink_mask(mask: torch.Tensor | None, stride: int) -> torch.Tensor | None:
     """The mask at the resolution of a feature map ``stride`` times smaller: the share of each cell's
     pixels that count. ``stride`` is a Python int, so the exported graph holds a fixed pooling kernel."""
     return None if mask is None else nn.functional.avg_pool2d(mask, stride)
-
-
-def neg_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample negative PSNR in dB over the unmasked pixels, for images in [-1, 1] (peak-to-peak 2):
-    higher = worse."""
-    mse = masked_mean((pred - target) ** 2, mask)
-    return 10.0 * torch.log10(mse + 1e-8) - 20.0 * math.log10(2.0)
 
 
 def patch_max(error: torch.Tensor, patch: int) -> torch.Tensor:
