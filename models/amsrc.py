@@ -8,11 +8,13 @@ consistency and a poor prediction both indicate an anomaly.
 The frame stream sees one frame: given several, it can read the motion off them and agree with the flow
 stream about any motion, normal or not (measured on Ped2 with four frames: inconsistency AUC 0.58). From
 one frame it can only say what motion such an appearance has in normal footage. Departures from the
-paper, measured on Ped2 (model card ``models/bundled/ped2-amsrc.md``): a small flow decoder reconstructs
-the last past flow from the flow stream's feature during training only, so that feature must describe
-the motion instead of settling, with the frame stream's, on anything the two can agree on; and both
-score components are those of the worst 16x16 patch (2x2 bottleneck cells for the inconsistency), so a
-small anomaly is not averaged away.
+paper, measured on Ped2 (model card ``models/bundled/ped2-amsrc.md``): a small flow decoder turns a
+feature into the last past flow (t-2 -> t-1). Trained on the flow stream's feature, it makes that feature
+describe the motion (instead of settling, with the frame stream's, on anything the two can agree on);
+trained and scored on the frame stream's feature, it gives the motion that this appearance has in normal
+footage, and its error is a second, pixel-space measure of appearance-motion inconsistency, one that
+keeps the speed (cosine similarity ignores a feature's length). Every score component is that of the
+worst 16x16 patch (2x2 bottleneck cells for the cosine), so a small anomaly is not averaged away.
 """
 
 from __future__ import annotations
@@ -38,13 +40,14 @@ class AMSRCNet(AnomalyModel):
     """Two-stream encoder + consistency loss + flow-guided fusion + frame-prediction decoder.
 
     forward outputs: ``pred`` (B, C, H, W) in [-1, 1]; ``fea_frame``, ``fea_flow`` (B, 4w, H/8, W/8);
-    ``inconsistency`` (B, 1, H/8, W/8) = 1 - cos per bottleneck location; ``flow_rec`` (B, 2, H, W) the
-    flow t-2 -> t-1 decoded from the flow stream's feature (a training signal only, not scored).
+    ``inconsistency`` (B, 1, H/8, W/8) = 1 - cos per bottleneck location; ``app_flow`` (B, 2, H, W) the
+    flow t-2 -> t-1 decoded from the frame stream's feature (the motion the appearance implies); in
+    training mode also ``flow_rec``, the same flow decoded from the flow stream's feature.
     """
 
     method = "amsrc"
-    component_names = ("inconsistency_patch", "frame_patch")
-    default_weights = (0.5, 0.5)
+    component_names = ("inconsistency_patch", "frame_patch", "motion_patch")
+    default_weights = (1 / 3, 1 / 3, 1 / 3)
 
     def __init__(self, *, clip_len: int, channels: int, height: int, width: int,
                  flow_scale: float = FLOW_SCALE, base_width: int = 16, lambda_int: float = 1.0,
@@ -75,45 +78,45 @@ class AMSRCNet(AnomalyModel):
         # Flow-guided fusion: motion features gated by the appearance features.
         fused = fea_frame + torch.sigmoid(fea_frame) * fea_flow
         out = {"pred": self.decoder(fused, skips), "fea_frame": fea_frame, "fea_flow": fea_flow,
-               "inconsistency": inconsistency_map(fea_frame, fea_flow)}
+               "inconsistency": inconsistency_map(fea_frame, fea_flow), "app_flow": self.flow_decoder(fea_frame)}
         if self.training:
             out["flow_rec"] = self.flow_decoder(fea_flow)
         return out
 
     def losses(self, out: dict[str, torch.Tensor], frames: torch.Tensor,
                flows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The flow term exists only for a training-mode ``out`` (eval mode skips the flow decoder)."""
+        """The ``flow`` term (motion feature -> flow) exists only for a training-mode ``out``."""
         v = self.split(frames, flows)
-        pred, target = out["pred"], v["target"]
+        pred, target, last_flow = out["pred"], v["target"], v["past_flows"][:, -2:]
         terms = {
             "intensity": self.lambda_int * ((pred - target) ** 2).mean(),
             "gradient": self.lambda_grad * gradient_loss(pred, target),
             "consistency": self.lambda_sim * out["inconsistency"].mean(),
+            "app_flow": self.lambda_flow * (out["app_flow"] - last_flow).abs().mean(),
         }
         if "flow_rec" in out:
-            last_flow = v["past_flows"][:, -2:]
             terms["flow"] = self.lambda_flow * (out["flow_rec"] - last_flow).abs().mean()
         return terms
 
     def score(self, frames: torch.Tensor, flows: torch.Tensor, mask: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """components (B, 2) = (mean 1-cos of the worst 2x2 bottleneck cells, each weighted by the share
-        of its pixels the mask keeps; squared frame error of the worst 16x16 patch over unmasked pixels);
-        heatmap = squared frame error (mean over channels, [-1, 1] units) + bilinearly upsampled 1-cos map,
-        zero where masked; prediction in [0, 1]."""
+        """components (B, 3) = (mean 1-cos of the worst 2x2 bottleneck cells, each weighted by the share
+        of its pixels the mask keeps; squared frame error of the worst 16x16 patch; squared error of the
+        appearance-implied flow of the worst 16x16 patch), over unmasked pixels; heatmap = frame error
+        (mean over channels, [-1, 1] units) + appearance-implied flow error (flow / flow_scale, summed over
+        x and y) + bilinearly upsampled 1-cos map, zero where masked; prediction in [0, 1]."""
         self.check_mask(frames, mask)
         out = self.forward(frames, flows)
-        target = self.split(frames, flows)["target"]
-        pred = out["pred"]
+        v = self.split(frames, flows)
         inc = out["inconsistency"]
-        small = shrink_mask(mask, BOTTLENECK_STRIDE)
-        err = ((pred - target) ** 2).mean(1, keepdim=True)
-        inc_up = F.interpolate(inc, size=(self.height, self.width), mode="bilinear",
-                               align_corners=False)
-        heatmap = err + inc_up.clamp_min(0.0)
+        err = ((out["pred"] - v["target"]) ** 2).mean(1, keepdim=True)
+        motion = ((out["app_flow"] - v["past_flows"][:, -2:]) ** 2).sum(1, keepdim=True)
+        inc_up = F.interpolate(inc, size=(self.height, self.width), mode="bilinear", align_corners=False)
+        heatmap = err + motion + inc_up.clamp_min(0.0)
         if mask is not None:
-            inc, err, heatmap = inc * small, err * mask, heatmap * mask
+            inc = inc * shrink_mask(mask, BOTTLENECK_STRIDE)
+            err, motion, heatmap = err * mask, motion * mask, heatmap * mask
         p = min(self.patch, self.height, self.width)
-        components = torch.stack([patch_max(inc, 2), patch_max(err, p)], 1)
-        prediction = ((pred + 1.0) * 0.5).clamp(0.0, 1.0)
+        components = torch.stack([patch_max(inc, 2), patch_max(err, p), patch_max(motion, p)], 1)
+        prediction = ((out["pred"] + 1.0) * 0.5).clamp(0.0, 1.0)
         return components, heatmap, prediction

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models.amsrc import AMSRCNet
+from models.contract import patch_max
 from tests.support.models import (assert_bad_shapes_raise, assert_losses_backprop, assert_onnx_matches_torch,
                                   assert_rebuild_scores_equal, assert_score_outputs, train_and_score_squares)
 
@@ -23,29 +24,36 @@ def test_forward_and_score_shapes(model, clip):
     out = model(*clip)
     assert out["pred"].shape == (2, C, H, W)
     assert out["fea_frame"].shape == out["fea_flow"].shape == (2, 16, H // 8, W // 8)
+    assert out["app_flow"].shape == out["flow_rec"].shape == (2, 2, H, W)
     comps = assert_score_outputs(model, *clip)
-    assert comps.shape == (2, 2)
+    assert comps.shape == (2, 3)
     assert bool((comps[:, 0] >= 0).all()) and bool((comps[:, 0] <= 1 + 1e-6).all())
 
 
 def test_losses_finite_and_backprop(model, clip):
     losses = model.losses(model(*clip), *clip)
-    assert_losses_backprop(losses, {"intensity", "gradient", "consistency", "flow"},
+    assert_losses_backprop(losses, {"intensity", "gradient", "consistency", "flow", "app_flow"},
                            model.frame_encoder, model.flow_encoder, model.flow_decoder)
 
 
-def test_flow_decoder_trains_the_motion_feature_but_is_not_scored(model, clip):
-    """Training decodes flow t-1 -> t from the flow stream's feature (keeping that feature informative);
-    an eval forward, i.e. the exported graph, never runs the flow decoder."""
+def test_flow_decoder_reads_the_motion_feature_in_training_and_the_appearance_feature_when_scoring(model, clip):
+    """Training decodes the last past flow from both streams' features (the flow stream's keeps it
+    informative); scoring decodes it from the frame stream's feature alone, the motion the appearance
+    implies, whose error is the ``motion_patch`` component."""
+    inputs = []
+    model.flow_decoder.register_forward_hook(lambda m, args, o: inputs.append(args[0]))
     model.eval()
     out = model(*clip)
-    assert "flow_rec" not in out and set(model.losses(out, *clip)) == {"intensity", "gradient", "consistency"}
-    calls = []
-    model.flow_decoder.register_forward_hook(lambda m, args, o: calls.append(args))
-    model.score(*clip)
-    assert calls == []
+    assert "flow_rec" not in out and "flow" not in model.losses(out, *clip)
+    assert len(inputs) == 1 and torch.equal(inputs[0], out["fea_frame"])
+    comps, _, _ = model.score(*clip)
+    last_flow = clip[1][:, -2] / model.flow_scale
+    err = ((out["app_flow"] - last_flow) ** 2).sum(1, keepdim=True)
+    torch.testing.assert_close(comps[:, 2], patch_max(err, 16))
+    inputs.clear()
     model.train()
-    assert model(*clip)["flow_rec"].shape == (2, 2, H, W)
+    out = model(*clip)
+    assert [t.data_ptr() for t in inputs] == [out["fea_frame"].data_ptr(), out["fea_flow"].data_ptr()]
 
 
 def test_rebuild_from_model_args(warm_model, clip):
