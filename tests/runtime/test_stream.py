@@ -66,10 +66,12 @@ def test_pipelined_submission_gives_the_same_results_in_order(model):
     ref = [pipe.process(f) for f in fs]
     assert [f.frame_id for f, _ in got] == [f.frame_id for f in fs]
     assert [r.state for _, r in got] == [r.state for r in ref]
+    # (pipelined frames may be batched together, and ONNX Runtime rounds a batch of two a little differently
+    # from two batches of one: the same 1e-4 as the batch path above)
     for (_, a), b in zip(got, ref):
         assert (a.score is None) == (b.score is None)
         if a.score is not None:
-            assert a.score == pytest.approx(b.score, rel=1e-5, abs=1e-5)
+            assert a.score == pytest.approx(b.score, rel=1e-4, abs=1e-4)
 
 
 def test_streams_are_batched_together_and_keep_their_own_windows(tiny_model):
