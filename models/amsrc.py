@@ -8,13 +8,14 @@ consistency and a poor prediction both indicate an anomaly.
 The frame stream sees one frame: given several, it can read the motion off them and agree with the flow
 stream about any motion, normal or not (measured on Ped2 with four frames: inconsistency AUC 0.58). From
 one frame it can only say what motion such an appearance has in normal footage. Departures from the
-paper, measured on Ped2 (model card ``models/bundled/ped2-amsrc.md``): a small flow decoder turns a
-feature into the last past flow (t-2 -> t-1). Trained on the flow stream's feature, it makes that feature
-describe the motion (instead of settling, with the frame stream's, on anything the two can agree on);
-trained and scored on the frame stream's feature, it gives the motion that this appearance has in normal
-footage, and its error is a second, pixel-space measure of appearance-motion inconsistency, one that
-keeps the speed (cosine similarity ignores a feature's length). Every score component is that of the
-worst 16x16 patch (2x2 bottleneck cells for the cosine), so a small anomaly is not averaged away.
+paper, measured on Ped2 (model card ``models/bundled/ped2-amsrc.md``): a small flow decoder turns the flow
+stream's feature into the last past flow (t-2 -> t-1) during training, so that feature must describe the
+motion (instead of settling, with the frame stream's, on anything the two can agree on); a small speed
+decoder turns the frame stream's feature into the speed that this appearance has in normal footage, and
+its error against the real speed is a second, pixel-space measure of appearance-motion inconsistency, one
+that keeps the speed (cosine similarity ignores a feature's length) and leaves out the direction (which one
+frame cannot tell). Every score component is that of the worst 16x16 patch (2x2 bottleneck cells for the
+cosine), so a small anomaly is not averaged away.
 """
 
 from __future__ import annotations
@@ -36,17 +37,23 @@ def inconsistency_map(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> to
     return 1.0 - dot / (na * nb)
 
 
+def speed(flow: torch.Tensor) -> torch.Tensor:
+    """Length of each flow vector: (B, 2, H, W) -> (B, 1, H, W). Direction is left out on purpose: from one
+    frame, which way a pedestrian walks is a guess, how fast is not."""
+    return (flow * flow).sum(1, keepdim=True).add(1e-8).sqrt()
+
+
 class AMSRCNet(AnomalyModel):
     """Two-stream encoder + consistency loss + flow-guided fusion + frame-prediction decoder.
 
     forward outputs: ``pred`` (B, C, H, W) in [-1, 1]; ``fea_frame``, ``fea_flow`` (B, 4w, H/8, W/8);
-    ``inconsistency`` (B, 1, H/8, W/8) = 1 - cos per bottleneck location; ``app_flow`` (B, 2, H, W) the
-    flow t-2 -> t-1 decoded from the frame stream's feature (the motion the appearance implies); in
-    training mode also ``flow_rec``, the same flow decoded from the flow stream's feature.
+    ``inconsistency`` (B, 1, H/8, W/8) = 1 - cos per bottleneck location; ``app_speed`` (B, 1, H, W) the
+    speed (length of flow t-2 -> t-1) decoded from the frame stream's feature: the speed the appearance
+    implies; in training mode also ``flow_rec``, flow t-2 -> t-1 decoded from the flow stream's feature.
     """
 
     method = "amsrc"
-    component_names = ("inconsistency_patch", "frame_patch", "motion_patch")
+    component_names = ("inconsistency_patch", "frame_patch", "speed_patch")
     default_weights = (1 / 3, 1 / 3, 1 / 3)
 
     def __init__(self, *, clip_len: int, channels: int, height: int, width: int,
@@ -66,6 +73,8 @@ class AMSRCNet(AnomalyModel):
         self.flow_encoder = Encoder((clip_len - 2) * 2, w, act="relu")
         self.flow_decoder = Decoder(self.flow_encoder.out_channels, w, 2, skip_channels=None, act="relu",
                                     out_act=None)
+        self.speed_decoder = Decoder(self.frame_encoder.out_channels, w, 1, skip_channels=None, act="relu",
+                                     out_act=None)
         self.decoder = Decoder(self.frame_encoder.out_channels, w, channels,
                                skip_channels=self.frame_encoder.skip_channels, act="relu",
                                out_act="tanh")
@@ -78,7 +87,7 @@ class AMSRCNet(AnomalyModel):
         # Flow-guided fusion: motion features gated by the appearance features.
         fused = fea_frame + torch.sigmoid(fea_frame) * fea_flow
         out = {"pred": self.decoder(fused, skips), "fea_frame": fea_frame, "fea_flow": fea_flow,
-               "inconsistency": inconsistency_map(fea_frame, fea_flow), "app_flow": self.flow_decoder(fea_frame)}
+               "inconsistency": inconsistency_map(fea_frame, fea_flow), "app_speed": self.speed_decoder(fea_frame)}
         if self.training:
             out["flow_rec"] = self.flow_decoder(fea_flow)
         return out
@@ -92,7 +101,7 @@ class AMSRCNet(AnomalyModel):
             "intensity": self.lambda_int * ((pred - target) ** 2).mean(),
             "gradient": self.lambda_grad * gradient_loss(pred, target),
             "consistency": self.lambda_sim * out["inconsistency"].mean(),
-            "app_flow": self.lambda_flow * (out["app_flow"] - last_flow).abs().mean(),
+            "app_speed": self.lambda_flow * (out["app_speed"] - speed(last_flow)).abs().mean(),
         }
         if "flow_rec" in out:
             terms["flow"] = self.lambda_flow * (out["flow_rec"] - last_flow).abs().mean()
@@ -102,15 +111,15 @@ class AMSRCNet(AnomalyModel):
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """components (B, 3) = (mean 1-cos of the worst 2x2 bottleneck cells, each weighted by the share
         of its pixels the mask keeps; squared frame error of the worst 16x16 patch; squared error of the
-        appearance-implied flow of the worst 16x16 patch), over unmasked pixels; heatmap = frame error
-        (mean over channels, [-1, 1] units) + appearance-implied flow error (flow / flow_scale, summed over
-        x and y) + bilinearly upsampled 1-cos map, zero where masked; prediction in [0, 1]."""
+        appearance-implied speed of the worst 16x16 patch), over unmasked pixels; heatmap = frame error
+        (mean over channels, [-1, 1] units) + appearance-implied speed error (flow / flow_scale units) +
+        bilinearly upsampled 1-cos map, zero where masked; prediction in [0, 1]."""
         self.check_mask(frames, mask)
         out = self.forward(frames, flows)
         v = self.split(frames, flows)
         inc = out["inconsistency"]
         err = ((out["pred"] - v["target"]) ** 2).mean(1, keepdim=True)
-        motion = ((out["app_flow"] - v["past_flows"][:, -2:]) ** 2).sum(1, keepdim=True)
+        motion = (out["app_speed"] - speed(v["past_flows"][:, -2:])) ** 2
         inc_up = F.interpolate(inc, size=(self.height, self.width), mode="bilinear", align_corners=False)
         heatmap = err + motion + inc_up.clamp_min(0.0)
         if mask is not None:

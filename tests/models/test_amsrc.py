@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.amsrc import AMSRCNet
+from models.amsrc import AMSRCNet, speed
 from models.contract import patch_max
 from tests.support.models import (assert_bad_shapes_raise, assert_losses_backprop, assert_onnx_matches_torch,
                                   assert_rebuild_scores_equal, assert_score_outputs, train_and_score_squares)
@@ -24,7 +24,7 @@ def test_forward_and_score_shapes(model, clip):
     out = model(*clip)
     assert out["pred"].shape == (2, C, H, W)
     assert out["fea_frame"].shape == out["fea_flow"].shape == (2, 16, H // 8, W // 8)
-    assert out["app_flow"].shape == out["flow_rec"].shape == (2, 2, H, W)
+    assert out["flow_rec"].shape == (2, 2, H, W) and out["app_speed"].shape == (2, 1, H, W)
     comps = assert_score_outputs(model, *clip)
     assert comps.shape == (2, 3)
     assert bool((comps[:, 0] >= 0).all()) and bool((comps[:, 0] <= 1 + 1e-6).all())
@@ -32,28 +32,30 @@ def test_forward_and_score_shapes(model, clip):
 
 def test_losses_finite_and_backprop(model, clip):
     losses = model.losses(model(*clip), *clip)
-    assert_losses_backprop(losses, {"intensity", "gradient", "consistency", "flow", "app_flow"},
-                           model.frame_encoder, model.flow_encoder, model.flow_decoder)
+    assert_losses_backprop(losses, {"intensity", "gradient", "consistency", "flow", "app_speed"},
+                           model.frame_encoder, model.flow_encoder, model.flow_decoder, model.speed_decoder)
 
 
-def test_flow_decoder_reads_the_motion_feature_in_training_and_the_appearance_feature_when_scoring(model, clip):
-    """Training decodes the last past flow from both streams' features (the flow stream's keeps it
-    informative); scoring decodes it from the frame stream's feature alone, the motion the appearance
-    implies, whose error is the ``motion_patch`` component."""
-    inputs = []
-    model.flow_decoder.register_forward_hook(lambda m, args, o: inputs.append(args[0]))
+def test_motion_feature_is_decoded_to_flow_in_training_and_appearance_to_speed_when_scoring(model, clip):
+    """Training decodes the last past flow from the flow stream's feature (keeping it informative); the
+    speed decoder reads the frame stream's feature alone: the speed the appearance implies, whose error
+    against the real speed (direction left out) is the ``speed_patch`` component."""
+    seen = {}
+    model.speed_decoder.register_forward_hook(lambda m, args, o: seen.update(speed_in=args[0]))
+    model.flow_decoder.register_forward_hook(lambda m, args, o: seen.update(flow_in=args[0]))
     model.eval()
     out = model(*clip)
-    assert "flow_rec" not in out and "flow" not in model.losses(out, *clip)
-    assert len(inputs) == 1 and torch.equal(inputs[0], out["fea_frame"])
+    assert "flow_rec" not in out and "flow" not in model.losses(out, *clip) and "flow_in" not in seen
+    assert torch.equal(seen["speed_in"], out["fea_frame"])
     comps, _, _ = model.score(*clip)
     last_flow = clip[1][:, -2] / model.flow_scale
-    err = ((out["app_flow"] - last_flow) ** 2).sum(1, keepdim=True)
+    err = (out["app_speed"] - speed(last_flow)) ** 2
     torch.testing.assert_close(comps[:, 2], patch_max(err, 16))
-    inputs.clear()
+    # the direction does not count: the reversed flow has the same speed
+    torch.testing.assert_close(speed(-last_flow), speed(last_flow))
     model.train()
     out = model(*clip)
-    assert [t.data_ptr() for t in inputs] == [out["fea_frame"].data_ptr(), out["fea_flow"].data_ptr()]
+    assert torch.equal(seen["flow_in"], out["fea_flow"])
 
 
 def test_rebuild_from_model_args(warm_model, clip):
