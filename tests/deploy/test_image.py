@@ -42,10 +42,11 @@ class Container:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if self.http.get("/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
+                healthy = self.http.get("/healthz").status_code == 200
+            except httpx.TransportError:  # not listening yet
+                healthy = False
+            if healthy:
+                return
             if self.state()["Status"] == "exited":
                 break
             time.sleep(0.5)
