@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .events import EventConfig, EventTracker
+from .events import EventConfig, replay_events
 
 FIT_HOLDOUT = 0.1            # share of every clip (its end) a fit keeps aside to set the threshold
 FIT_MIN_TRAIN_FRAMES = 300   # below this a model sees too little normal motion to learn from
@@ -40,14 +40,9 @@ def events_per_hour(scores: list[np.ndarray], fps: list[float], threshold: float
     ev = events or EventConfig()
     count, seconds = 0, 0.0
     for clip_scores, rate in zip(scores, fps):
-        if not len(clip_scores):
-            continue
-        tracker = EventTracker(threshold=threshold, hysteresis=ev.hysteresis, min_duration_s=ev.min_duration_s,
-                               cooldown_s=ev.cooldown_s, keep=len(clip_scores))
-        for i, v in enumerate(clip_scores):
-            tracker.update(i / rate, i, float(v))
-        tracker.finish((len(clip_scores) - 1) / rate, len(clip_scores) - 1)
-        count += sum(1 + int((e.end - e.start) // REALERT_S) for e in tracker.events)
+        times = np.arange(len(clip_scores)) / rate
+        count += sum(1 + int((e.end - e.start) // REALERT_S)
+                     for e in replay_events(np.asarray(clip_scores), times, threshold, ev))
         seconds += len(clip_scores) / rate
     return count / max(seconds / 3600, 1e-9)
 

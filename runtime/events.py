@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -47,6 +48,11 @@ class EventTracker:
         self._candidate: tuple[float, int] | None = None   # (time, frame) of the first high frame
         self._below_since: tuple[float, int] | None = None  # when the open event went below `low`
         self._count = 0
+
+    @classmethod
+    def from_config(cls, threshold: float, config: EventConfig, keep: int = 100) -> EventTracker:
+        return cls(threshold=threshold, hysteresis=config.hysteresis, min_duration_s=config.min_duration_s,
+                   cooldown_s=config.cooldown_s, keep=keep)
 
     def set_threshold(self, threshold: float) -> None:
         """Move the threshold (and the end level below it) for the next frames."""
@@ -96,3 +102,14 @@ class EventTracker:
         if self.open is not None and self._below_since is None:
             self._below_since = (t, frame_id)
         self.close()
+
+
+def replay_events(scores: np.ndarray, times: np.ndarray, threshold: float, config: EventConfig) -> list[AnomalyEvent]:
+    """The events the service would raise on a finished series of scores (frame i at ``times[i]`` s);
+    their ``start_frame`` / ``end_frame`` are indices into the series."""
+    tracker = EventTracker.from_config(threshold, config, keep=max(len(scores), 1))
+    for i, (t, s) in enumerate(zip(times, scores)):
+        tracker.update(float(t), i, float(s))
+    if len(scores):
+        tracker.finish(float(times[-1]), len(scores) - 1)
+    return tracker.events

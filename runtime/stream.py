@@ -45,9 +45,7 @@ class Stream:
         meta = self.model.meta
         self.scorer = StreamScorer.from_metadata(meta, threshold=meta.threshold if threshold is None else threshold,
                                                  forget=forget, stats=stats)
-        ev = events or EventConfig()
-        self.events = EventTracker(threshold=self.scorer.threshold, hysteresis=ev.hysteresis,
-                                   min_duration_s=ev.min_duration_s, cooldown_s=ev.cooldown_s, keep=keep_events)
+        self.events = EventTracker.from_config(self.scorer.threshold, events or EventConfig(), keep=keep_events)
         self.state = WARMING_UP
         self._lane = engine.open_lane(self, self.model)
         self.set_masks(masks or [])

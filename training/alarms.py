@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.events import EventConfig, EventTracker
+from runtime.events import EventConfig, replay_events
 
 RECALL_TARGET = 0.9  # the operating point that catches this share of anomalous frames
 
@@ -51,16 +51,6 @@ def recall_threshold(clips: list[LabelledScores], recall: float = RECALL_TARGET)
     return float(pos[max(math.ceil(recall * len(pos)), 1) - 1])
 
 
-def _alarms(clip: LabelledScores, threshold: float, events: EventConfig) -> list[tuple[int, int]]:
-    """(first, last) index into the clip's arrays of every alarm the service's rules raise."""
-    tracker = EventTracker(threshold=threshold, hysteresis=events.hysteresis, min_duration_s=events.min_duration_s,
-                           cooldown_s=events.cooldown_s, keep=len(clip.scores))
-    for i, (t, s) in enumerate(zip(clip.timestamps, clip.scores)):
-        tracker.update(float(t), i, float(s))
-    tracker.finish(float(clip.timestamps[-1]), len(clip.scores) - 1)
-    return [(e.start_frame, e.end_frame) for e in tracker.events]
-
-
 def _spread(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"median": None, "p90": None}
@@ -80,7 +70,8 @@ def operating_point(clips: list[LabelledScores], threshold: float | None, events
         normal_s += float((~labels).sum()) / fps
         flagged_pos += int((flagged & labels).sum())
         total_pos += int(labels.sum())
-        false_alarms += sum(not labels[a:b + 1].any() for a, b in _alarms(clip, threshold, events))
+        alarms = replay_events(clip.scores, clip.timestamps, threshold, events)
+        false_alarms += sum(not labels[e.start_frame:e.end_frame + 1].any() for e in alarms)
         for a, b in runs(labels):
             hits = np.flatnonzero(flagged[a:b + 1])
             event = {"start_frame": int(clip.frame_ids[a]), "end_frame": int(clip.frame_ids[b]),

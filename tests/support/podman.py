@@ -35,7 +35,7 @@ def why_podman_cannot_run() -> str | None:
             return f"{tool} is not installed (.ci/run installs it from Debian)"
     if os.geteuid() != 0:
         return "the image test runs podman as root (rootless needs subuid ranges set up)"
-    info = subprocess.run(["podman", "info"], capture_output=True, text=True, timeout=60)
+    info = podman("info", timeout=60, check=False)
     if info.returncode:
         return f"podman cannot run here: {info.stderr.strip()[-300:]}"
     return None
