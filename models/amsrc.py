@@ -96,7 +96,7 @@ class AMSRCNet(AnomalyModel):
                flows: torch.Tensor) -> dict[str, torch.Tensor]:
         """The ``flow`` term (motion feature -> flow) exists only for a training-mode ``out``."""
         v = self.split(frames, flows)
-        pred, target, last_flow = out["pred"], v["target"], v["past_flows"][:, -2:]
+        pred, target, last_flow = out["pred"], v["target"], v["last_flow"]
         terms = {
             "intensity": self.lambda_int * ((pred - target) ** 2).mean(),
             "gradient": self.lambda_grad * gradient_loss(pred, target),
@@ -119,7 +119,7 @@ class AMSRCNet(AnomalyModel):
         v = self.split(frames, flows)
         inc = out["inconsistency"]
         err = ((out["pred"] - v["target"]) ** 2).mean(1, keepdim=True)
-        motion = (out["app_speed"] - speed(v["past_flows"][:, -2:])) ** 2
+        motion = (out["app_speed"] - speed(v["last_flow"])) ** 2
         inc_up = F.interpolate(inc, size=(self.height, self.width), mode="bilinear", align_corners=False)
         heatmap = err + motion + inc_up.clamp_min(0.0)
         if mask is not None:

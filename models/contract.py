@@ -132,7 +132,8 @@ class AnomalyModel(nn.Module, abc.ABC):
 
         past: (B, (T-1)*C, H, W) frames 1..t-1 stacked on channels; target: (B, C, H, W) frame t;
         last: (B, C, H, W) frame t-1; past_flows: (B, (T-2)*2, H, W) flows among the past frames;
-        target_flow: (B, 2, H, W) flow from frame t-1 to t. All scaled to about [-1, 1].
+        last_flow: (B, 2, H, W) flow from frame t-2 to t-1 (the newest past flow); target_flow: (B, 2, H, W)
+        flow from frame t-1 to t. All scaled to about [-1, 1].
         """
         b = frames.shape[0]
         f = to_signed(frames)
@@ -142,6 +143,7 @@ class AnomalyModel(nn.Module, abc.ABC):
             "target": f[:, -1],
             "last": f[:, -2],
             "past_flows": o[:, :-1].reshape(b, -1, self.height, self.width),
+            "last_flow": o[:, -2],
             "target_flow": o[:, -1],
         }
 
