@@ -5,7 +5,7 @@ connected component of the flow magnitude (the largest magnitude over the window
 threshold, closed with a 5x5 kernel, at least ``min_area`` pixels). Its box, widened by ``margin`` and made
 square (at least ``min_side``, at most the frame height), is cut from the window's frames and flows at model
 resolution and resized to ``size`` x ``size``; the flows stay in the frame's pixels (rescaling them by the
-box size, so that speed is relative to an object's size, hid the speeding: measured 0.60 stream AUC). An
+box size, so that speed is relative to an object's size, hid the speeding: about 0.60 in a prototype). An
 AMSRC-Net of that size is trained (``training.train``) on the training split's regions; a test frame's
 components are the largest over its regions (a frame with no moving region gets each component's training
 minimum), and both of ``amvad eval``'s protocols follow: per-clip min-max and the service's causal scorer
