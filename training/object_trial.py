@@ -13,7 +13,7 @@ minimum), and both of ``amvad eval``'s protocols follow: per-clip min-max and th
 
 Measured below the frame-level model (model card ``models/bundled/ped2-amsrc.md``), so the product scores
 whole frames; this module keeps the comparison reproducible:
-``python -m training.object_trial --data ../shared/datasets/ped2 --out runs/amsrc_objects``.
+``python -m training.object_trial --data <Ped2 root> --out runs/amsrc_objects`` (the command in the card).
 """
 
 from __future__ import annotations
