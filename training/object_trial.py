@@ -30,13 +30,13 @@ import torch
 from models.metadata import ComponentStats
 from models.registry import build_model
 from runtime.device import pick_device
-from runtime.scoring import StreamScorer, min_max_per_clip, training_scores
+from runtime.scoring import StreamScorer, min_max_per_clip
 from runtime.windows import scored_frames, window
 
 from .config import load_config
 from .data import ClipDataset, find_clips, load_labels
 from .metrics import roc_auc
-from .train import clip_components, load_split, train
+from .train import clip_components, load_split, score_stats, train
 
 CONFIG = Path(__file__).parent / "configs" / "ped2_amsrc.yaml"
 
@@ -129,13 +129,9 @@ def run(data: Path, out: Path, *, epochs: int = 6, regions: Regions = Regions(),
 
     scored = [regions_scored(f, o) for f, o in train_clips]
     floor = np.concatenate([c for c, _, _ in scored]).min(0)
-    train_frames = [frame_components(*r, floor) for r in scored]
-    allc = np.concatenate(train_frames)
-    weights = np.array(model.default_weights)
-    stats = [ComponentStats(name=n, weight=w, mean=float(m), std=max(float(d), 1e-6))
-             for n, w, m, d in zip(model.component_names, weights, allc.mean(0), allc.std(0))]
-    threshold = float(np.quantile(np.concatenate([training_scores(stats, c, cfg.score.smoothing)
-                                                  for c in train_frames]), cfg.score.threshold_quantile))
+    calibration = score_stats(model, [frame_components(*r, floor) for r in scored], cfg)
+    stats = [ComponentStats(**c) for c in calibration["components"]]
+    threshold, weights = calibration["threshold"], np.array([c.weight for c in stats])
     names, test_clips = load_split(cfg, full, cfg.data.test_split, device)
     labels = load_labels(data, cfg.data.test_split, find_clips(data, cfg.data.test_split),
                          [len(f) for f, _ in test_clips])

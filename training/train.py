@@ -69,9 +69,14 @@ def clip_components(model: AnomalyModel, ds: ClipDataset, device: torch.device,
 
 
 def calibrate(model: AnomalyModel, ds: ClipDataset, cfg: TrainConfig, device: torch.device) -> dict:
-    """Training-set statistics of each component and the default threshold: the configured quantile
-    of the causal training scores (no running updates, so the threshold does not chase itself)."""
-    per_clip = clip_components(model, ds, device)
+    """Training-set statistics of each component and the default threshold (see :func:`score_stats`)."""
+    return score_stats(model, clip_components(model, ds, device), cfg)
+
+
+def score_stats(model: AnomalyModel, per_clip: list[np.ndarray], cfg: TrainConfig) -> dict:
+    """Statistics of each component over normal clips' components ((N, K) per clip) and the default
+    threshold: the configured quantile of the causal scores (no running updates, so the threshold does
+    not chase itself)."""
     allc = np.concatenate(per_clip)
     weights = cfg.score.weights or list(model.default_weights)
     if len(weights) != len(model.component_names):
