@@ -25,6 +25,7 @@ def test_forward_and_score_shapes(model, clip):
     assert out["pred"].shape == (2, C, H, W)
     assert out["fea_frame"].shape == out["fea_flow"].shape == (2, 16, H // 8, W // 8)
     assert out["flow_rec"].shape == (2, 2, H, W) and out["app_speed"].shape == (2, 1, H, W)
+    assert out["pred_features"].shape == (2, C, H, W)
     comps = assert_score_outputs(model, *clip)
     assert comps.shape == (2, 3)
     assert bool((comps[:, 0] >= 0).all()) and bool((comps[:, 0] <= 1 + 1e-6).all())
@@ -32,8 +33,28 @@ def test_forward_and_score_shapes(model, clip):
 
 def test_losses_finite_and_backprop(model, clip):
     losses = model.losses(model(*clip), *clip)
-    assert_losses_backprop(losses, {"intensity", "gradient", "consistency", "flow", "app_speed"},
-                           model.frame_encoder, model.flow_encoder, model.flow_decoder, model.speed_decoder)
+    assert_losses_backprop(losses, {"intensity", "gradient", "consistency", "flow", "app_speed",
+                                    "feature_intensity", "feature_gradient"},
+                           model.frame_encoder, model.flow_encoder, model.flow_decoder, model.speed_decoder,
+                           model.feature_decoder, model.decoder)
+
+
+def test_features_learn_through_the_skipless_decoder_and_the_predictor_only_renders(model, clip):
+    """The scoring predictor's skips would carry the appearance around the frame feature, so its loss must not
+    reach the encoders; the skip-less decoder's loss (frame t from the fused feature alone) reaches both."""
+    def grads(names):
+        model.zero_grad()
+        losses = model.losses(model(*clip), *clip)
+        sum(losses[n] for n in names).backward()
+        return {m: any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in getattr(model, m).parameters())
+                for m in ("frame_encoder", "flow_encoder", "decoder", "feature_decoder")}
+    assert grads(["intensity", "gradient"]) == dict(frame_encoder=False, flow_encoder=False, decoder=True,
+                                                    feature_decoder=False)
+    assert grads(["feature_intensity", "feature_gradient"]) == dict(frame_encoder=True, flow_encoder=True,
+                                                                    decoder=False, feature_decoder=True)
+    model.eval()
+    out = model(*clip)
+    assert "pred_features" not in out and not {"feature_intensity", "feature_gradient"} & set(model.losses(out, *clip))
 
 
 def test_motion_feature_is_decoded_to_flow_in_training_and_appearance_to_speed_when_scoring(model, clip):
