@@ -116,6 +116,7 @@ class AMSRCNet(AnomalyModel):
         }
         if "flow_rec" in out:
             terms["flow"] = self.lambda_flow * (out["flow_rec"] - last_flow).abs().mean()
+        if "pred_features" in out:
             coarse = out["pred_features"]
             terms["feature_intensity"] = self.lambda_int * ((coarse - target) ** 2).mean()
             terms["feature_gradient"] = self.lambda_grad * gradient_loss(coarse, target)
