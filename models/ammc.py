@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from .contract import AnomalyModel, patch_max, shrink_mask
 from .flow import build_flow
-from .layers import BOTTLENECK_STRIDE, Decoder, Encoder, gradient_loss
+from .layers import BOTTLENECK_STRIDE, Decoder, Encoder, frame_losses
 
 
 class MemPool(nn.Module):
@@ -122,8 +122,7 @@ class AMMCNet(AnomalyModel):
                flows: torch.Tensor) -> dict[str, torch.Tensor]:
         pred, target = out["prediction"], out["target"]
         terms = {
-            "intensity": self.w_int * F.mse_loss(pred, target),
-            "gradient": self.w_grad * gradient_loss(pred, target),
+            **frame_losses(pred, target, self.w_int, self.w_grad),
             "flow_pred": self.w_flow_pred * F.smooth_l1_loss(out["pred_flow"], out["target_flow"]),
             "commit": self.w_commit * (self._commit_loss(out["z_app"], out["e_app"])
                                        + self._commit_loss(out["z_mot"], out["e_mot"])),

@@ -28,7 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from .contract import FLOW_SCALE, AnomalyModel, patch_max, shrink_mask
-from .layers import BOTTLENECK_STRIDE, Decoder, Encoder, gradient_loss
+from .layers import BOTTLENECK_STRIDE, Decoder, Encoder, frame_losses
 
 
 def inconsistency_map(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -109,17 +109,14 @@ class AMSRCNet(AnomalyModel):
         v = self.split(frames, flows)
         pred, target, last_flow = out["pred"], v["target"], v["last_flow"]
         terms = {
-            "intensity": self.lambda_int * ((pred - target) ** 2).mean(),
-            "gradient": self.lambda_grad * gradient_loss(pred, target),
+            **frame_losses(pred, target, self.lambda_int, self.lambda_grad),
             "consistency": self.lambda_sim * out["inconsistency"].mean(),
             "app_speed": self.lambda_flow * (out["app_speed"] - speed(last_flow)).abs().mean(),
         }
         if "flow_rec" in out:
             terms["flow"] = self.lambda_flow * (out["flow_rec"] - last_flow).abs().mean()
         if "pred_features" in out:
-            coarse = out["pred_features"]
-            terms["feature_intensity"] = self.lambda_int * ((coarse - target) ** 2).mean()
-            terms["feature_gradient"] = self.lambda_grad * gradient_loss(coarse, target)
+            terms.update(frame_losses(out["pred_features"], target, self.lambda_int, self.lambda_grad, "feature_"))
         return terms
 
     def score(self, frames: torch.Tensor, flows: torch.Tensor, mask: torch.Tensor | None = None

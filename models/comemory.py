@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .contract import FLOW_SCALE, AnomalyModel, patch_max
-from .layers import Decoder, Encoder, gradient_loss
+from .layers import Decoder, Encoder, frame_losses
 from .memory import Memory
 
 
@@ -80,8 +80,7 @@ class CoMemoryNet(AnomalyModel):
         v = self.split(frames, flows)
         pred, target = out["pred"], v["target"]
         terms = {
-            "intensity": self.lambda_int * ((pred - target) ** 2).mean(),
-            "gradient": self.lambda_grad * gradient_loss(pred, target),
+            **frame_losses(pred, target, self.lambda_int, self.lambda_grad),
             "flow": self.lambda_flow * (out["flow_pred"] - v["target_flow"]).abs().mean(),
         }
         if "compactness_app" in out:

@@ -76,6 +76,14 @@ class Decoder(nn.Module):
         return self.out_act(self.head(x))
 
 
+def frame_losses(pred: torch.Tensor, target: torch.Tensor, w_int: float, w_grad: float,
+                 prefix: str = "") -> dict[str, torch.Tensor]:
+    """The frame-prediction terms every method trains with: weighted MSE (``intensity``) and
+    gradient-difference (``gradient``) losses, their names prefixed by ``prefix``."""
+    return {f"{prefix}intensity": w_int * ((pred - target) ** 2).mean(),
+            f"{prefix}gradient": w_grad * gradient_loss(pred, target)}
+
+
 def gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Gradient-difference loss (Mathieu et al.): L1 between absolute image gradients."""
     def grads(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
