@@ -21,6 +21,7 @@ from runtime.scoring import DEFAULT_FORGET
 from .evidence import EventsConfig
 from .notify import NotifyConfig
 from .security import ALLOWED_SCHEMES, validate_url
+from .state import StatePaths
 
 CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
@@ -101,6 +102,11 @@ class LimitsConfig(BaseModel):
     max_jobs: int = Field(100, ge=1, description="finished clip jobs kept in memory")
     max_queued_jobs: int = Field(8, ge=1, description="clip jobs waiting or running at once; more get 429")
     max_model_mb: float = Field(50.0, gt=0, description="largest model upload (POST /v1/models)")
+    max_recordings: int = Field(4, ge=1, description="recordings being written at once; more get 429")
+    max_recordings_mb: float = Field(4000.0, gt=0, description="all recordings on disk together; a new "
+                                     "recording is refused (507) and a running one stops at this size")
+    max_webhooks: int = Field(32, ge=1, description="webhooks added through the API")
+    max_fit_jobs: int = Field(20, ge=1, description="finished fit jobs kept (records and work folders)")
 
 
 class ServiceSettings(BaseSettings):
@@ -124,6 +130,11 @@ class ServiceSettings(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     fit: FitConfig = Field(default_factory=FitConfig)
+
+    @property
+    def paths(self) -> StatePaths:
+        """Where everything under ``state_dir`` lives."""
+        return StatePaths(self.state_dir)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings: PydanticBaseSettingsSource,

@@ -1,0 +1,58 @@
+"""The state directory's layout, named once (as Frigate's ``const.py`` names its folders). Every part of
+the service that keeps files asks :class:`StatePaths` where they go."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """``<state_dir>/``: ``events.sqlite3`` (events), ``events/<camera>/`` (their clips and snapshots),
+    ``cameras/<camera>.json`` (running statistics), ``api_cameras.json``, ``webhooks.json``,
+    ``models/`` (registered models), ``recordings/<id>/``, ``fits/<job>/``, ``uploads/`` (clip files
+    while their job lives)."""
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def events_db(self) -> Path:
+        return self.root / "events.sqlite3"
+
+    def evidence(self, camera: str) -> Path:
+        """A camera's event clips and snapshots (kept after the camera is deleted)."""
+        return self.root / "events" / camera
+
+    @property
+    def evidence_root(self) -> Path:
+        return self.root / "events"
+
+    def camera_stats(self, camera: str) -> Path:
+        return self.root / "cameras" / f"{camera}.json"
+
+    @property
+    def api_cameras(self) -> Path:
+        return self.root / "api_cameras.json"
+
+    @property
+    def webhooks(self) -> Path:
+        return self.root / "webhooks.json"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def recordings(self) -> Path:
+        return self.root / "recordings"
+
+    @property
+    def fits(self) -> Path:
+        return self.root / "fits"
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
