@@ -44,3 +44,8 @@ class Unavailable(AmvadError, RuntimeError):
     """A dependency (the event database, the disk) fails right now; the request may work later."""
     status = 503
     retry_after_s = 5
+
+
+class StorageFull(AmvadError, OSError):
+    """The state directory has no room for what was asked (a bound of ours, or the disk itself)."""
+    status = 507
