@@ -7,10 +7,12 @@ one bike crossing is one event. Times are the frames' timestamps in seconds.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import dataclasses
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from .types import AnomalyEvent
 
 
 class EventConfig(BaseModel):
@@ -19,21 +21,6 @@ class EventConfig(BaseModel):
     hysteresis: float = Field(0.5, ge=0, description="an event ends below threshold - hysteresis")
     min_duration_s: float = Field(0.3, ge=0, description="shorter excursions are not events")
     cooldown_s: float = Field(2.0, ge=0, description="re-crossings within this gap extend the event")
-
-
-@dataclass
-class AnomalyEvent:
-    """One event; ``end`` is None while it is open."""
-    id: int
-    start: float
-    start_frame: int
-    peak_score: float
-    peak_frame: int
-    end: float | None = None
-    end_frame: int | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class EventTracker:
@@ -96,6 +83,12 @@ class EventTracker:
         self.open.end, self.open.end_frame = self._below_since
         self.open, self._below_since = None, None
         return "end"
+
+    def snapshot(self, change: str | None) -> AnomalyEvent | None:
+        """A copy of the event a frame belongs to: the open one, or (``change == "end"``) the one that
+        just ended; None between events."""
+        ev = self.open if self.open is not None else (self.events[-1] if change == "end" and self.events else None)
+        return None if ev is None else dataclasses.replace(ev)
 
     def finish(self, t: float, frame_id: int) -> None:
         """End of the stream: an event still open ends at the last frame."""

@@ -127,7 +127,7 @@ class Stream:
                 self.observer.observe(stage, seconds)
             self.observer.observe("score", time.perf_counter() - t0)
         return FrameResult(frame.frame_id, frame.timestamp, score, bool(score >= self.scorer.threshold), LIVE,
-                           components, out.heatmap, event)
+                           components, out.heatmap, event, self.events.snapshot(event))
 
 
 def results_in_order(stream: Stream, frames: Iterable[Frame]) -> Iterator[tuple[Frame, FrameResult]]:

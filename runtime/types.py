@@ -4,7 +4,7 @@ the inference engine, a stream and the service can all name these types without 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,6 +24,21 @@ class Frame:
     decode_s: float = 0.0
 
 
+@dataclass
+class AnomalyEvent:
+    """One anomaly event of a stream; ``end`` is None while it is open. Times are capture seconds."""
+    id: int
+    start: float
+    start_frame: int
+    peak_score: float
+    peak_frame: int
+    end: float | None = None
+    end_frame: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class FrameResult:
     """What one frame produced; ``heatmap`` (h, w) at model resolution; score, components and heatmap
@@ -36,6 +51,9 @@ class FrameResult:
     components: np.ndarray | None
     heatmap: np.ndarray | None
     event: str | None  # "start" / "end" when an anomaly event changed on this frame
+    # a copy of the event this frame belongs to (open, or ended on this frame), taken when the frame was
+    # scored: whoever publishes the result later reads it here, never the stream's tracker
+    event_record: AnomalyEvent | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 import av
 import numpy as np
 
+from .errors import Invalid
 from .redact import redact
 from .types import Frame
 
@@ -25,7 +26,7 @@ FRAME_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 FRAME_FOLDER_FPS = 10.0
 
 
-class DecodeError(ValueError):
+class DecodeError(Invalid):
     """A source that is not a readable video (names the source and what went wrong); ``reason`` is
     FFmpeg's own words without any path, for messages that must not show ours."""
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import av
 
 from runtime.engine import InferenceEngine
+from runtime.errors import Busy, NotFound, TooLarge
 from runtime.stream import Stream, results_in_order
 from runtime.video import DecodeError, ffmpeg_reason, iter_frames, open_source, stream_fps
 
@@ -28,15 +29,15 @@ MAX_HEATMAP_FRAMES = 2000
 log = logging.getLogger("amvad.clips")
 
 
-class ClipTooLarge(ValueError):
+class ClipTooLarge(TooLarge):
     """A clip over the size, duration or frame-count limits (HTTP 413)."""
 
 
-class UnknownJob(KeyError):
+class UnknownJob(NotFound, KeyError):
     """A clip job id that does not exist (HTTP 404)."""
 
 
-class QueueFull(RuntimeError):
+class QueueFull(Busy):
     """As many clip jobs as ``limits.max_queued_jobs`` are waiting or running (HTTP 429)."""
 
 
@@ -109,7 +110,7 @@ class ClipJobs:
     def __init__(self, engine: InferenceEngine, settings: ServiceSettings, metrics: Metrics) -> None:
         self.engine, self.settings, self.metrics = engine, settings, metrics
         self.jobs: OrderedDict[str, ClipJob] = OrderedDict()
-        self.upload_dir = settings.state_dir / "uploads"
+        self.upload_dir = settings.paths.uploads
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="clips")
         stale = sorted(self.upload_dir.glob("upload-*")) if self.upload_dir.is_dir() else []

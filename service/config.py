@@ -7,19 +7,19 @@ Environment wins over YAML (e.g. ``AMVAD_API_KEY``, ``AMVAD_MODEL``, ``AMVAD_POR
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from runtime.engine import EngineConfig
+from runtime.events import EventConfig
 from runtime.masks import check_polygons
 from runtime.redact import redact
 from runtime.scoring import DEFAULT_FORGET
 
-from .evidence import EventsConfig
-from .notify import NotifyConfig
 from .security import ALLOWED_SCHEMES, validate_url
 from .state import StatePaths
 
@@ -77,6 +77,8 @@ class IngestConfig(BaseModel):
     backoff_max_s: float = Field(10.0, gt=0)
     backoff_jitter: float = Field(0.25, ge=0, le=1, description="relative random spread of each wait")
     frame_queue: int = Field(8, ge=1, description="decoded frames waiting for inference (drop oldest)")
+    publish_queue: int = Field(32, ge=1, le=1000, description="scored frames waiting to be published; when "
+                               "publishing falls behind, inference waits and the frame queue drops its oldest")
     stats_save_s: float = Field(30.0, gt=0, description="how often running stats are saved")
 
 
@@ -109,6 +111,57 @@ class LimitsConfig(BaseModel):
     max_fit_jobs: int = Field(20, ge=1, description="finished fit jobs kept (records and work folders)")
 
 
+class CameraEventsConfig(EventConfig):
+    """The service's ``events:`` section: the rules that turn flags into events (runtime/events.py) and,
+    added here, the evidence each event keeps."""
+    model_config = ConfigDict(extra="forbid")
+    clips: bool = Field(True, description="write a clip and a snapshot for every event")
+    pre_roll_s: float = Field(5.0, ge=0, le=60, description="clip seconds before the event's start")
+    post_roll_s: float = Field(5.0, ge=0, le=60, description="clip seconds after the event's end")
+    max_clip_s: float = Field(300.0, gt=0, description="a longer event's clip stops here")
+    retain_days: float = Field(30.0, gt=0, description="evidence older than this is deleted")
+    max_storage_mb: float = Field(1000.0, gt=0, description="evidence per camera; the oldest goes first")
+
+
+class WebhookConfig(BaseModel):
+    """A receiver of event notifications: ``POST url`` with ``X-Amvad-Signature: sha256=<hex HMAC>``."""
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(max_length=2000, description="http:// or https:// receiver")
+    secret: SecretStr | None = Field(None, description="HMAC-SHA256 key of the signature header")
+    cameras: list[str] | None = Field(None, description="only these cameras; default all")
+    on: list[Literal["start", "end"]] = Field(default_factory=lambda: ["start", "end"], min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError("webhook url must be http:// or https:// with a host")
+        return url
+
+
+class MqttConfig(BaseModel):
+    """A broker to publish events, scores and Home Assistant discovery to. Several amvad instances on one
+    broker (shards) each need their own ``topic_prefix``: the availability topic is per prefix."""
+    model_config = ConfigDict(extra="forbid")
+    host: str
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    topic_prefix: str = Field("amvad", pattern=r"^[^#+\s]+$")
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[^#+\s]+$")
+    score_interval_s: float = Field(1.0, gt=0, description="at most one score message per camera this often")
+    keepalive_s: int = Field(30, ge=5)
+
+
+class NotifyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    mqtt: MqttConfig | None = None
+    public_url: str | None = Field(None, description="how receivers reach this service (snapshot and clip "
+                                   "links); default http://<host>:<port>")
+
+
 class ServiceSettings(BaseSettings):
     """Everything ``amvad serve`` needs."""
     model_config = SettingsConfigDict(env_prefix="AMVAD_", env_nested_delimiter="__", extra="forbid")
@@ -123,7 +176,7 @@ class ServiceSettings(BaseSettings):
                                    description="folders whose files may be cameras (file:// URLs); default the "
                                    "bundled samples and the working directory")
     cameras: list[CameraConfig] = Field(default_factory=list)
-    events: EventsConfig = Field(default_factory=EventsConfig)
+    events: CameraEventsConfig = Field(default_factory=CameraEventsConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     websocket: WebSocketConfig = Field(default_factory=WebSocketConfig)

@@ -1,13 +1,30 @@
 """Anomaly events of every camera in SQLite (``<state_dir>/events.sqlite3``): history, evidence files and
-operator feedback that survive restarts. Times are stored as Unix seconds and shown as ISO-8601 (UTC)."""
+operator feedback that survive restarts. Times are stored as Unix seconds and shown as ISO-8601 (UTC).
+
+Cameras never wait on SQLite. Their writes (an event opened or closed, evidence added or removed) go to a
+bounded outbox that one writer thread applies in order. While the database refuses (locked by another
+process, read-only, disk full) the writes wait there and are retried every ``RETRY_S``; a database that is
+no longer a database is moved aside and started afresh. Event ids are handed out in memory, so an event
+has its id (and its notification, clip and snapshot names) at once, whatever the database is doing; until
+its row is written :meth:`get` answers from memory. ``up``, ``pending`` and ``last_error`` say how the
+database is doing (metrics ``vad_event_store_up`` / ``vad_event_store_pending``).
+"""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from runtime.errors import Invalid, NotFound, Unavailable
+from runtime.types import AnomalyEvent
+
+log = logging.getLogger("amvad.events")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -23,15 +40,29 @@ CREATE TABLE IF NOT EXISTS events (
     feedback TEXT,
     clip TEXT,
     snapshot TEXT,
-    evidence_bytes INTEGER NOT NULL DEFAULT 0
+    evidence_bytes INTEGER NOT NULL DEFAULT 0,
+    note TEXT
 );
 CREATE INDEX IF NOT EXISTS events_camera_start ON events (camera, start);
 """
+COLUMNS = ("id", "camera", "model", "threshold", "start", "start_frame", "end", "end_frame", "peak_score",
+           "peak_frame", "feedback", "clip", "snapshot", "evidence_bytes", "note")
 FEEDBACK = ("normal", "anomaly")
+RETRY_S = 1.0        # how often a refused write is tried again
+BUSY_TIMEOUT_S = 2.0  # how long one statement waits for another process's lock
+MAX_ID = 2 ** 63 - 1
 
 
-class UnknownEvent(LookupError):
+class UnknownEvent(NotFound):
     """An event id that does not exist for that camera (HTTP 404)."""
+
+
+class BadFeedback(Invalid):
+    """A feedback label that is not one of ``FEEDBACK`` (HTTP 422)."""
+
+
+class StoreUnavailable(Unavailable):
+    """The event database cannot be read or written right now (HTTP 503)."""
 
 
 def iso(t: float | None) -> str | None:
@@ -49,53 +80,246 @@ def parse_time(value: str | None, name: str) -> float | None:
     return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
+def as_json(row: dict) -> dict:
+    """JSON shape of a row: ``start``/``end`` ISO-8601; ``start_ts``/``end_ts`` Unix seconds; ``duration_s``."""
+    d = dict(row)
+    d["start_ts"], d["end_ts"] = d["start"], d["end"]
+    d["start"], d["end"] = iso(d["start_ts"]), iso(d["end_ts"])
+    d["duration_s"] = None if d["end_ts"] is None else round(d["end_ts"] - d["start_ts"], 3)
+    return d
+
+
+def _is_broken(exc: sqlite3.Error) -> bool:
+    """A file that is no longer a usable database (as opposed to one that is busy, read-only or full)."""
+    msg = str(exc).lower()
+    return isinstance(exc, sqlite3.DatabaseError) and ("not a database" in msg or "malformed" in msg)
+
+
 class EventStore:
-    """Thread-safe: cameras' publish threads write, HTTP handlers read."""
+    """Thread-safe: cameras write through the outbox, HTTP handlers read (and set feedback) directly.
+    ``on_health(up, pending)`` is called whenever either changes (the service's metrics)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
+    def __init__(self, path: Path, *, max_pending: int = 10_000,
+                 on_health: Callable[[bool, int], None] | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_pending, self._on_health = max_pending, on_health
+        self.up, self.last_error, self.dropped = True, None, 0
+        self._lock = threading.Lock()        # the API connection
+        self._cv = threading.Condition()     # the outbox, the rows not yet written, the ids
+        self._outbox: deque[tuple[str, tuple]] = deque()
+        self._unwritten: dict[int, dict] = {}  # rows opened here whose latest state is not in the file yet
+        self._api = self._connect(repair=True)
+        self._bg = self._connect()
+        self._next_id = self._max_id() + 1
+        self._closing = False
+        self._writer = threading.Thread(target=self._write_loop, name="event-store", daemon=True)
+        self._writer.start()
+
+    # -- connections ---------------------------------------------------------------------------
+    def _connect(self, repair: bool = False) -> sqlite3.Connection:
+        try:
+            return self._open_db()
+        except sqlite3.Error as exc:
+            if not (repair and _is_broken(exc)):
+                raise
+            self._move_aside(exc)
+            return self._open_db()
+
+    def _open_db(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
+                             timeout=BUSY_TIMEOUT_S)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+            if "note" not in {r[1] for r in db.execute("PRAGMA table_info(events)")}:  # before issue 21
+                db.execute("ALTER TABLE events ADD COLUMN note TEXT")
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self, exc: sqlite3.Error) -> None:
+        """Keep a broken database for inspection and start an empty one in its place."""
+        aside = self.path.with_name(f"{self.path.name}.broken-{int(time.time())}")
+        log.error("event database %s is unusable (%s); moved to %s, starting a new one", self.path, exc, aside.name)
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                src.replace(Path(str(aside) + suffix))
+
+    def _max_id(self) -> int:
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(SCHEMA)
+            rows = self._api.execute("SELECT MAX(id) FROM events UNION ALL "
+                                     "SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchall()
+        return max([0, *(int(r[0]) for r in rows if r[0] is not None)])
 
-    def _run(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
-        with self._lock:
-            return self._db.execute(sql, args)
+    def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        try:
+            with self._lock:
+                return self._api.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the event database cannot be read right now: {exc}") from None
 
-    def open(self, *, camera: str, model: str, threshold: float, start: float, start_frame: int,
-             peak_score: float, peak_frame: int) -> int:
-        cur = self._run("INSERT INTO events (camera, model, threshold, start, start_frame, peak_score, peak_frame) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (camera, model, threshold, start, start_frame, peak_score,
-                                                         peak_frame))
-        return int(cur.lastrowid)
+    # -- camera writes (never block, never raise) -------------------------------------------------
+    def open(self, *, camera: str, model: str | None, threshold: float, event: AnomalyEvent) -> dict:
+        """Record a new event; returns its JSON shape with the id it got."""
+        with self._cv:
+            event_id, self._next_id = self._next_id, self._next_id + 1
+            row = {c: None for c in COLUMNS} | {
+                "id": event_id, "camera": camera, "model": model, "threshold": threshold, "start": event.start,
+                "start_frame": event.start_frame, "peak_score": event.peak_score, "peak_frame": event.peak_frame,
+                "evidence_bytes": 0}
+            self._unwritten[event_id] = row
+            self._enqueue("open", (dict(row),))
+        return as_json(row)
 
-    def close(self, event_id: int, *, end: float, end_frame: int, peak_score: float, peak_frame: int) -> None:
-        self._run("UPDATE events SET end = ?, end_frame = ?, peak_score = ?, peak_frame = ? WHERE id = ?",
-                  (end, end_frame, peak_score, peak_frame, event_id))
+    def close(self, event_id: int, event: AnomalyEvent, note: str | None = None) -> dict | None:
+        """Record the end of an event; returns its JSON shape when this process opened it."""
+        end = event.end if event.end is not None else event.start
+        end_frame = event.end_frame if event.end_frame is not None else event.start_frame
+        with self._cv:
+            row = self._unwritten.get(event_id)
+            if row is not None:
+                row.update(end=end, end_frame=end_frame, peak_score=event.peak_score, peak_frame=event.peak_frame,
+                           note=note)
+            self._enqueue("close", (event_id, end, end_frame, event.peak_score, event.peak_frame, note))
+            return None if row is None else as_json(row)
 
     def set_evidence(self, event_id: int, *, clip: str | None = None, snapshot: str | None = None,
                      add_bytes: int = 0) -> None:
-        self._run("UPDATE events SET clip = COALESCE(?, clip), snapshot = COALESCE(?, snapshot), "
-                  "evidence_bytes = evidence_bytes + ? WHERE id = ?", (clip, snapshot, add_bytes, event_id))
+        with self._cv:
+            row = self._unwritten.get(event_id)
+            if row is not None:
+                row.update(clip=clip or row["clip"], snapshot=snapshot or row["snapshot"],
+                           evidence_bytes=row["evidence_bytes"] + add_bytes)
+            self._enqueue("evidence", (clip, snapshot, add_bytes, event_id))
 
     def drop_evidence(self, event_id: int) -> None:
-        self._run("UPDATE events SET clip = NULL, snapshot = NULL, evidence_bytes = 0 WHERE id = ?", (event_id,))
+        with self._cv:
+            self._enqueue("drop_evidence", (event_id,))
 
+    def _enqueue(self, op: str, args: tuple) -> None:
+        """Under ``_cv``. A full outbox loses its oldest write (counted, logged): memory stays bounded."""
+        if len(self._outbox) >= self.max_pending:
+            lost = self._outbox.popleft()
+            self.dropped += 1
+            log.error("event database outbox full (%d writes); dropped the oldest (%s)", self.max_pending, lost[0])
+        self._outbox.append((op, args))
+        self._cv.notify_all()
+
+    # -- the writer thread ------------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._outbox and not self._closing:
+                    self._cv.wait()
+                if not self._outbox:
+                    return
+                op, args = self._outbox[0]
+            try:
+                self._apply(op, args)
+            except sqlite3.Error as exc:
+                self._failed(exc)
+                with self._cv:
+                    if self._closing:  # close_db already waited for the database; what is left is lost
+                        return
+                    self._cv.wait(RETRY_S)
+                continue
+            except Exception:  # a bug must not stop every later write: log it and move on
+                log.exception("event database write %s failed; skipped", op)
+            with self._cv:
+                if self._outbox and self._outbox[0][1] is args:
+                    self._outbox.popleft()
+                self._forget_written(op, args)
+                recovered = not self.up
+                self.up, pending = True, len(self._outbox)
+            if recovered:
+                log.warning("event database writable again; %d write(s) still to apply", pending)
+            self._report()
+
+    def _apply(self, op: str, args: tuple) -> None:
+        db = self._bg
+        if op == "open":
+            row = args[0]
+            db.execute(f"INSERT OR IGNORE INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                       tuple(row[c] for c in COLUMNS))
+        elif op == "close":
+            db.execute("UPDATE events SET end = ?, end_frame = ?, peak_score = ?, peak_frame = ?, "
+                       "note = COALESCE(?, note) WHERE id = ?", (*args[1:], args[0]))
+        elif op == "evidence":
+            db.execute("UPDATE events SET clip = COALESCE(?, clip), snapshot = COALESCE(?, snapshot), "
+                       "evidence_bytes = evidence_bytes + ? WHERE id = ?", args)
+        elif op == "drop_evidence":
+            db.execute("UPDATE events SET clip = NULL, snapshot = NULL, evidence_bytes = 0 WHERE id = ?", args)
+
+    def _forget_written(self, op: str, args: tuple) -> None:
+        """Under ``_cv``: a closed event whose every write is in the file is no longer kept in memory."""
+        event_id = args[0] if op == "close" else None
+        if event_id is not None and not any(o == "close" and a[0] == event_id for o, a in self._outbox):
+            self._unwritten.pop(event_id, None)
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        first = self.up
+        self.up, self.last_error = False, f"{type(exc).__name__}: {exc}"
+        if first:
+            log.error("event database refuses writes (%s); %d kept in memory and retried every %.0f s",
+                      self.last_error, len(self._outbox), RETRY_S)
+        if _is_broken(exc):
+            self._reconnect_fresh(exc)
+        self._report()
+
+    def _reconnect_fresh(self, exc: sqlite3.Error) -> None:
+        self._bg.close()
+        with self._lock:
+            self._api.close()
+            self._move_aside(exc)
+            self._api = self._open_db()
+        self._bg = self._open_db()
+        with self._cv:  # the rows of this process's open events go back in, so their updates apply
+            for row in self._unwritten.values():
+                self._outbox.appendleft(("open", (dict(row),)))
+
+    def _report(self) -> None:
+        if self._on_health is not None:
+            self._on_health(self.up, len(self._outbox))
+
+    @property
+    def pending(self) -> int:
+        return len(self._outbox)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued write is in the file (True) or ``timeout`` passes (False)."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._outbox and time.monotonic() < deadline:
+                self._cv.wait(0.05)
+            return not self._outbox
+
+    # -- reads and operator writes (HTTP handlers) ---------------------------------------------
     def set_feedback(self, camera: str, event_id: int, label: str) -> dict:
         if label not in FEEDBACK:
-            raise ValueError(f"label must be one of {list(FEEDBACK)}, got {label!r}")
+            raise BadFeedback(f"label must be one of {list(FEEDBACK)}, got {label!r}")
         self.get(camera, event_id)
-        self._run("UPDATE events SET feedback = ? WHERE id = ?", (label, event_id))
+        try:
+            with self._lock:
+                self._api.execute("UPDATE events SET feedback = ? WHERE id = ?", (label, event_id))
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the event database cannot be written right now: {exc}") from None
         return self.get(camera, event_id)
 
     def get(self, camera: str, event_id: int) -> dict:
-        row = self._run("SELECT * FROM events WHERE id = ? AND camera = ?", (event_id, camera)).fetchone()
-        if row is None:
+        if not 0 < event_id <= MAX_ID:
             raise UnknownEvent(f"camera {camera!r} has no event {event_id}")
-        return self._dict(row)
+        with self._cv:
+            row = self._unwritten.get(event_id)
+            if row is not None and row["camera"] == camera:
+                return as_json(row)
+        rows = self._read("SELECT * FROM events WHERE id = ? AND camera = ?", (event_id, camera))
+        if not rows:
+            raise UnknownEvent(f"camera {camera!r} has no event {event_id}")
+        return as_json(dict(rows[0]))
 
     def query(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
               limit: int = 100, feedback: str | None = None) -> list[dict]:
@@ -107,28 +331,34 @@ class EventStore:
                 where.append(cond)
                 args.append(value)
         sql = "SELECT * FROM events" + (" WHERE " + " AND ".join(where) if where else "")
-        rows = self._run(sql + " ORDER BY start DESC, id DESC LIMIT ?", (*args, limit)).fetchall()
-        return [self._dict(r) for r in rows]
+        rows = self._read(sql + " ORDER BY start DESC, id DESC LIMIT ?", (*args, limit))
+        return [as_json(dict(r)) for r in rows]
 
     def with_evidence(self, camera: str) -> list[dict]:
         """The camera's events that still have evidence files, oldest first (what retention removes)."""
-        rows = self._run("SELECT * FROM events WHERE camera = ? AND evidence_bytes > 0 AND end IS NOT NULL "
-                         "ORDER BY start", (camera,)).fetchall()
-        return [self._dict(r) for r in rows]
+        rows = self._read("SELECT * FROM events WHERE camera = ? AND evidence_bytes > 0 AND end IS NOT NULL "
+                          "ORDER BY start", (camera,))
+        return [as_json(dict(r)) for r in rows]
 
     def evidence_bytes(self, camera: str) -> int:
-        row = self._run("SELECT COALESCE(SUM(evidence_bytes), 0) FROM events WHERE camera = ?", (camera,)).fetchone()
-        return int(row[0])
+        return int(self._read("SELECT COALESCE(SUM(evidence_bytes), 0) FROM events WHERE camera = ?", (camera,))[0][0])
 
-    def close_db(self) -> None:
+    def interrupted(self) -> list[dict]:
+        """Events left open by a service that stopped without closing them (kill -9, power cut)."""
+        with self._cv:
+            mine = set(self._unwritten)
+        rows = self._read("SELECT * FROM events WHERE end IS NULL ORDER BY id")
+        return [as_json(dict(r)) for r in rows if r["id"] not in mine]
+
+    def close_db(self, timeout: float = 5.0) -> None:
+        """Write what is queued (for at most ``timeout`` s; what is left is logged as lost), then close."""
+        if not self.flush(timeout):
+            log.error("event database: %d write(s) could not be applied before stopping (%s)", self.pending,
+                      self.last_error)
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        self._writer.join(RETRY_S + BUSY_TIMEOUT_S + 1)
         with self._lock:
-            self._db.close()
-
-    @staticmethod
-    def _dict(row: sqlite3.Row) -> dict:
-        """JSON shape: ``start``/``end`` ISO-8601; ``start_ts``/``end_ts`` Unix seconds; ``duration_s``."""
-        d = dict(row)
-        d["start_ts"], d["end_ts"] = d["start"], d["end"]
-        d["start"], d["end"] = iso(d["start_ts"]), iso(d["end_ts"])
-        d["duration_s"] = None if d["end_ts"] is None else round(d["end_ts"] - d["start_ts"], 3)
-        return d
+            self._api.close()
+        self._bg.close()

@@ -21,33 +21,17 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-from pydantic import ConfigDict, Field
 
-from runtime.events import EventConfig
-from runtime.types import Frame
+from runtime.types import AnomalyEvent, Frame
 
-from .event_store import EventStore
+from .config import CameraEventsConfig
+from .event_store import EventStore, UnknownEvent
+from .h264 import playable_frames
 from .heatmap import HeatScale
 
 log = logging.getLogger("amvad.evidence")
 MAX_WIDTH = 640  # evidence frames are kept and written at most this wide
 RAISE_LATENCY_S = 3.0  # ample room for capture -> flow -> model -> score before an event is raised
-
-
-class EventsConfig(EventConfig):
-    """The service's ``events:`` section: how flags become events (runtime/events.py) and their evidence."""
-    model_config = ConfigDict(extra="forbid")
-    clips: bool = Field(True, description="write a clip and a snapshot for every event")
-    pre_roll_s: float = Field(5.0, ge=0, le=60, description="clip seconds before the event's start")
-    post_roll_s: float = Field(5.0, ge=0, le=60, description="clip seconds after the event's end")
-    max_clip_s: float = Field(300.0, gt=0, description="a longer event's clip stops here")
-    retain_days: float = Field(30.0, gt=0, description="evidence older than this is deleted")
-    max_storage_mb: float = Field(1000.0, gt=0, description="evidence per camera; the oldest goes first")
-
-
-def evidence_folder(state_dir: Path, camera: str) -> Path:
-    """Where a camera's event clips and snapshots are kept (also after the camera is deleted)."""
-    return Path(state_dir) / "events" / camera
 
 
 def shrink(pixels: np.ndarray) -> np.ndarray:
@@ -121,7 +105,7 @@ class ClipWriter(threading.Thread):
 class EventEvidence:
     """One camera's evidence: the pre-roll ring, the clips being written, the peak frame of the open event."""
 
-    def __init__(self, camera: str, folder: Path, store: EventStore, cfg: EventsConfig, on_bytes) -> None:
+    def __init__(self, camera: str, folder: Path, store: EventStore, cfg: CameraEventsConfig, on_bytes) -> None:
         self.camera, self.folder, self.store, self.cfg, self._on_bytes = camera, folder, store, cfg, on_bytes
         self._ring: deque[tuple[float, np.ndarray]] = deque()
         self._writers: dict[int, ClipWriter] = {}
@@ -177,12 +161,16 @@ class EventEvidence:
         self._peak = None
 
     def _clip_done(self, event_id: int, writer: ClipWriter, frames: int) -> None:
+        """The clip's thread, at its end: record the clip, then keep the camera's evidence within bounds."""
         with self._lock:
             self._writers.pop(event_id, None)
-        if frames:
-            self.store.set_evidence(event_id, clip=writer.path.name, add_bytes=writer.path.stat().st_size)
-        self.enforce_retention()
-        self._on_bytes()
+        try:
+            if frames:
+                self.store.set_evidence(event_id, clip=writer.path.name, add_bytes=writer.path.stat().st_size)
+            self.enforce_retention()
+            self._on_bytes()
+        except Exception as exc:  # the database or the disk is failing: retention runs again after the next clip
+            log.warning("camera %s: evidence bookkeeping of event %d deferred: %s", self.camera, event_id, exc)
 
     def enforce_retention(self) -> None:
         """Oldest evidence first: past ``retain_days``, then while over ``max_storage_mb``."""
@@ -209,3 +197,31 @@ class EventEvidence:
             w.until = 0.0
         for w in writers:
             w.join(5)
+
+
+def repair_evidence(store: EventStore, root: Path) -> dict[str, int]:
+    """At start-up, after a stop that was not clean (kill -9, power cut, a full disk): close the events
+    left open, give the database the evidence files it never learned of (a clip only if it plays, else it
+    is removed), and remove files of events the database does not know. ``root`` holds one folder per
+    camera. Returns counts of what it did, for the log."""
+    done = {"closed": 0, "attached": 0, "removed": 0}
+    for event in store.interrupted():
+        clip = root / event["camera"] / f"{event['id']}.mp4"
+        end = max(event["start_ts"], clip.stat().st_mtime) if clip.is_file() else event["start_ts"]
+        store.close(event["id"], AnomalyEvent(event["id"], event["start_ts"], event["start_frame"], event["peak_score"],
+                                              event["peak_frame"], end, event["peak_frame"]),
+                    note="interrupted: the service stopped while the event was open")
+        done["closed"] += 1
+    for path in sorted(root.glob("*/*")) if root.is_dir() else []:
+        camera, stem, kind = path.parent.name, path.stem, {".mp4": "clip", ".jpg": "snapshot"}.get(path.suffix)
+        try:
+            event = store.get(camera, int(stem)) if stem.isdigit() and kind else None
+        except UnknownEvent:
+            event = None
+        if event is None or (kind == "clip" and event["clip"] is None and not playable_frames(path)):
+            path.unlink(missing_ok=True)
+            done["removed"] += 1
+        elif event[kind] is None:
+            store.set_evidence(event["id"], add_bytes=path.stat().st_size, **{kind: path.name})
+            done["attached"] += 1
+    return done

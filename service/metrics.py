@@ -39,6 +39,13 @@ class Metrics:
                                      ["channel", "result"], registry=r)
         self.evidence_bytes = Gauge("vad_event_storage_bytes", "Bytes of event clips and snapshots kept",
                                     ["camera"], registry=r)
+        self.sink_errors = Counter("vad_sink_errors_total", "Failures of one of a camera's result sinks (events, "
+                                   "evidence, notify, websocket, stats, ...) or frame taps; the camera goes on",
+                                   ["camera", "sink"], registry=r)
+        self.store_up = Gauge("vad_event_store_up", "1 while the event database accepts writes", registry=r)
+        self.store_pending = Gauge("vad_event_store_pending", "Event writes waiting for the database", registry=r)
+        self.store_up.set(1)
+        self._failed_sinks: dict[str, set[str]] = {}
         self._per_camera = (self.score, self.frames, self.up, self.reconnects, self.since_last,
                             self.events, self.ws_clients, self.threshold)
 
@@ -82,6 +89,17 @@ class Metrics:
         for reason in ("queue_full", "ws_slow_client"):
             with contextlib.suppress(KeyError):
                 self.dropped.remove(camera, reason)
+        for sink in self._failed_sinks.pop(camera, set()):
+            with contextlib.suppress(KeyError):
+                self.sink_errors.remove(camera, sink)
+
+    def sink_error(self, camera: str, sink: str) -> None:
+        self._failed_sinks.setdefault(camera, set()).add(sink)
+        self.sink_errors.labels(camera, sink).inc()
+
+    def store_health(self, up: bool, pending: int) -> None:
+        self.store_up.set(int(up))
+        self.store_pending.set(pending)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,57 +17,17 @@ import queue
 import socket
 import threading
 import time
-from typing import Literal
-from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from runtime.redact import redact
 
+from .config import MqttConfig, NotifyConfig, WebhookConfig
 from .metrics import Metrics
 
 log = logging.getLogger("amvad.notify")
 BACKOFF_S = (0.25, 0.5, 1.0, 2.0, 4.0)  # waits between the attempts of one webhook delivery
-
-
-class WebhookConfig(BaseModel):
-    """A receiver of event notifications: ``POST url`` with ``X-Amvad-Signature: sha256=<hex HMAC>``."""
-    model_config = ConfigDict(extra="forbid")
-    url: str = Field(max_length=2000, description="http:// or https:// receiver")
-    secret: SecretStr | None = Field(None, description="HMAC-SHA256 key of the signature header")
-    cameras: list[str] | None = Field(None, description="only these cameras; default all")
-    on: list[Literal["start", "end"]] = Field(default_factory=lambda: ["start", "end"], min_length=1)
-
-    @field_validator("url")
-    @classmethod
-    def _http_only(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise ValueError("webhook url must be http:// or https:// with a host")
-        return url
-
-
-class MqttConfig(BaseModel):
-    """A broker to publish events, scores and Home Assistant discovery to. Several amvad instances on one
-    broker (shards) each need their own ``topic_prefix``: the availability topic is per prefix."""
-    model_config = ConfigDict(extra="forbid")
-    host: str
-    port: int = Field(1883, ge=1, le=65535)
-    username: str | None = None
-    password: SecretStr | None = None
-    topic_prefix: str = Field("amvad", pattern=r"^[^#+\s]+$")
-    discovery_prefix: str = Field("homeassistant", pattern=r"^[^#+\s]+$")
-    score_interval_s: float = Field(1.0, gt=0, description="at most one score message per camera this often")
-    keepalive_s: int = Field(30, ge=5)
-
-
-class NotifyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    webhooks: list[WebhookConfig] = Field(default_factory=list)
-    mqtt: MqttConfig | None = None
-    public_url: str | None = Field(None, description="how receivers reach this service (snapshot and clip "
-                                   "links); default http://<host>:<port>")
+MAX_QUEUED = 1000  # MQTT messages (events) held for a broker that is away; more are refused (counted)
 
 
 def signature(body: bytes, secret: str) -> str:
@@ -139,6 +99,7 @@ class MqttPublisher:
         self.client.will_set(self.availability, "offline", qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.reconnect_delay_set(1, 30)
+        self.client.max_queued_messages_set(MAX_QUEUED)  # events kept for a broker that is away, bounded
         self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
         self.client.loop_start()
 
@@ -152,8 +113,8 @@ class MqttPublisher:
         for camera in cameras:
             self._discovery(camera)
 
-    def _publish(self, topic: str, payload: str, retain: bool = False) -> None:
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
+    def _publish(self, topic: str, payload: str, retain: bool = False, qos: int = 1) -> None:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
         self.metrics.notifications.labels("mqtt", "ok" if info.rc == 0 else "failed").inc()
 
     def _discovery(self, camera: str) -> None:
@@ -179,12 +140,17 @@ class MqttPublisher:
         self._publish(f"{self.cfg.topic_prefix}/{camera}/anomaly", "ON" if kind == "start" else "OFF", retain=True)
 
     def score(self, camera: str, score: float, anomaly: bool, threshold: float) -> None:
+        """Scores are only worth having now: while the broker is away they are dropped (counted), never
+        queued, so a broker that comes back gets the current score, not minutes of old ones."""
         now = time.monotonic()
         if now - self._last_score.get(camera, -1e9) < self.cfg.score_interval_s:
             return
         self._last_score[camera] = now
+        if not self.client.is_connected():
+            self.metrics.notifications.labels("mqtt", "dropped").inc()
+            return
         self._publish(f"{self.cfg.topic_prefix}/{camera}/score", json.dumps(
-            {"score": round(score, 4), "anomaly": anomaly, "threshold": threshold, "time": time.time()}))
+            {"score": round(score, 4), "anomaly": anomaly, "threshold": threshold, "time": time.time()}), qos=0)
 
     def stop(self) -> None:
         self._publish(self.availability, "offline", retain=True)

@@ -6,12 +6,13 @@ import logging
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from runtime.errors import Invalid
 from runtime.redact import redact
 
 ALLOWED_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
 
 
-class UrlError(ValueError):
+class UrlError(Invalid):
     """A camera URL that is malformed or uses a scheme outside the allow-list (never quotes the URL)."""
 
 

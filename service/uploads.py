@@ -11,16 +11,18 @@ from pathlib import Path
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from runtime.errors import BadRequest, TooLarge
+
 # Multipart framing and the other (small) form fields allowed beside the file.
 BODY_OVERHEAD = 2 ** 16
 FILE_FIELD = "file"
 
 
-class UploadTooLarge(ValueError):
+class UploadTooLarge(TooLarge):
     """More bytes than the upload limit (HTTP 413)."""
 
 
-class BadUpload(ValueError):
+class BadUpload(BadRequest):
     """A request that is not a multipart form with a ``file`` field (HTTP 400)."""
 
 

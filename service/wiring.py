@@ -9,11 +9,11 @@ import logging
 from runtime.engine import InferenceEngine
 from runtime.redact import redact
 
-from .camera_manager import CameraManager
-from .camera_store import CameraStore
+from .cameras import CameraManager, CameraStore
 from .clips import ClipJobs
 from .config import ServiceSettings
 from .event_store import EventStore
+from .evidence import repair_evidence
 from .fit_jobs import FitJobs
 from .metrics import Metrics
 from .model_registry import ModelRegistry
@@ -34,8 +34,12 @@ class Services:
         self.models = ModelRegistry(settings.state_dir, settings.model)
         self.notifier: Notifier | None = None
         self.webhooks: ApiWebhooks | None = None
-        self.recordings = Recordings(settings.state_dir)
-        self.events = EventStore(settings.state_dir / "events.sqlite3")
+        self.recordings = Recordings(settings.paths, settings.limits)
+        self.events = EventStore(settings.paths.events_db, on_health=self.metrics.store_health)
+        repaired = repair_evidence(self.events, settings.paths.evidence_root)
+        if any(repaired.values()):
+            log.warning("after an unclean stop: %(closed)d event(s) closed, %(attached)d evidence file(s) "
+                        "attached, %(removed)d removed", repaired)
         self.fits = FitJobs(settings, self.models, self.recordings, self.events)
         self.engine: InferenceEngine | None = None
         self.clips: ClipJobs | None = None
@@ -52,8 +56,8 @@ class Services:
         engine = self.engine = InferenceEngine(self.models.path(None), s.engine, self.metrics)
         self.clips = ClipJobs(engine, s, self.metrics)
         self.notifier = Notifier(s.notify, self.metrics, f"http://{s.host}:{s.port}")
-        self.webhooks = ApiWebhooks(s.state_dir, self.notifier)
-        cameras = CameraManager(engine, s, self.metrics, CameraStore(s.state_dir), self.models, self.events,
+        self.webhooks = ApiWebhooks(s.paths, self.notifier, s.limits)
+        cameras = CameraManager(engine, s, self.metrics, CameraStore(s.paths.api_cameras), self.models, self.events,
                                 self.notifier)
         for cfg in s.cameras:
             cameras.add(cfg)

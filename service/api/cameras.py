@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response, WebSocke
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from ..camera_manager import UnknownCamera
+from ..cameras import UnknownCamera
 from ..config import CameraConfig, CameraPatch
 from ..wiring import Services
 from .deps import WS_PROTOCOL, key_ok, ready, require_key
@@ -53,6 +53,8 @@ class CalibrateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seconds: float = Field(60.0, ge=5, le=600, description="how much live footage, vouched normal, to score")
     false_alarms_per_hour: float = Field(1.0, gt=0, description="the rate the threshold is set for")
+    allow_below_training: bool = Field(False, description="let the threshold go below the model's training "
+                                       "quantile (only with enough footage to trust the rate)")
 
 
 @router.post("/{camera_id}/recordings", status_code=201, summary="record the camera's frames (H.264) for a fit")
@@ -70,8 +72,10 @@ def camera_recordings(camera_id: str, svc: Services = Depends(ready)) -> list[di
 @router.post("/{camera_id}/calibrate", summary="set the threshold from live footage the operator vouches is normal")
 async def calibrate_camera(camera_id: str, req: CalibrateRequest, svc: Services = Depends(ready)) -> dict:
     """Waits ``seconds`` while the camera's frames are scored, then sets its threshold for the target
-    false-alarm rate on that footage (stored like a PATCH)."""
-    return await run_in_threadpool(svc.cameras.calibrate, camera_id, req.seconds, req.false_alarms_per_hour)
+    false-alarm rate on that footage (stored like a PATCH), never below the model's training quantile
+    unless ``allow_below_training``; the answer says how much footage was used and whether it was floored."""
+    return await run_in_threadpool(svc.cameras.calibrate, camera_id, req.seconds, req.false_alarms_per_hour,
+                                   req.allow_below_training)
 
 
 @router.delete("/{camera_id}", summary="stop and remove a camera (also after a restart)")

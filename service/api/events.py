@@ -9,9 +9,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict
 
-from ..camera_manager import UnknownCamera
+from ..cameras import UnknownCamera
 from ..event_store import parse_time
-from ..evidence import evidence_folder
 from ..wiring import Services
 from .deps import ready, require_key
 
@@ -60,7 +59,7 @@ def evidence_file(svc: Services, camera_id: str, event_id: int, kind: str):
     if evidence is not None and kind == "clip" and evidence.writing(event_id):
         raise HTTPException(409, f"the clip of event {event_id} is still being written (post-roll)")
     name = event["clip" if kind == "clip" else "snapshot"]
-    path = evidence_folder(svc.settings.state_dir, camera_id) / name if name else None
+    path = svc.settings.paths.evidence(camera_id) / name if name else None
     if path is None or not path.is_file():
         raise HTTPException(404, f"event {event_id} of camera {camera_id} has no {kind} (evidence off, not "
                                  f"written, or removed by retention)")

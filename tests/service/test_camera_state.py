@@ -12,7 +12,8 @@ import pytest
 
 from runtime.engine import EngineConfig, InferenceEngine
 from runtime.types import Frame
-from service.cameras import Camera, FrameQueue
+from service.cameras import Camera
+from service.cameras.source import FrameQueue
 from service.config import CameraConfig, ServiceSettings
 from service.metrics import Metrics
 

@@ -6,15 +6,17 @@ import time
 
 import pytest
 
+from runtime.types import AnomalyEvent
+from service.config import CameraEventsConfig
 from service.event_store import EventStore, UnknownEvent, parse_time
-from service.evidence import EventEvidence, EventsConfig
+from service.evidence import EventEvidence
 
 
 def add_event(store: EventStore, camera: str, start: float, end: float | None = None) -> int:
-    eid = store.open(camera=camera, model="ped2", threshold=1.5, start=start, start_frame=10, peak_score=2.0,
-                     peak_frame=12)
+    eid = store.open(camera=camera, model="ped2", threshold=1.5, event=AnomalyEvent(0, start, 10, 2.0, 12))["id"]
     if end is not None:
-        store.close(eid, end=end, end_frame=30, peak_score=3.5, peak_frame=20)
+        store.close(eid, AnomalyEvent(eid, start, 10, 3.5, 20, end, 30))
+    assert store.flush(10)
     return eid
 
 
@@ -53,8 +55,10 @@ def test_retention_removes_the_oldest_evidence_first(tmp_path):
         (folder / f"{eid}.mp4").write_bytes(b"x" * 400_000)
         store.set_evidence(eid, clip=f"{eid}.mp4", add_bytes=400_000)
         ids.append(eid)
-    evidence = EventEvidence("gate", folder, store, EventsConfig(retain_days=30, max_storage_mb=1.0), lambda: None)
+    assert store.flush(10)
+    evidence = EventEvidence("gate", folder, store, CameraEventsConfig(retain_days=30, max_storage_mb=1.0), lambda: None)
     evidence.enforce_retention()
+    assert store.flush(10)
     # the 40-day-old clip goes for its age, the 3-day-old one for space (1 MB for 3 x 0.4 MB)
     kept = [eid for eid in ids if (folder / f"{eid}.mp4").exists()]
     assert kept == ids[2:] and store.evidence_bytes("gate") == 800_000

@@ -16,21 +16,23 @@ from pydantic import ValidationError
 
 from runtime.files import write_atomic
 
-from .config import CameraConfig
+from runtime.errors import AmvadError
+
+from ..config import CameraConfig
 
 log = logging.getLogger("amvad.cameras")
-FILE_NAME = "api_cameras.json"
 
 
-class CameraStoreError(OSError):
-    """The camera list could not be written (HTTP 500; the camera is not added)."""
+class CameraStoreError(AmvadError, OSError):
+    """The camera list could not be written (HTTP 507; the camera is not added or not changed)."""
+    status = 507
 
 
 class CameraStore:
     """Id -> camera config of the API-added cameras, mirrored to a 0600 JSON file on every change."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.path = Path(state_dir) / FILE_NAME
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
         self._cameras: dict[str, CameraConfig] = {}
         self._lock = threading.Lock()
 

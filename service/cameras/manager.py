@@ -11,31 +11,42 @@ import numpy as np
 
 from runtime.calibration import events_per_hour, pick_threshold
 from runtime.engine import InferenceEngine
+from runtime.errors import Conflict, Invalid, NotFound
 from runtime.exported_model import ExportedModel, file_sha256
 from runtime.video import file_path, is_file_source
 
-from .camera_store import CameraStore
-from .cameras import Camera, CameraNotLive
-from .config import CameraConfig, CameraPatch, ServiceSettings
-from .event_store import EventStore
-from .metrics import Metrics
-from .model_registry import ModelConflict, ModelRegistry, UnknownModel
-from .notify import Notifier
-from .security import UrlError, check_media_path
+from ..config import CameraConfig, CameraPatch, ServiceSettings
+from ..event_store import EventStore
+from ..metrics import Metrics
+from ..model_registry import ModelConflict, ModelRegistry, UnknownModel
+from ..notify import Notifier
+from ..security import UrlError, check_media_path
+from .camera import Camera, CameraNotLive
+from .store import CameraStore
 
 log = logging.getLogger("amvad.cameras")
 
 
-class CameraModelError(ValueError):
+MIN_CALIBRATION_FRAMES = 10
+
+
+class CameraModelError(Invalid):
     """A camera that names a model the service does not have (HTTP 422)."""
 
 
-class UnknownCamera(KeyError):
+class UnknownCamera(NotFound, KeyError):
     """A camera id that does not exist (HTTP 404)."""
 
 
-class DuplicateCamera(ValueError):
+class DuplicateCamera(Conflict, ValueError):
     """A camera id that is already in use (HTTP 409)."""
+
+
+def training_floor(model: ExportedModel) -> float:
+    """The lowest threshold calibration may set without an override: the training scores' quantile the
+    model was exported with (a fitted model records it; for the others it is the model's threshold)."""
+    meta = model.meta
+    return float(meta.training.get("fit", {}).get("training_quantile_threshold", meta.threshold))
 
 
 class CameraManager:
@@ -141,20 +152,28 @@ class CameraManager:
                 self.store.put(cam.cfg)
         return cam
 
-    def calibrate(self, camera_id: str, seconds: float, false_alarms_per_hour: float) -> dict:
+    def calibrate(self, camera_id: str, seconds: float, false_alarms_per_hour: float,
+                  allow_below_training: bool = False) -> dict:
         """Score ``seconds`` of live footage the operator vouches is normal and set the camera's threshold
-        to the lowest at which that footage raises at most ``false_alarms_per_hour`` events per hour."""
+        to the lowest at which that footage raises at most ``false_alarms_per_hour`` events per hour; never
+        below the model's training quantile (:func:`training_floor`) unless ``allow_below_training``.
+        A few seconds of footage cannot tell a rate of one alarm an hour, so the floor keeps a short
+        calibration from setting a threshold under what training already knew to be normal."""
         cam = self.get(camera_id)
-        before = cam.stream.threshold
+        before, model = cam.stream.threshold, cam.stream.model
         scores = np.array(cam.collect_scores(seconds))
-        if len(scores) < 10:
-            raise CameraNotLive(f"camera {camera_id!r} scored only {len(scores)} frames in {seconds:g} s; "
-                                f"calibrate once it is live")
+        if len(scores) < MIN_CALIBRATION_FRAMES:
+            raise CameraNotLive(f"camera {camera_id!r} scored only {len(scores)} frames in {seconds:g} s (at least "
+                                f"{MIN_CALIBRATION_FRAMES} needed); calibrate once it is live")
         fps = len(scores) / seconds
-        threshold = pick_threshold([scores], [fps], false_alarms_per_hour, events=self.settings.events)
+        floor = -np.inf if allow_below_training else training_floor(model)
+        picked = pick_threshold([scores], [fps], false_alarms_per_hour, events=self.settings.events)
+        threshold = max(picked, floor)
         self.update(camera_id, CameraPatch(threshold=threshold))
-        return {"camera": camera_id, "seconds": seconds, "frames": len(scores), "threshold_before": before,
-                "threshold": threshold, "target_false_alarms_per_hour": false_alarms_per_hour,
+        return {"camera": camera_id, "seconds": seconds, "frames": len(scores), "fps": round(fps, 2),
+                "footage_seconds": round(len(scores) / fps, 1), "threshold_before": before, "threshold": threshold,
+                "threshold_from_footage": picked, "floor": None if allow_below_training else floor,
+                "floored": bool(threshold > picked), "target_false_alarms_per_hour": false_alarms_per_hour,
                 "false_alarms_per_hour_on_this_footage": events_per_hour([scores], [fps], threshold,
                                                                          self.settings.events),
                 "score_max": float(scores.max()), "score_p99": float(np.percentile(scores, 99))}
@@ -174,7 +193,7 @@ class CameraManager:
 
     def refresh_metrics(self) -> None:
         now = time.time()
-        for cam in self.list():
+        for cam in list(self._cameras.values()):
             if cam.last_frame_time is not None:
                 self.metrics.since_last.labels(cam.id).set(now - cam.last_frame_time)
 
