@@ -10,15 +10,14 @@ oldest evidence first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
 from collections import deque
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 
@@ -26,7 +25,7 @@ from runtime.types import AnomalyEvent, Frame
 
 from .config import CameraEventsConfig
 from .event_store import EventStore, UnknownEvent
-from .h264 import playable_frames
+from .h264 import H264Writer, playable_frames
 from .heatmap import HeatScale
 
 log = logging.getLogger("amvad.evidence")
@@ -42,12 +41,12 @@ def shrink(pixels: np.ndarray) -> np.ndarray:
 
 
 class ClipWriter(threading.Thread):
-    """Encodes one event's frames (pre-roll first) until the capture time passes ``until``."""
+    """Encodes one event's frames (pre-roll first) until the capture time passes ``until``; ``on_done(self,
+    frames written, the error that stopped it or None)`` runs in this thread at the end."""
 
-    def __init__(self, path: Path, pre_roll: list[tuple[float, np.ndarray]], fps: float, max_s: float,
-                 on_done) -> None:
+    def __init__(self, path: Path, pre_roll: list[tuple[float, np.ndarray]], max_s: float, on_done) -> None:
         super().__init__(name=f"clip-{path.stem}", daemon=True)
-        self.path, self.fps, self._on_done = path, max(1.0, fps), on_done
+        self.path, self._on_done = path, on_done
         self.until: float | None = None  # set at the event's end (+ post-roll)
         self._first = pre_roll[0][0] if pre_roll else None
         self._limit = max_s
@@ -66,8 +65,7 @@ class ClipWriter(threading.Thread):
         return (self.until is not None and ts > self.until) or (self._first is not None and ts - self._first > self._limit)
 
     def run(self) -> None:
-        out = stream = None
-        written, last_pts = 0, -1
+        writer, error = H264Writer(self.path), None
         try:
             while True:
                 try:
@@ -79,46 +77,37 @@ class ClipWriter(threading.Thread):
                 self._first = ts if self._first is None else self._first
                 if self._done_by(ts):
                     break
-                if out is None:
-                    out = av.open(str(self.path), "w")
-                    stream = out.add_stream("libx264", rate=round(self.fps))
-                    stream.height, stream.width = pixels.shape[0] // 2 * 2, pixels.shape[1] // 2 * 2
-                    stream.pix_fmt, stream.time_base = "yuv420p", Fraction(1, 1000)
-                    stream.codec_context.time_base = Fraction(1, 1000)  # capture times to the millisecond
-                    stream.options = {"preset": "veryfast", "crf": "23"}
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels[:stream.height, :stream.width]),
-                                                   format="rgb24")
-                last_pts = max(int(round((ts - self._first) * 1000)), last_pts + 1)  # strictly increasing
-                frame.pts, frame.time_base = last_pts, Fraction(1, 1000)
-                out.mux(stream.encode(frame))
-                written += 1
-            if out is not None:
-                out.mux(stream.encode())
-                out.close()
-        except Exception:  # a clip that cannot be written is logged; the event and the camera go on
-            log.exception("clip %s could not be written", self.path)
+                writer.write(ts, pixels)
+            writer.close()
+        except Exception as exc:  # a full or read-only disk: the fragments written so far still play
+            error = exc
+            with contextlib.suppress(Exception):
+                writer.close()
+        frames = writer.frames if playable_frames(self.path) else 0
+        if not frames:
             self.path.unlink(missing_ok=True)
-            written = 0
-        self._on_done(self, written)
+        self._on_done(self, frames, error)
 
 
 class EventEvidence:
     """One camera's evidence: the pre-roll ring, the clips being written, the peak frame of the open event."""
 
-    def __init__(self, camera: str, folder: Path, store: EventStore, cfg: CameraEventsConfig, on_bytes) -> None:
+    def __init__(self, camera: str, folder: Path, store: EventStore, cfg: CameraEventsConfig, on_bytes,
+                 on_error=None) -> None:
+        """``on_bytes()`` after evidence was added or removed; ``on_error(exc)`` when a clip failed in its
+        own thread (the camera's error boundary counts it)."""
         self.camera, self.folder, self.store, self.cfg, self._on_bytes = camera, folder, store, cfg, on_bytes
+        self._on_error = on_error
         self._ring: deque[tuple[float, np.ndarray]] = deque()
         self._writers: dict[int, ClipWriter] = {}
         self._lock = threading.Lock()
         self._peak: tuple[float, np.ndarray, np.ndarray] | None = None  # score, pixels, heatmap
-        self._fps = 10.0
 
     def on_frame(self, frame: Frame, fps: float) -> None:
         """Ingest thread: keep the frame for pre-roll and hand it to the clips being written."""
         if not self.cfg.clips:
             return
         small = shrink(frame.pixels)
-        self._fps = fps or self._fps
         with self._lock:
             self._ring.append((frame.timestamp, small))
             # an event is raised min_duration_s after its start, plus the pipeline's latency (~1 s)
@@ -136,8 +125,8 @@ class EventEvidence:
         self.folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
             pre = [item for item in self._ring if item[0] >= start - self.cfg.pre_roll_s]
-            writer = ClipWriter(self.folder / f"{event_id}.mp4", pre, self._fps, self.cfg.max_clip_s,
-                                lambda w, n, eid=event_id: self._clip_done(eid, w, n))
+            writer = ClipWriter(self.folder / f"{event_id}.mp4", pre, self.cfg.max_clip_s,
+                                lambda w, n, err, eid=event_id: self._clip_done(eid, w, n, err))
             self._writers[event_id] = writer
         writer.start()
 
@@ -160,10 +149,15 @@ class EventEvidence:
             self._on_bytes()
         self._peak = None
 
-    def _clip_done(self, event_id: int, writer: ClipWriter, frames: int) -> None:
+    def _clip_done(self, event_id: int, writer: ClipWriter, frames: int, error: BaseException | None) -> None:
         """The clip's thread, at its end: record the clip, then keep the camera's evidence within bounds."""
         with self._lock:
             self._writers.pop(event_id, None)
+        if error is not None:
+            log.warning("camera %s: clip of event %d stopped after %d frame(s): %s", self.camera, event_id, frames,
+                        error)
+            if self._on_error is not None:
+                self._on_error(error)
         try:
             if frames:
                 self.store.set_evidence(event_id, clip=writer.path.name, add_bytes=writer.path.stat().st_size)

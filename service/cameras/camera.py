@@ -74,7 +74,8 @@ class Camera:
         self.latest: tuple[Frame, FrameResult] | None = None
         self._recorders: list[Recorder] = []
         self.evidence = (EventEvidence(self.id, settings.paths.evidence(self.id), store, settings.events,
-                                       self._report_evidence) if store is not None else None)
+                                       self._report_evidence, lambda exc: self.boundary.failed("evidence", exc))
+                         if store is not None else None)
         self.store = store
         self.taps = ScoreTaps()
         self.broadcast = BroadcastSink(self.broadcaster, self.heatmap_jpeg)
@@ -86,7 +87,7 @@ class Camera:
                       *([ScoreNotifySink(notifier)] if notifier is not None else []), self.broadcast, self.taps,
                       self.stats]
         self.source.taps = [("recordings", self._offer_to_recorders),
-                            *([("evidence", self.evidence.on_frame)] if self.evidence is not None else [])]
+                            *([("pre_roll", self.evidence.on_frame)] if self.evidence is not None else [])]
         self._threads = [self.source.thread,
                          threading.Thread(target=self._submit_loop, name=f"submit-{self.id}", daemon=True),
                          threading.Thread(target=self._publish_loop, name=f"publish-{self.id}", daemon=True)]

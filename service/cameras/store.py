@@ -14,9 +14,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from runtime.files import write_atomic
-
 from runtime.errors import AmvadError
+from runtime.files import write_atomic
 
 from ..config import CameraConfig
 

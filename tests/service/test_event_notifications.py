@@ -9,12 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import shutil
-import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import av
 import cv2
@@ -23,7 +18,8 @@ import pytest
 from websockets.sync.client import connect
 
 from service.config import SAMPLES_DIR
-from tests.support.servers import API_KEY, free_port, receive, running_service, stop_process, ws_url
+from tests.support.notify import Receiver, Subscriber, mosquitto
+from tests.support.servers import API_KEY, receive, running_service, stop_process, ws_url
 
 pytestmark = pytest.mark.integration
 SECRET = "hook-secret"
@@ -32,64 +28,8 @@ ROLL_S = 2.0
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(binary).exists():
-        pytest.skip("mosquitto not found (apt-get install mosquitto)")
-    port, folder = free_port(), tmp_path_factory.mktemp("mqtt")
-    (folder / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    proc = subprocess.Popen([binary, "-c", str(folder / "mosquitto.conf")], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            import socket
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield port
-    stop_process(proc)
-
-
-class Subscriber:
-    """Every MQTT message under ``#`` with its arrival time (paho, the same library the service uses)."""
-
-    def __init__(self, port: int) -> None:
-        from paho.mqtt import client as mqtt
-        self.messages: list[tuple[float, str, bytes, bool]] = []
-        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="test-sub")
-        self.client.on_message = lambda c, u, m: self.messages.append((time.time(), m.topic, m.payload, m.retain))
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("#", qos=1)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def topic(self, name: str) -> list[tuple[float, bytes]]:
-        return [(t, p) for t, topic, p, _ in self.messages if topic == name]
-
-    def stop(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-class Receiver(ThreadingHTTPServer):
-    """Answers 500 to the first ``failures`` POSTs, then 200; records every one."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures, self.posts = failures, []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(handler):
-                body = handler.rfile.read(int(handler.headers["content-length"]))
-                self.posts.append((time.time(), handler.headers, body))
-                status = 500 if len(self.posts) <= self.failures else 200
-                handler.send_response(status)
-                handler.end_headers()
-
-            def log_message(handler, *args):
-                return
-
-        super().__init__(("127.0.0.1", free_port()), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+    with mosquitto(tmp_path_factory.mktemp("mqtt")) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
