@@ -7,7 +7,7 @@ from tests.support.deploy import DEPLOY, RULES, binary, load_yaml, run_tool
 
 PROM = DEPLOY / "prometheus"
 ALERTS = {"AmvadAnomalyScoreHigh", "AmvadCameraDown", "AmvadCameraStalled", "AmvadFramesDropping",
-          "AmvadServiceDown"}
+          "AmvadServiceDown", "AmvadCameraDegraded", "AmvadEventStoreDown"}
 
 
 def test_promtool_checks_config_and_rules():
