@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from ..notify import WebhookConfig
+from ..config import WebhookConfig
 from ..wiring import Services
 from .deps import ready, require_key
 

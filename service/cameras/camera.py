@@ -202,6 +202,10 @@ class Camera:
         return self.source.fps
 
     @property
+    def drops(self) -> int:
+        return self.source.drops
+
+    @property
     def last_frame_time(self) -> float | None:
         return self.source.last_frame_time
 
