@@ -25,7 +25,7 @@ import av
 import pytest
 from websockets.sync.client import connect
 
-from tests.support.notify import Receiver
+from tests.support.notify import Broker, Receiver, Subscriber
 from tests.support.servers import Service, start_service, stop_process, ws_url
 
 pytestmark = pytest.mark.integration
@@ -286,3 +286,36 @@ def test_a_broken_event_database_is_moved_aside_at_start(tiny_model, tmp_path):
         svc.http.close()
         stop_process(svc.proc)
 
+
+
+def test_a_broker_that_comes_back_gets_the_event_but_no_backlog_of_old_scores(tiny_model, rtsp_server, tmp_path):
+    broker = Broker(tmp_path)
+    broker.start()
+    extra = {"events": EVENTS, "cameras": [{"id": "cam", "url": rtsp_server.url, "threshold": HIGH}],
+             "notify": {"mqtt": {"host": "127.0.0.1", "port": broker.port, "score_interval_s": 0.2}}}
+    svc = start_service(tmp_path, tiny_model, extra)
+    ws = sub = None
+    try:
+        ws = WsCounter(svc, "cam")
+        svc.wait_for(lambda: len(ws.times) > 20, 30, "scores")
+        broker.kill()
+        t0 = time.monotonic()
+        set_threshold(svc, LOW)  # an event starts while the broker is away, and stays open
+        svc.wait_for(lambda: "start" in ws.events, 20, "an event to start")
+        time.sleep(max(0.0, 6 - (time.monotonic() - t0)))
+        broker.start()
+        assert_published_through(ws, t0, time.monotonic())
+        sub = Subscriber(broker.port, client_id="after-outage")
+        svc.wait_for(lambda: any(p == b"ON" for _, p in sub.topic("amvad/cam/anomaly")), 30,
+                     "the event's state, kept for the broker")
+        svc.wait_for(lambda: len(sub.topic("amvad/cam/score")) >= 5, 20, "scores again")
+        for received, payload in sub.topic("amvad/cam/score"):
+            assert received - json.loads(payload)["time"] < 2.0, "a score from before the outage arrived late"
+    finally:
+        if sub is not None:
+            sub.stop()
+        if ws is not None:
+            ws.close()
+        svc.http.close()
+        stop_process(svc.proc)
+        broker.stop()
