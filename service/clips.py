@@ -4,7 +4,6 @@ frame, in order (``None`` for warm-up frames)."""
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import av
 
 from runtime.engine import InferenceEngine
+from runtime.plots import score_plot
 from runtime.errors import Busy, NotFound, TooLarge
 from runtime.stream import Stream, results_in_order
 from runtime.video import DecodeError, ffmpeg_reason, iter_frames, open_source, stream_fps
@@ -197,23 +197,6 @@ class ClipJobs:
 
 
 def plot_png(result: dict, title: str) -> bytes:
-    """The score curve with the threshold line, as PNG bytes."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(8, 3), dpi=100)
-    ax = fig.add_subplot()
-    xs = [i for i, s in enumerate(result["scores"]) if s is not None]
-    ax.plot(xs, [result["scores"][i] for i in xs], lw=1.2, label="score")
-    ax.axhline(result["threshold"], color="r", ls="--", lw=1, label="threshold")
-    for e in result["events"]:
-        ax.axvspan(e["start_frame"], e["end_frame"] if e["end_frame"] is not None else len(result["scores"]),
-                   color="orange", alpha=0.25)
-    ax.set_xlabel("frame")
-    ax.set_ylabel("anomaly score")
-    ax.set_title(title.replace("$", r"\$"))  # a file name is text, never matplotlib math
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    """The score curve with the threshold line and the clip's events, as PNG bytes."""
+    return score_plot(range(len(result["scores"])), result["scores"], result["threshold"], title=title,
+                      events=[(e["start_frame"], e["end_frame"]) for e in result["events"]])
