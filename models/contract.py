@@ -27,11 +27,60 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from .flow import build_flow, check_flow_work
+from .metadata import ModelMetadata
+
 INPUT_NAMES = ("frames", "flows", "mask")
 OUTPUT_NAMES = ("components", "heatmap", "prediction")
 
 # Default scale that maps flow in pixels at model resolution to roughly [-1, 1] inside the networks.
 FLOW_SCALE = 4.0
+
+# Bounds on what sets the work per frame (an exported model's metadata carries these, so a file cannot ask
+# the shared engine for an absurd amount): generous for the bundled models (5 frames of 128x192 grey,
+# smoothing 5, 2-3 components) and for `amvad fit` (at most 1024*1024 pixels); the flow's own settings are
+# bounded in models/flow. What the graph itself costs is measured at load (runtime/engine.py's budget).
+BOUNDS = {
+    "clip_len": 32,           # frames per window (each a model input)
+    "channels": 3,
+    "height": 4096,           # pixels, one side of the model input
+    "width": 4096,
+    "pixels": 1024 * 1024,    # height x width
+    "smoothing": 1000,        # frames averaged per score
+    "components": 32,         # score components per frame
+}
+
+
+def _over(field: str, value: int, minimum: int = 1) -> str | None:
+    if not minimum <= value <= BOUNDS[field]:
+        return f"{field} = {value} is outside the bounds [{minimum}, {BOUNDS[field]}]"
+    return None
+
+
+def check_input_size(*, clip_len: int, channels: int, height: int, width: int) -> None:
+    """Raise a ValueError naming the field, its value and the bound when the model input is out of
+    :data:`BOUNDS` (or its sides are not multiples of 8, or the clip is shorter than 3 frames)."""
+    problems = [_over("clip_len", clip_len, 3), _over("channels", channels), _over("height", height, 8),
+                _over("width", width, 8), _over("pixels", height * width, 64)]
+    problems = [p for p in problems if p]
+    if problems:
+        raise ValueError("; ".join(problems))
+    if height % 8 or width % 8:
+        raise ValueError(f"height and width must be multiples of 8, got {height}x{width}")
+
+
+def check_metadata(meta: ModelMetadata) -> None:
+    """Everything in an exported model's metadata that sets the work per frame, within bounds: the input
+    (:func:`check_input_size`), smoothing, the number of components and the flow settings (each parameter,
+    and the total per frame pair at the input size). ValueError names the field, its value and the bound."""
+    check_input_size(clip_len=meta.clip_len, channels=meta.channels, height=meta.height, width=meta.width)
+    problems = [p for p in (_over("smoothing", meta.smoothing), _over("components", len(meta.components))) if p]
+    if problems:
+        raise ValueError("; ".join(problems))
+    try:
+        check_flow_work(build_flow(**meta.flow), meta.height, meta.width)
+    except (TypeError, ValueError) as exc:  # TypeError: a spec without a name, or with a bad keyword
+        raise ValueError(f"flow: {exc}") from None
 
 
 def to_signed(x: torch.Tensor) -> torch.Tensor:
@@ -84,10 +133,7 @@ class AnomalyModel(nn.Module, abc.ABC):
     def __init__(self, *, clip_len: int, channels: int, height: int, width: int,
                  flow_scale: float = FLOW_SCALE) -> None:
         super().__init__()
-        if clip_len < 3:
-            raise ValueError(f"clip_len must be >= 3 (two past frames and a target), got {clip_len}")
-        if height % 8 or width % 8:
-            raise ValueError(f"height and width must be multiples of 8, got {height}x{width}")
+        check_input_size(clip_len=clip_len, channels=channels, height=height, width=width)
         self.clip_len = clip_len
         self.channels = channels
         self.height = height

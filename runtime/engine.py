@@ -7,6 +7,16 @@ on a GPU one batched flow call and one batched model call serve many cameras. Wo
 stages in submission order. Each stream has a :class:`Lane` here: its temporal window of frames and flows,
 owned and changed by the flow thread alone. The engine knows a stream only as a
 :class:`~runtime.types.StreamSink` and hands it each frame's :class:`~runtime.types.EngineOutput` once.
+
+A per-model time budget (``EngineConfig.model_budget_ms``, flow + model per frame, on
+:func:`~runtime.exported_model.cost_clock`; ``runtime/budget.py``) keeps one model from starving the others. :meth:`InferenceEngine.load` measures one frame and refuses a
+model over the budget (:class:`~runtime.budget.ModelTooSlow`). At run time each stage times every model's
+batch; a model whose cost per frame goes over the budget is *suspended* for ``budget_suspend_s`` (doubled
+for each suspension in a row, at most 8x): while suspended its frames cost nothing, each is answered with
+a :class:`~runtime.budget.ModelOverBudget` error (counted in :meth:`InferenceEngine.usage`; the stream
+fails that frame and restarts its window, as after any engine error), and it is measured afresh when it
+comes back. So a slow model costs the others at most one batch per suspension.
+:meth:`InferenceEngine.unload` drops every queued frame of the model.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import queue
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +39,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.registry import resolve_model
 
+from .budget import ModelBudget
 from .device import pick_device
-from .exported_model import ExportedModel, file_sha256
+from .errors import Unavailable
+from .exported_model import ExportedModel, cost_clock, file_sha256
 from .types import EngineOutput, Observer, StreamSink
 
 log = logging.getLogger("amvad.engine")
 _STOP = object()
+
+
+class ModelUnloaded(Unavailable):
+    """A frame of a model the engine no longer serves (:meth:`InferenceEngine.unload`)."""
 
 
 class EngineConfig(BaseModel):
@@ -49,6 +66,15 @@ class EngineConfig(BaseModel):
     switch_interval_ms: float = Field(0.2, gt=0, le=5, description="Python's GIL switch interval for the "
                                       "process (default 5 ms): the flow holds the GIL between its many small "
                                       "operations, and a shorter interval lets the other stages in sooner")
+    model_budget_ms: float = Field(250.0, gt=0, le=60_000, description="per-model time budget: the most flow "
+                                   "+ model time one frame of a model may cost (on a CPU the stage thread's "
+                                   "CPU time, so other load on the cores does not count; on CUDA wall time). "
+                                   "A model measured over it at load is refused (HTTP 422); one whose batches "
+                                   "cost more per frame at run time is suspended for budget_suspend_s (its "
+                                   "frames dropped, counted, each answered with an error), so it cannot "
+                                   "starve the other models. The bundled models take 60-90 ms on 2 CPU cores")
+    budget_suspend_s: float = Field(10.0, gt=0, le=600, description="how long a model over its budget at run "
+                                    "time is suspended; doubled for each suspension in a row (at most 8x)")
 
 
 def default_threads(cpus: int | None = None) -> tuple[int, int]:
@@ -85,6 +111,7 @@ class _Job:
     prev: torch.Tensor | None = None                          # the frame before, when in the window
     window: tuple[torch.Tensor, torch.Tensor] | None = None   # (T, C, H, W), (T-1, 2, H, W) when full
     stage_s: dict[str, float] = field(default_factory=dict)   # seconds each stage took for this job
+    error: BaseException | None = None                        # why the frame is dropped without work
 
 
 def by_model(jobs: list[_Job]) -> dict[ExportedModel, list[_Job]]:
@@ -97,7 +124,8 @@ def by_model(jobs: list[_Job]) -> dict[ExportedModel, list[_Job]]:
 
 class InferenceEngine:
     """Owns the exported models and the two stage threads; streams open a lane on a model and submit
-    frames to it. ``model`` is the default model; :meth:`load` adds more (each batched on its own)."""
+    frames to it. ``model`` is the default model; :meth:`load` adds more (each batched on its own, each
+    held to the per-model budget described in the module docstring)."""
 
     def __init__(self, model: str | Path | ExportedModel = "ped2", config: EngineConfig | None = None,
                  observer: Observer | None = None) -> None:
@@ -110,7 +138,10 @@ class InferenceEngine:
             torch.set_num_threads(self.flow_threads)  # process-wide; the flow is the only torch work here
         # process-wide too: measured with `amvad bench` on 2 cores, 5 ms -> 0.2 ms took 28.8 -> 31.8 frames/s
         sys.setswitchinterval(cfg.switch_interval_ms / 1000.0)
+        self.budget = ModelBudget(cfg.model_budget_ms, cfg.budget_suspend_s)
+        self._clock = cost_clock(self.device)  # what a model's work is measured on against its budget
         self._models: dict[str, ExportedModel] = {}  # content hash -> loaded model
+        self._retired: weakref.WeakSet[ExportedModel] = weakref.WeakSet()  # unloaded; lanes may still hold them
         self._models_lock = threading.Lock()
         self.model = model if isinstance(model, ExportedModel) else self.load(model)
         self._models.setdefault(self.model.sha256, self.model)
@@ -133,31 +164,55 @@ class InferenceEngine:
         """The settings a benchmark or status page reports."""
         return {"device": str(self.device), "flow": self.model.flow.spec, "flow_threads": self.flow_threads,
                 "model_threads": self.model_threads, "max_batch": self.max_batch,
-                "batch_wait_ms": self.batch_wait_s * 1000, "providers": self.model.session.get_providers(),
+                "batch_wait_ms": self.batch_wait_s * 1000, "model_budget_ms": self.budget.budget_ms,
+                "providers": self.model.session.get_providers(),
                 "model": {"method": self.meta.method, "height": self.meta.height, "width": self.meta.width,
                           "channels": self.meta.channels, "clip_len": self.meta.clip_len,
                           "path": str(self.model.path)}}
 
     def load(self, name_or_path: str | Path) -> ExportedModel:
         """The loaded model of a bundled name or file, loading it once per distinct content (thread-safe;
-        runs in the caller's thread, so the stages go on serving other streams meanwhile)."""
+        runs in the caller's thread, so the stages go on serving other streams meanwhile). A model whose
+        frame costs more than the budget is refused with :class:`~runtime.budget.ModelTooSlow`; bad metadata raises
+        :class:`~runtime.exported_model.InvalidModelFile`."""
         sha = file_sha256(resolve_model(name_or_path))
         with self._models_lock:
             if sha in self._models:
                 return self._models[sha]
         model = ExportedModel(name_or_path, device=self.device, threads=self.model_threads)
+        cost = self.budget.admit(model)
+        log.info("model %s loaded: %s per frame (budget %g ms)", model.path.name, cost.describe(),
+                 self.budget.budget_ms)
         with self._models_lock:
             return self._models.setdefault(model.sha256, model)
 
     def unload(self, sha256: str) -> None:
-        """Forget a loaded model (lanes still on it keep working until they close)."""
-        if sha256 != self.model.sha256:
-            with self._models_lock:
-                self._models.pop(sha256, None)
+        """Forget a loaded model (not the default one) and drop all of its frames still queued: they, and any
+        frame a lane on it submits later, are answered with :class:`ModelUnloaded`."""
+        if sha256 == self.model.sha256:
+            return
+        with self._models_lock:
+            model = self._models.pop(sha256, None)
+            if model is None:
+                return
+            self._retired.add(model)
+        self.budget.forget(model)
+        gone = self._purge(self._flow_q, model) + self._purge(self._model_q, model)
+        error = ModelUnloaded(f"model {model.path.name} was unloaded")
+        for job in gone:
+            job.lane.broken = True
+            self._deliver(job, self._failed(job, error))
+        if gone:
+            log.info("model %s unloaded: %d queued frame(s) dropped", model.path.name, len(gone))
 
     def loaded(self) -> list[ExportedModel]:
         with self._models_lock:
             return list(self._models.values())
+
+    def usage(self) -> dict[str, dict[str, Any]]:
+        """Per loaded model (by content hash): its latest cost per frame, whether it is suspended for going
+        over the budget (seconds left) and how many frames were dropped for it."""
+        return self.budget.usage(self.loaded())
 
     def open_lane(self, sink: StreamSink, model: ExportedModel | None = None) -> Lane:
         return Lane(sink, model or self.model)
@@ -169,6 +224,8 @@ class InferenceEngine:
         """Queue one preprocessed frame (C, H, W) of ``lane``'s stream; its output reaches the lane's sink."""
         if self._closed:
             raise RuntimeError("the inference engine is closed")
+        if lane.model in self._retired:
+            raise ModelUnloaded(f"model {lane.model.path.name} was unloaded")
         self._flow_q.put(_Job(lane, x, restart, ticket))
 
     def close(self) -> None:
@@ -178,6 +235,23 @@ class InferenceEngine:
             self._flow_q.put(_STOP)
             for t in self._threads:
                 t.join(10)
+
+    def _refusal(self, model: ExportedModel, now: float) -> BaseException | None:
+        """Why a frame of ``model`` is dropped without work right now (None: it runs)."""
+        if model in self._retired:
+            return ModelUnloaded(f"model {model.path.name} was unloaded")
+        return self.budget.refusal(model, now)
+
+    @staticmethod
+    def _purge(q: queue.Queue, model: ExportedModel) -> list[_Job]:
+        """Take every job of ``model`` out of ``q`` (under the queue's own lock), keeping the others' order."""
+        with q.mutex:
+            gone = [j for j in q.queue if j is not _STOP and j.lane.model is model]
+            if gone:
+                keep = [j for j in q.queue if j is _STOP or j.lane.model is not model]
+                q.queue.clear()
+                q.queue.extend(keep)
+        return gone
 
     # -- stages ------------------------------------------------------------------------------------
     def _collect(self, q: queue.Queue, first: _Job) -> list[_Job]:
@@ -210,26 +284,37 @@ class InferenceEngine:
                 log.exception("engine stage failed on a batch of %d", len(batch))
                 for job in batch:
                     job.lane.broken = True
-                    self._deliver(job, EngineOutput(None, None, job.restart, exc, job.stage_s,
-                                                    time.perf_counter() - job.submitted))
+                    self._deliver(job, self._failed(job, exc))
 
     @torch.no_grad()
     def _flow_stage(self, batch: list[_Job]) -> None:
-        t0 = time.perf_counter()
-        for job in batch:  # in order: a frame's predecessor may be earlier in this same batch
+        now = time.monotonic()
+        for job in batch:
+            job.error = job.error or self._refusal(job.lane.model, now)
+        run = [j for j in batch if j.error is None]
+        for job in run:  # in order: a frame's predecessor may be earlier in this same batch
             lane = job.lane
             if lane.broken:
                 job.restart, lane.broken = True, False
             job.prev = None if job.restart else lane.prev
             lane.prev = job.x
-        pairs = [j for j in batch if j.prev is not None]
+        pairs = [j for j in run if j.prev is not None]
         flow_of: dict[int, torch.Tensor] = {}
+        t0 = time.perf_counter()
         for model, group in by_model(pairs).items():
+            g0 = self._clock()
             flows = model.flow(torch.stack([j.prev for j in group]), torch.stack([j.x for j in group]))
+            if flows.is_cuda:  # charge this model for its own kernels, not the next model's batch
+                torch.cuda.current_stream(flows.device).synchronize()
+            self.budget.account(model, "flow", self._clock() - g0, len(group))
             flow_of.update({id(j): f for j, f in zip(group, flows)})
         spent = time.perf_counter() - t0
         for job in batch:
             lane = job.lane
+            if job.error is not None:  # dropped: the model stage answers it, in order; the window restarts
+                lane.broken = True
+                self._model_q.put(job)
+                continue
             if job.restart:
                 lane.frames.clear()
                 lane.flows.clear()
@@ -243,24 +328,37 @@ class InferenceEngine:
         self._observe("flow", spent, len(pairs))
 
     def _model_stage(self, batch: list[_Job]) -> None:
-        live = [j for j in batch if j.window is not None]
+        now = time.monotonic()
+        for job in batch:  # a model suspended (or unloaded) since the flow stage: its frames go no further
+            job.error = job.error or self._refusal(job.lane.model, now)
+        live = [j for j in batch if j.error is None and j.window is not None]
         rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         t0 = time.perf_counter()
         for model, group in by_model(live).items():
+            g0 = self._clock()
             masks = None
             if any(j.lane.mask is not None for j in group):
                 ones = torch.ones(1, model.meta.height, model.meta.width, device=self.device)
                 masks = torch.stack([ones if j.lane.mask is None else j.lane.mask for j in group])
             out = model.run_tensors(torch.stack([j.window[0] for j in group]),
                                     torch.stack([j.window[1] for j in group]), masks)
+            self.budget.account(model, "model", self._clock() - g0, len(group))
             rows.update({id(j): (out.components[r], out.heatmap[r, 0]) for r, j in enumerate(group)})
         spent = time.perf_counter() - t0
         self._observe("model", spent, len(live))
         for job in batch:
+            if job.error is not None:
+                job.lane.broken = True
+                self._deliver(job, self._failed(job, job.error))
+                continue
             job.stage_s["model"] = spent
             comps, heat = rows.get(id(job), (None, None))
             self._deliver(job, EngineOutput(comps, heat, job.restart, None, job.stage_s,
                                             time.perf_counter() - job.submitted))
+
+    @staticmethod
+    def _failed(job: _Job, error: BaseException) -> EngineOutput:
+        return EngineOutput(None, None, job.restart, error, job.stage_s, time.perf_counter() - job.submitted)
 
     def _deliver(self, job: _Job, out: EngineOutput) -> None:
         """The one call from the engine to a stream per frame; a stream's own failure stays with it."""

@@ -1,6 +1,7 @@
 """The models a service can give its cameras: the bundled ones (``ped2``) and those registered by name in
-``<state_dir>/models/<name>.onnx`` (uploaded with ``POST /v1/models`` or made by a fit job). A model is
-only registered once ONNX Runtime has loaded it and its amvad metadata has been read."""
+``StatePaths.models`` as ``<name>.onnx`` (uploaded with ``POST /v1/models`` or made by a fit job). A model
+is only registered once ONNX Runtime has loaded it, its amvad metadata is within the contract's bounds and
+one frame of it fits the engine's per-model time budget (measured on the engine's device)."""
 
 from __future__ import annotations
 
@@ -13,20 +14,28 @@ from pathlib import Path
 import torch
 
 from models.registry import bundled_models, resolve_model
+from runtime.budget import check_budget
+from runtime.device import pick_device
+from runtime.engine import EngineConfig, default_threads
+from runtime.errors import Conflict, Invalid, NotFound
 from runtime.exported_model import ExportedModel
+
+from .config import ServiceSettings
+from .state import StatePaths
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class UnknownModel(LookupError):
+class UnknownModel(NotFound):
     """A model name that is neither bundled nor registered (HTTP 404; 422 where a camera names it)."""
 
 
-class InvalidModel(ValueError):
-    """An upload that is not a usable amvad model, or a bad model name (HTTP 422)."""
+class InvalidModel(Invalid):
+    """An upload that is not a usable amvad model (bad metadata, settings out of bounds, over the engine's
+    time budget), or a bad model name (HTTP 422)."""
 
 
-class ModelConflict(RuntimeError):
+class ModelConflict(Conflict):
     """A name already taken, a bundled model, or a model in use by cameras (HTTP 409)."""
 
 
@@ -39,13 +48,21 @@ def describe(name: str, model: ExportedModel, bundled: bool) -> dict:
 
 
 class ModelRegistry:
-    """Name -> model file. ``default`` is the service's own model (a bundled name or a path)."""
+    """Name -> model file. ``default`` is the service's own model (a bundled name or a path); ``engine``:
+    the engine's settings, whose device, model threads and per-model budget an upload is measured with
+    (default :class:`EngineConfig`'s). ``paths`` may still be a bare state directory."""
 
-    def __init__(self, state_dir: Path, default: str) -> None:
-        self.dir = Path(state_dir) / "models"
+    def __init__(self, paths: StatePaths | Path, default: str, engine: EngineConfig | None = None) -> None:
+        self.paths = paths if isinstance(paths, StatePaths) else StatePaths(Path(paths))
+        self.dir = self.paths.models
         self.default = default
+        self.engine = engine or EngineConfig()
         self._lock = threading.Lock()
         self._described: dict[tuple[str, Path, float], dict] = {}  # (name, file, mtime) -> description
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> ModelRegistry:
+        return cls(settings.paths, settings.model, settings.engine)
 
     def registered(self) -> dict[str, Path]:
         return {p.stem: p for p in sorted(self.dir.glob("*.onnx"))} if self.dir.is_dir() else {}
@@ -81,11 +98,7 @@ class ModelRegistry:
         """Register ``upload`` (moved into the registry) as ``name`` after loading it once."""
         if not NAME.match(name or ""):
             raise InvalidModel(f"model name {name!r}: use letters, digits, '_', '.', '-' (at most 64)")
-        try:
-            model = ExportedModel(upload, device=torch.device("cpu"), threads=1)
-        except Exception as exc:  # onnxruntime and pydantic raise many kinds; all mean "not usable"
-            reason = str(exc).replace(str(upload), "the upload").splitlines()[0][:300]
-            raise InvalidModel(f"not a usable amvad model ({type(exc).__name__}: {reason})") from None
+        model = self._load_upload(upload)
         with self._lock:
             if name in bundled_models() or name in self.registered():
                 raise ModelConflict(f"a model named {name!r} already exists")
@@ -95,6 +108,23 @@ class ModelRegistry:
             os.chmod(target, 0o644)
         model.path = target
         return describe(name, model, bundled=False)
+
+    def _load_upload(self, upload: Path) -> ExportedModel:
+        """Load an upload as the engine would (its device and model threads) and hold it to the contract's
+        bounds and the engine's per-model budget; InvalidModel saying why otherwise."""
+        def hide(text: str) -> str:  # the upload's temporary file is no business of the client's
+            return text.replace(str(upload), "the upload").replace(upload.name, "the upload")
+        cfg = self.engine
+        try:
+            model = ExportedModel(upload, device=pick_device(cfg.device),
+                                  threads=cfg.model_threads or default_threads()[1])
+            check_budget(model, cfg.model_budget_ms)
+        except Invalid as exc:  # our own checks: bounds, metadata, budget
+            raise InvalidModel(f"not a usable amvad model: {hide(exc.message)[:500]}") from None
+        except Exception as exc:  # onnxruntime and pydantic raise many kinds; all mean "not usable"
+            reason = hide(str(exc)).splitlines()[0][:300]
+            raise InvalidModel(f"not a usable amvad model ({type(exc).__name__}: {reason})") from None
+        return model
 
     def remove(self, name: str) -> Path:
         """Delete a registered model's file (the caller checks that no camera uses it)."""

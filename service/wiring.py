@@ -31,7 +31,7 @@ class Services:
     def __init__(self, settings: ServiceSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.models = ModelRegistry(settings.state_dir, settings.model)
+        self.models = ModelRegistry.from_settings(settings)
         self.notifier: Notifier | None = None
         self.webhooks: ApiWebhooks | None = None
         self.recordings = Recordings(settings.paths, settings.limits)

@@ -12,6 +12,9 @@ Names:
     ``"dis"``     OpenCV DIS (CPU, not differentiable); param ``preset`` in {"ultrafast", "fast", "medium"}.
     ``"default"`` TV-L1 with its default parameters, the flow the shipped model is trained with
                   (takes no params; its spec says ``"tvl1"``).
+
+Parameters that set the work are bounded (a model's metadata carries them): each one by its estimator, and
+the total per frame pair at a model's input size by :func:`check_flow_work`.
 """
 
 from __future__ import annotations
@@ -22,10 +25,15 @@ from typing import Any
 from .dis import DISFlow
 from .tvl1 import FlowEstimator, TVL1Flow
 
-__all__ = ["FlowEstimator", "TVL1Flow", "DISFlow", "build_flow", "FLOW_NAMES"]
+__all__ = ["FLOW_NAMES", "MAX_FLOW_WORK", "DISFlow", "FlowEstimator", "TVL1Flow", "build_flow", "check_flow_work"]
 
 _ESTIMATORS: dict[str, type[FlowEstimator]] = {"tvl1": TVL1Flow, "dis": DISFlow}
 FLOW_NAMES = ("default", *_ESTIMATORS)
+
+# The most work per frame pair, in TV-L1 pixel-iterations (FlowEstimator.work): about 100x the bundled
+# models' flow (128x192, 4 levels, 30 iterations: 0.98 M; 40 ms on one CPU core) and 2.4x the default flow
+# at the largest `amvad fit` input (1024*1024 pixels: 42 M). 100 M takes 2-7 s a pair on one CPU core.
+MAX_FLOW_WORK = 100_000_000
 
 
 def build_flow(name: str = "default", **params: Any) -> FlowEstimator:
@@ -43,3 +51,13 @@ def build_flow(name: str = "default", **params: Any) -> FlowEstimator:
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for flow {name!r}; allowed: {allowed}")
     return cls(**params)
+
+
+def check_flow_work(flow: FlowEstimator, height: int, width: int) -> int:
+    """The flow's work per frame pair at ``height`` x ``width``; ValueError naming it and the bound when it is
+    over :data:`MAX_FLOW_WORK`."""
+    work = flow.work(height, width)
+    if work > MAX_FLOW_WORK:
+        raise ValueError(f"flow {flow.spec} at {height}x{width}: {work:,} pixel-iterations per frame pair "
+                         f"(pyramid pixels x warps x iterations), over the bound {MAX_FLOW_WORK:,}")
+    return work

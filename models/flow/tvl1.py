@@ -39,6 +39,12 @@ DEFAULT_MEDIAN_FILTER = True  # 3x3 median of the flow after each warp
 
 # Levels coarser than this (smaller side, pixels) are not used: there is too little image left to match.
 MIN_LEVEL_SIZE = 16
+# Upper bounds on the parameters that set the work per frame pair (a model's metadata carries them, so these
+# keep a file from asking for an absurd amount): far above the defaults and OpenCV's (5 scales, 5 warps,
+# 300 = 10 x 30 inner iterations); the total, over the pyramid, is bounded by ``models.flow.MAX_FLOW_WORK``.
+MAX_LEVELS = 12
+MAX_WARPS = 20
+MAX_ITERATIONS = 1000
 # Floor on |grad I1|^2 in the thresholding step (no division by zero on flat image regions).
 _GRAD_EPS = 1e-6
 # Keeps the gradient of |grad u| finite where the flow is constant.
@@ -60,6 +66,11 @@ class FlowEstimator(nn.Module):
     name: ClassVar[str] = ""
 
     def params(self) -> dict[str, Any]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def work(self, height: int, width: int) -> int:  # pragma: no cover - overridden
+        """The estimator's work per frame pair at ``height`` x ``width``, in TV-L1 pixel-iterations (an
+        estimator that costs about one pass over the pixels reports the pixel count)."""
         raise NotImplementedError
 
     @property
@@ -233,9 +244,9 @@ def tvl1_flow(i0: torch.Tensor, i1: torch.Tensor, *, levels: int, warps: int, it
     return u
 
 
-def _as_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"tvl1 parameter {name!r} must be an int >= {minimum}, got {value!r}")
+def _as_int(name: str, value: Any, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not minimum <= value <= maximum:
+        raise ValueError(f"tvl1 parameter {name!r} must be an int in [{minimum}, {maximum}], got {value!r}")
     return int(value)
 
 
@@ -258,9 +269,9 @@ class TVL1Flow(FlowEstimator):
                  tau: float = DEFAULT_TAU, theta: float = DEFAULT_THETA, scale_step: float = DEFAULT_SCALE_STEP,
                  median_filter: bool = DEFAULT_MEDIAN_FILTER) -> None:
         super().__init__()
-        self.levels = _as_int("levels", levels, 1)
-        self.warps = _as_int("warps", warps, 1)
-        self.iterations = _as_int("iterations", iterations, 1)
+        self.levels = _as_int("levels", levels, 1, MAX_LEVELS)
+        self.warps = _as_int("warps", warps, 1, MAX_WARPS)
+        self.iterations = _as_int("iterations", iterations, 1, MAX_ITERATIONS)
         self.lambda_ = _as_float("lambda_", lambda_, 0.0, math.inf)
         self.tau = _as_float("tau", tau, 0.0, 0.25)
         self.theta = _as_float("theta", theta, 0.0, math.inf)
@@ -273,6 +284,12 @@ class TVL1Flow(FlowEstimator):
         return {"levels": self.levels, "warps": self.warps, "iterations": self.iterations,
                 "lambda_": self.lambda_, "tau": self.tau, "theta": self.theta,
                 "scale_step": self.scale_step, "median_filter": self.median_filter}
+
+    def work(self, height: int, width: int) -> int:
+        """Pixel-iterations per frame pair at ``height`` x ``width``: the pixels of every pyramid level used,
+        times warps and iterations (what the solver's cost is proportional to)."""
+        pixels = sum(h * w for h, w in _pyramid_sizes(height, width, self.levels, self.scale_step))
+        return pixels * self.warps * self.iterations
 
     def forward(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
         check_pair(prev, nxt)

@@ -21,7 +21,7 @@ async def list_models(svc: Services = Depends(ready)) -> list[dict]:
 @router.post("", status_code=201, summary="register an exported model (multipart field 'file', e.g. from amvad fit)")
 async def add_model(request: Request, name: str | None = Query(None, description="default: the file's name"),
                     svc: Services = Depends(ready)) -> dict:
-    path, filename = await receive_upload(request, svc.models.dir.parent / "uploads",
+    path, filename = await receive_upload(request, svc.settings.paths.uploads,
                                           svc.settings.limits.max_model_mb)
     try:
         stem = filename.rsplit("/", 1)[-1].rsplit(".", 1)[0]

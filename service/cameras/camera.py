@@ -253,10 +253,10 @@ class Camera:
                 continue
             try:
                 result = future.result()
-            except Exception as exc:  # keep the camera alive; its next frame starts a new window
-                log.error("camera %s: inference failed on frame %d: %s", self.id, frame.frame_id,
-                          redact(str(exc)))
+            except Exception as exc:  # e.g. its model over the engine's budget: the next frame starts a new window
+                self.boundary.failed("inference", exc)
                 continue
+            self.boundary.ok("inference")
             self.boundary.call("publish", self._publish, frame, result)
 
     def _publish(self, frame: Frame, r: FrameResult) -> None:

@@ -57,7 +57,7 @@ class CameraManager:
                  store: CameraStore | None = None, registry: ModelRegistry | None = None,
                  events: EventStore | None = None, notifier: Notifier | None = None) -> None:
         self.engine, self.settings, self.metrics, self.store = engine, settings, metrics, store
-        self.registry = registry or ModelRegistry(settings.state_dir, settings.model)
+        self.registry = registry or ModelRegistry.from_settings(settings)
         self.events, self.notifier = events, notifier
         self._cameras: dict[str, Camera] = {}
         self._lock = threading.Lock()
@@ -66,8 +66,8 @@ class CameraManager:
         """The loaded model a camera names (None: the service's); loading happens outside the engine."""
         try:
             return self.engine.load(self.registry.path(name))
-        except UnknownModel as exc:
-            raise CameraModelError(f"camera {camera_id!r}: {exc.args[0]}") from None
+        except (UnknownModel, Invalid) as exc:  # also a model now refused by the engine's bounds or budget
+            raise CameraModelError(f"camera {camera_id!r}: {exc.args[0] if exc.args else exc}") from None
 
     def add(self, cfg: CameraConfig, persist: bool = False, start: bool = True) -> Camera:
         """``start=False`` leaves the threads to the caller (``camera.start()``), e.g. to subscribe first."""

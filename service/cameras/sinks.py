@@ -69,11 +69,15 @@ class Boundary:
         except Exception as exc:
             self.failed(name, exc)
             return False
+        self.ok(name)
+        return True
+
+    def ok(self, name: str) -> None:
+        """``name`` worked: it is healthy again (logged once when it was failing)."""
         h = self.health.get(name)
         if h is not None and h.failing:
             h.failing = False
             log.warning("camera %s: %s works again after %d error(s)", self.camera, name, h.errors)
-        return True
 
     def failed(self, name: str, exc: BaseException) -> None:
         with self._lock:

@@ -1,16 +1,21 @@
 """The engine knows a stream only through ``StreamSink``: one call per submitted frame, in order, and the
-window it keeps per stream restarts when asked or after a failure."""
+window it keeps per stream restarts when asked or after a failure. Each model is held to a time budget, so
+one slow model cannot starve another's streams, and an unloaded model leaves nothing queued."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from runtime.engine import EngineConfig, InferenceEngine
-from runtime.types import EngineOutput
+from models.registry import bundled_models
+from runtime.budget import ModelOverBudget, ModelTooSlow
+from runtime.engine import EngineConfig, InferenceEngine, ModelUnloaded
+from runtime.stream import Stream
+from runtime.types import EngineOutput, Frame
 
 
 class RecordingSink:
@@ -87,5 +92,152 @@ def test_two_models_run_side_by_side_each_on_its_own_streams(tiny_model, tiny_mo
                                    rtol=1e-4, atol=1e-4)
         assert len(last_a.components) != len(last_b.components) or not np.allclose(last_a.components,
                                                                                      last_b.components)
+    finally:
+        engine.close()
+
+
+class SlowFlow(torch.nn.Module):
+    """A model's flow made ``per_frame`` seconds of CPU costlier per frame pair: a model whose batches keep
+    exceeding the budget (as a costly flow setting, legal at load on a faster machine, would)."""
+
+    def __init__(self, inner: torch.nn.Module, per_frame: float) -> None:
+        super().__init__()
+        self.inner, self.per_frame = inner, per_frame
+
+    def forward(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
+        end = time.thread_time() + self.per_frame * len(prev)
+        x = torch.ones(128, 128)
+        while time.thread_time() < end:  # CPU work in this thread, as a real flow's would be
+            x = x @ x / 128
+        return self.inner(prev, nxt)
+
+
+def cpu_engine(model, **cfg) -> InferenceEngine:
+    return InferenceEngine(model, EngineConfig(device="cpu", flow_threads=1, model_threads=1, **cfg))
+
+
+def test_every_bundled_model_loads_under_the_default_budget():
+    engine = cpu_engine("ped2")
+    try:
+        budget = EngineConfig().model_budget_ms
+        for name in sorted(bundled_models()):
+            model = engine.load(name)
+            # the load-time frame, one-time set-up included (what the budget was checked against)
+            print(f"{name}: warm-up frame {model.warmup.describe()}, a warm one {model.measure().describe()}")
+        usage = engine.usage()
+        assert len(usage) == len(bundled_models()) and engine.describe()["model_budget_ms"] == budget
+        assert all(u["flow_ms"] + u["model_ms"] <= budget for u in usage.values())
+    finally:
+        engine.close()
+
+
+def test_a_model_over_the_budget_is_refused_at_load(tiny_model, tiny_model_b):
+    engine = cpu_engine(tiny_model)
+    try:
+        engine.budget.budget_s = 0.0001  # 0.1 ms: no model's frame costs that little
+        with pytest.raises(ModelTooSlow, match=r"model comemory.onnx needs \d+ ms \(flow \d+ \+ model \d+\) per "
+                                               r"frame at 32x48 on cpu, over the engine's per-model budget of "
+                                               r"0.1 ms \(engine.model_budget_ms\)") as err:
+            engine.load(tiny_model_b)
+        assert err.value.status == 422 and len(engine.loaded()) == 1  # nothing of it kept
+    finally:
+        engine.close()
+
+
+def frames_of(n: int, seed: int) -> list[Frame]:
+    rng = np.random.default_rng(seed)
+    return [Frame("s", i, 0, i / 10, rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def feed(stream: Stream, frames: list[Frame], fps: float, out: list[dict]) -> None:
+    """Submit ``frames`` at ``fps`` as a camera would (blocking while the stream has max_inflight frames in
+    the engine), keeping each frame's future and when it was submitted and done."""
+    t0 = time.perf_counter()
+    for i, frame in enumerate(frames):
+        time.sleep(max(0.0, t0 + i / fps - time.perf_counter()))
+        rec = {"frame": frame, "submitted": time.perf_counter()}
+        rec["future"] = future = stream.submit(frame)
+        future.add_done_callback(lambda _, rec=rec: rec.setdefault("done", time.perf_counter()))
+        out.append(rec)
+
+
+def test_a_slow_model_cannot_starve_another_models_stream(tiny_model, tiny_model_b):
+    # given two models on one engine with a 100 ms budget, the second made to cost 0.5 s of CPU per frame
+    engine = cpu_engine(tiny_model, model_budget_ms=100, budget_suspend_s=1.0)
+    try:
+        fast, slow = engine.model, engine.load(tiny_model_b)
+        slow.flow = SlowFlow(slow.flow, 0.5)
+        a, b = Stream(engine, model=fast), Stream(engine, model=slow)
+        # when a camera on each streams 4 s at 10 frames/s
+        got_a: list[dict] = []
+        got_b: list[dict] = []
+        threads = [threading.Thread(target=feed, args=(a, frames_of(40, 1), 10.0, got_a)),
+                   threading.Thread(target=feed, args=(b, frames_of(40, 2), 10.0, got_b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        # then every frame of the fast model's stream is scored in time: a slow batch costs it at most a
+        # hiccup before the slow model is suspended (without the budget, every batch would wait 0.5 s per
+        # slow frame in it, 1.5-2 s with the slow stream's frames in flight)
+        results = [rec["future"].result(timeout=10) for rec in got_a]
+        assert [r.frame_id for r in results] == list(range(40))
+        assert sum(r.score is not None for r in results) == 40 - (fast.meta.clip_len - 1)
+        latencies = sorted(rec["done"] - rec["submitted"] for rec in got_a)
+        assert latencies[len(latencies) // 2] < 0.3 and latencies[-1] < 1.5, latencies
+        # and the slow model's frames were dropped, each an engine error its stream reports, and counted
+        errors = [rec["future"].exception(timeout=30) for rec in got_b]
+        dropped = [e for e in errors if isinstance(e, ModelOverBudget)]
+        assert len(dropped) >= 20 and "over the per-model budget of 100 ms" in str(dropped[0])
+        assert engine.usage()[slow.sha256]["skipped"] == len(dropped)
+        # when the slow model is fast again, it is measured afresh after its suspension and serves again
+        slow.flow = slow.flow.inner
+        while engine.usage()[slow.sha256]["suspended_s"] > 0:
+            time.sleep(0.1)
+        again = [b.submit(f).result(timeout=10) for f in frames_of(8, 3)]
+        assert [r.score is not None for r in again] == [False] * (slow.meta.clip_len - 1) + [True] * (9 - slow.meta.clip_len)
+    finally:
+        engine.close()
+
+
+class WaitingSink(RecordingSink):
+    def __init__(self, expected: int) -> None:
+        super().__init__()
+        self.expected = expected
+
+
+def test_unloading_a_model_leaves_nothing_of_it_queued(tiny_model, tiny_model_b):
+    # given a slow second model (within its budget) with a backlog of 20 frames, one frame per batch
+    engine = cpu_engine(tiny_model, max_batch=1)
+    try:
+        slow = engine.load(tiny_model_b)
+        slow.flow = SlowFlow(slow.flow, 0.3)
+        engine.budget.budget_s = 10.0  # never suspended: the backlog stays queued
+        m = engine.meta
+        rng = np.random.default_rng(4)
+        xs = [torch.from_numpy(rng.random((m.channels, m.height, m.width), dtype=np.float32)) for _ in range(20)]
+        sink_slow, sink_fast = WaitingSink(20), WaitingSink(6)
+        lane_slow, lane_fast = engine.open_lane(sink_slow, slow), engine.open_lane(sink_fast)
+        for i, x in enumerate(xs):
+            engine.submit(lane_slow, x, restart=False, ticket=i)
+        time.sleep(0.5)  # its second frame's flow is running
+        # when it is unloaded
+        t0 = time.perf_counter()
+        engine.unload(slow.sha256)
+        # then none of its frames is left in either stage's queue, each is answered once, the backlog with
+        # ModelUnloaded, within the batch that was running; new frames on it are refused
+        assert not [j for q in (engine._flow_q, engine._model_q) for j in list(q.queue) if j.lane is lane_slow]
+        assert sink_slow.done.wait(2) and time.perf_counter() - t0 < 1.0
+        assert sorted(t for t, _ in sink_slow.outputs) == list(range(20))
+        assert sum(isinstance(o.error, ModelUnloaded) for _, o in sink_slow.outputs) >= 15
+        assert slow not in engine.loaded() and slow.sha256 not in engine.usage()
+        with pytest.raises(ModelUnloaded):
+            engine.submit(lane_slow, xs[0], restart=False, ticket=20)
+        # and the other model's streams are served at once
+        t0 = time.perf_counter()
+        for i, x in enumerate(xs[:6]):
+            engine.submit(lane_fast, x, restart=False, ticket=i)
+        assert sink_fast.done.wait(5) and time.perf_counter() - t0 < 1.0
+        assert all(o.error is None for _, o in sink_fast.outputs)
     finally:
         engine.close()

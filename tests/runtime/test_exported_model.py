@@ -1,5 +1,5 @@
-"""The bundled exported models through ONNX Runtime: metadata, shapes, errors, and each one flagging the
-sample's cyclist."""
+"""The bundled exported models through ONNX Runtime: metadata, shapes, errors, the metadata's bounds, the
+cost of a frame measured at load, and each one flagging the sample's cyclist."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import pytest
 
 from models.registry import bundled_models, resolve_model
 from runtime.engine import InferenceEngine
-from runtime.exported_model import ExportedModel
+from runtime.errors import Invalid
+from runtime.exported_model import ExportedModel, InvalidModelFile
 from runtime.stream import Stream, results_in_order
 from runtime.video import iter_frames, open_source
 from runtime.windows import scored_frames
+from tests.support.model_files import with_metadata
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,34 @@ def test_wrong_shaped_inputs_are_rejected(ped2_model):
         ped2_model.run(np.zeros((1, t, c, h, w), np.float32), np.zeros((1, t, 2, h, w), np.float32))
     with pytest.raises(ValueError, match="fewer than the clip length"):
         scored_frames(t - 1, t)
+
+
+def test_loading_measures_one_frame_of_flow_and_model(ped2_model):
+    cost = ped2_model.warmup
+    assert cost.flow_s > 0 and cost.model_s > 0 and cost.seconds == cost.flow_s + cost.model_s
+    again = ped2_model.measure()
+    assert again.seconds > 0 and "flow" in again.describe()
+
+
+def test_a_million_flow_iterations_are_refused_at_load_naming_the_field(tiny_model, tmp_path):
+    # given a model whose metadata asks for 1,000,000 TV-L1 iterations per warp (the graph untouched)
+    bad = with_metadata(tiny_model, tmp_path / "bad.onnx", flow={"name": "tvl1", "iterations": 1_000_000})
+    # then loading refuses it before any frame runs, saying which setting, its value and the bound
+    with pytest.raises(InvalidModelFile, match=r"bad.onnx: metadata flow: tvl1 parameter 'iterations' must be "
+                                               r"an int in \[1, 1000\], got 1000000") as err:
+        ExportedModel(bad)
+    assert isinstance(err.value, Invalid) and isinstance(err.value, ValueError) and err.value.status == 422
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"clip_len": 10 ** 6}, r"clip_len = 1000000 is outside the bounds \[3, 32\]"),
+    ({"height": 8 * 10 ** 5}, r"height = 800000 is outside the bounds \[8, 4096\]"),
+    ({"smoothing": 10 ** 9}, r"smoothing = 1000000000 is outside the bounds \[1, 1000\]"),
+    ({"clip_len": 1}, r"metadata field clip_len: Input should be greater than or equal to 3 \(got 1\)"),
+])
+def test_other_absurd_metadata_is_refused_at_load(tiny_model, tmp_path, fields, says):
+    with pytest.raises(InvalidModelFile, match=says):
+        ExportedModel(with_metadata(tiny_model, tmp_path / "bad.onnx", **fields))
 
 
 def test_unknown_model_name():
