@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]+@")
-_SECRET_PARAM = re.compile(r"(?P<name>[?&;](?:api_key|apikey|access_token|token|password)=)[^&#\s'\"]*", re.I)
+_SECRET_PARAM = re.compile(r"(?P<name>[?&;](?:api_key|apikey|access_token|token|password)=)[^&#\s'\"]*", re.IGNORECASE)
 
 
 def redact(text: str) -> str:

@@ -26,7 +26,7 @@ class RunningStats:
     count: int = 0
 
     @classmethod
-    def from_components(cls, components: list[ComponentStats]) -> "RunningStats":
+    def from_components(cls, components: list[ComponentStats]) -> RunningStats:
         return cls(mean=np.array([c.mean for c in components], dtype=np.float64),
                    var=np.array([c.std ** 2 for c in components], dtype=np.float64))
 
@@ -40,7 +40,7 @@ class RunningStats:
         return {"mean": self.mean.tolist(), "var": self.var.tolist(), "count": self.count}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunningStats":
+    def from_dict(cls, d: dict) -> RunningStats:
         return cls(mean=np.asarray(d["mean"], dtype=np.float64),
                    var=np.asarray(d["var"], dtype=np.float64), count=int(d["count"]))
 
@@ -60,7 +60,7 @@ class StreamScorer:
         self._recent: deque[float] = deque(maxlen=smoothing)
 
     @classmethod
-    def from_metadata(cls, meta: ModelMetadata, **kwargs) -> "StreamScorer":
+    def from_metadata(cls, meta: ModelMetadata, **kwargs) -> StreamScorer:
         kwargs.setdefault("threshold", meta.threshold)
         return cls(meta.components, smoothing=meta.smoothing, **kwargs)
 
