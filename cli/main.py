@@ -1,14 +1,18 @@
-"""The ``amvad`` command, the product's one entry point: ``train``, ``export``, ``eval``, ``flow-check``,
-``speed`` (training/), ``serve`` (service/) and ``bench`` (cli/bench.py). Each command imports its layer
-only when run, so ``amvad --help`` is instant."""
+"""The ``amvad`` command, the product's one entry point: ``train``, ``fit``, ``export``, ``eval``,
+``flow-check``, ``speed`` (training/), ``serve`` (service/) and ``bench`` (cli/bench.py). Parsing needs
+argparse only, and each command imports its layer when it runs, so ``amvad --help`` and argument errors
+import nothing heavy (tests/cli/test_main.py checks it)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
+
+
+class CommandFailed(Exception):
+    """A command that could not do its work for a reason outside the arguments (exit status 1)."""
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -25,27 +29,27 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _fit(args: argparse.Namespace) -> None:
-    from training.fit import fit
-    res = fit(args.footage, args.out, minutes=args.minutes, method=args.method, init=args.init,
-              false_alarms_per_hour=args.false_alarms_per_hour, threads=args.threads, seed=args.seed,
-              base_width=args.base_width, max_pixels=args.max_pixels,
-              progress=not args.quiet, on_progress=ProgressFile(args.progress_json) if args.progress_json else None)
+    if args.job is not None:
+        if args.footage or args.out:
+            raise ValueError("--job DIR takes no footage or --out: the job's request.json names them")
+        from training.fit import run_job
+        res = run_job(args.job)
+    else:
+        if not args.footage or args.out is None:
+            raise ValueError("give the footage and --out PATH.onnx (or --job DIR)")
+        from pydantic import ValidationError
+
+        from runtime.fit_job import FitSpec
+        from training.fit import run_fit
+        try:
+            spec = FitSpec(footage=args.footage, out=args.out, minutes=args.minutes, method=args.method,
+                           init=args.init, false_alarms_per_hour=args.false_alarms_per_hour, threads=args.threads,
+                           seed=args.seed, base_width=args.base_width, max_pixels=args.max_pixels)
+        except ValidationError as exc:
+            raise ValueError("; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}"
+                                       for e in exc.errors(include_input=False))) from None
+        res = run_fit(spec, progress_file=args.progress_json, progress=not args.quiet)
     print(json.dumps(res, indent=1))
-
-
-class ProgressFile:
-    """Writes the latest progress as JSON (atomically, at most once a second but at every stage change),
-    for whoever watches a fit run in another process (the service's fit jobs)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self._last, self._stage = path, 0.0, None
-
-    def __call__(self, progress: dict) -> None:
-        from runtime.files import write_atomic  # the CLI module itself stays import-light for --help
-        now = time.monotonic()
-        if progress.get("stage") != self._stage or now - self._last >= 1.0:
-            self._stage, self._last = progress.get("stage"), now
-            write_atomic(self.path, json.dumps(progress))
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -87,8 +91,11 @@ def _speed(args: argparse.Namespace) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     from service.config import load_settings
-    from service.server import serve
-    serve(load_settings(args.config, host=args.host, port=args.port, model=args.model))
+    from service.server import ServeError, serve
+    try:
+        serve(load_settings(args.config, host=args.host, port=args.port, model=args.model))
+    except ServeError as exc:
+        raise CommandFailed(str(exc)) from None
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -120,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
     t.set_defaults(func=_train)
     fi = sub.add_parser("fit", help="fit a model of one camera's normal from its footage (one command)")
-    fi.add_argument("footage", nargs="+", type=Path,
+    fi.add_argument("footage", nargs="*", type=Path,
                     help="normal footage: video files, folders of videos, or folders of frame images (one per clip)")
-    fi.add_argument("--out", required=True, type=Path, help="the exported model (.onnx); its model card goes beside")
+    fi.add_argument("--out", type=Path, help="the exported model (.onnx); its model card goes beside (required "
+                                             "with footage)")
     fi.add_argument("--minutes", type=float, default=30.0, help="training time budget (default 30)")
     fi.add_argument("--method", default="comemory", choices=["comemory", "ammc", "amsrc"])
     fi.add_argument("--init", default="none", choices=["none", "ped2"],
@@ -134,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="input size budget, height x width (default 24576, the bundled model's: real time on 2 cores)")
     fi.add_argument("--threads", type=int, help="torch CPU threads (default all cores)")
     fi.add_argument("--seed", type=int, default=0)
-    fi.add_argument("--progress-json", type=Path, help="keep the latest progress in this JSON file")
+    fi.add_argument("--progress-json", type=Path, help="keep the latest progress (stage, fraction, epoch; the "
+                    "result or the error at the end) in this JSON file (runtime/fit_job.py: FitProgress)")
+    fi.add_argument("--job", type=Path, metavar="DIR", help="run the fit a job folder's request.json asks for, "
+                    "keeping its progress.json (how the service runs its fit jobs; runtime/fit_job.py)")
     fi.set_defaults(func=_fit)
     e = sub.add_parser("eval", help="frame-level ROC AUC, false alarms per hour and detection delays of a model")
     e.add_argument("--model", default="ped2", help="path to an exported .onnx or a bundled name")
@@ -194,11 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status 2 for bad arguments or inputs, 1 when the service cannot start."""
-    from service.server import ServeError
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # argparse only: --help and usage errors stay fast
     try:
         args.func(args)
-    except ServeError as exc:
+    except CommandFailed as exc:
         print(f"amvad {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as exc:

@@ -23,12 +23,13 @@ from tqdm import tqdm
 
 from runtime.engine import EngineConfig, InferenceEngine
 from runtime.events import EventConfig
+from runtime.plots import score_plot
 from runtime.scoring import min_max_per_clip
 from runtime.stream import Stream, results_in_order
 
 from .alarms import LabelledScores, alarm_report
 from .data import ClipSource, find_clips, iter_clip_frames, labels_file, load_labels
-from .metrics import roc_auc, roc_curve
+from .roc import roc_auc, roc_curve
 
 
 @dataclass
@@ -80,8 +81,8 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "testing", jso
                      "anomalous": int(lab.sum()), "auc_paper": roc_auc(lab, paper),
                      "auc_stream": roc_auc(lab, clip.stream), "stream_scores": np.round(clip.stream, 4).tolist()})
         if plot_dir:
-            plot_clip(Path(plot_dir) / f"{clip.name}.png", clip.name, clip.frame_ids, clip.stream, lab,
-                      meta.threshold)
+            score_plot(clip.frame_ids, clip.stream, meta.threshold, title=f"clip {clip.name}", labels=lab,
+                       path=Path(plot_dir) / f"{clip.name}.png")
     lab = np.concatenate([c.labels for c in stream_clips])
     comp = np.concatenate([c.components for c in clips])
     pooled = {"paper": np.concatenate([c.scores for c in paper_clips]),
@@ -107,17 +108,12 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "testing", jso
     return result
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    return plt
-
-
 def plot_roc(path: Path, labels: np.ndarray, scores: dict[str, np.ndarray], title: str) -> None:
-    """Pooled frame-level ROC curve of each protocol, with its AUC in the legend."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    """Pooled frame-level ROC curve of each protocol, with its AUC in the legend (score curves of clips:
+    :func:`runtime.plots.score_plot`)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(4.5, 4.5), dpi=100)
+    ax = fig.add_subplot()
     for name, s in scores.items():
         fpr, tpr = roc_curve(labels, s)
         ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {roc_auc(labels, s):.3f})")
@@ -128,21 +124,3 @@ def plot_roc(path: Path, labels: np.ndarray, scores: dict[str, np.ndarray], titl
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_clip(path: Path, name: str, frame_ids: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-              threshold: float) -> None:
-    """Score curve of one clip with ground-truth anomalous frames shaded."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 2.8), dpi=100)
-    ax.fill_between(frame_ids, 0, 1, where=labels.astype(bool), transform=ax.get_xaxis_transform(),
-                    color="tab:red", alpha=0.18, step="mid", label="ground truth anomalous")
-    ax.plot(frame_ids, scores, color="tab:blue", lw=1.4, label="causal score")
-    ax.axhline(threshold, color="tab:gray", ls="--", lw=1, label="threshold")
-    ax.set(xlabel="frame", ylabel="score", title=f"clip {name}")
-    ax.legend(loc="upper left", fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)

@@ -5,6 +5,9 @@ Footage (video files, folders of videos, or folders of frame images, one folder 
 with the serving flow -> as many training epochs as fit in the time budget, the last ``FIT_HOLDOUT`` of every
 clip (by time) kept aside -> the threshold set on that held-out normal footage for a target false-alarm
 rate -> a self-describing ONNX file and a model card (``PATH.md``) beside it.
+
+:func:`run_fit` runs a :class:`~runtime.fit_job.FitSpec` (the fit-job contract) and records progress and
+errors as :class:`~runtime.fit_job.FitProgress`; :func:`run_job` does so for a service's job folder.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from runtime.device import pick_device
 from runtime.events import EventConfig
 from runtime.exported_model import ExportedModel
 from runtime.files import atomic_path, write_atomic
+from runtime.fit_job import (DEFAULT_BASE_WIDTH, DEFAULT_MAX_PIXELS, INITS, FitSpec, JobFolder, ProgressWriter,
+                             read_request)
 from runtime.flows import compute_flows
 from runtime.scoring import training_scores
 from runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, open_source, stream_fps
@@ -43,9 +48,8 @@ from .export import export
 from .train import train
 from .warm_start import weights_from_exported
 
-BUDGET_PIXELS = 128 * 192   # the bundled model's input: what keeps >= 25 frames/s on 2 CPU cores
-CLIP_LEN, BASE_WIDTH = 5, 12
-INITS = ("none", "ped2")
+BUDGET_PIXELS = DEFAULT_MAX_PIXELS   # the bundled model's input: what keeps >= 25 frames/s on 2 CPU cores
+CLIP_LEN, BASE_WIDTH = 5, DEFAULT_BASE_WIDTH
 
 
 @dataclass
@@ -206,6 +210,31 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     write_atomic(out.with_suffix(".md"), model_card(result))
     report({"stage": "done", "fraction": 1.0, "result": result})
     return result
+
+
+def run_fit(spec: FitSpec, *, progress_file: Path | None = None, progress: bool = True) -> dict:
+    """:func:`fit` as ``spec`` asks; with ``progress_file`` its progress, and its error if it fails (then
+    re-raised), are kept there as :class:`~runtime.fit_job.FitProgress` records."""
+    writer = ProgressWriter(progress_file) if progress_file else None
+    try:
+        return fit(**spec.model_dump(), progress=progress, on_progress=writer)
+    except (Exception, KeyboardInterrupt) as exc:
+        if writer is not None:
+            writer.fail(exc)
+        raise
+
+
+def run_job(folder: str | Path) -> dict:
+    """Run the fit a job folder's ``request.json`` asks for (``amvad fit --job DIR``, the service's worker),
+    keeping its ``progress.json``; a request that cannot be read is recorded there as the error too."""
+    job = JobFolder(Path(folder))
+    try:
+        spec = read_request(job.root)
+    except (OSError, ValueError) as exc:
+        if job.root.is_dir():
+            ProgressWriter(job.progress).fail(exc)
+        raise
+    return run_fit(spec, progress_file=job.progress, progress=False)
 
 
 def model_card(r: dict) -> str:

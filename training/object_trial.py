@@ -35,7 +35,7 @@ from runtime.windows import scored_frames, window
 
 from .config import load_config
 from .data import ClipDataset, find_clips, load_labels
-from .metrics import roc_auc
+from .roc import roc_auc
 from .train import clip_components, load_split, score_stats, train
 
 CONFIG = Path(__file__).parent / "configs" / "ped2_amsrc.yaml"
@@ -129,9 +129,9 @@ def run(data: Path, out: Path, *, epochs: int = 6, regions: Regions = Regions(),
 
     scored = [regions_scored(f, o) for f, o in train_clips]
     floor = np.concatenate([c for c, _, _ in scored]).min(0)
-    calibration = score_stats(model, [frame_components(*r, floor) for r in scored], cfg)
-    stats = [ComponentStats(**c) for c in calibration["components"]]
-    threshold, weights = calibration["threshold"], np.array([c.weight for c in stats])
+    train_stats = score_stats(model, [frame_components(*r, floor) for r in scored], cfg)
+    stats = [ComponentStats(**c) for c in train_stats["components"]]
+    threshold, weights = train_stats["threshold"], np.array([c.weight for c in stats])
     names, test_clips = load_split(cfg, full, cfg.data.test_split, device)
     labels = load_labels(data, cfg.data.test_split, find_clips(data, cfg.data.test_split),
                          [len(f) for f, _ in test_clips])

@@ -1,5 +1,6 @@
 """``amvad train``: fit one method on normal clips, with checkpoints that carry their config and
-resume, then calibrate the score statistics on the training data and store them in the checkpoint."""
+resume, then compute the score statistics of the training data (:func:`score_stats`: each component's
+mean and std, the default threshold) and store them in the checkpoint."""
 
 from __future__ import annotations
 
@@ -68,11 +69,6 @@ def clip_components(model: AnomalyModel, ds: ClipDataset, device: torch.device,
     return [rows.numpy()[clip_ids == c] for c in range(len(ds.clips))]
 
 
-def calibrate(model: AnomalyModel, ds: ClipDataset, cfg: TrainConfig, device: torch.device) -> dict:
-    """Training-set statistics of each component and the default threshold (see :func:`score_stats`)."""
-    return score_stats(model, clip_components(model, ds, device), cfg)
-
-
 def score_stats(model: AnomalyModel, per_clip: list[np.ndarray], cfg: TrainConfig) -> dict:
     """Statistics of each component over normal clips' components ((N, K) per clip) and the default
     threshold: the configured quantile of the causal scores (no running updates, so the threshold does
@@ -93,7 +89,8 @@ def score_stats(model: AnomalyModel, per_clip: list[np.ndarray], cfg: TrainConfi
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
           clips: tuple[list[str], list[tuple[np.ndarray, np.ndarray]]] | None = None,
           init_state: dict | None = None, on_progress: Callable[[dict], None] | None = None) -> Path:
-    """Train, save ``<out_dir>/last.pt`` after every epoch, calibrate, and return the checkpoint path.
+    """Train, save ``<out_dir>/last.pt`` after every epoch, add the training-set score statistics, and
+    return the checkpoint path.
 
     ``clips`` (names, [(frames, flows)]) replaces the config's training split (``amvad fit`` passes its
     footage); ``init_state`` is a state dict to start from (fine-tuning); ``on_progress`` gets a dict after
@@ -181,7 +178,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         save_checkpoint(_checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen), ckpt_path)
 
     ckpt = _checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen)
-    ckpt["stats"] = calibrate(model, ds, cfg, device)
+    ckpt["stats"] = score_stats(model, clip_components(model, ds, device), cfg)
     frames, flows = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
     ckpt["verify_inputs"] = {"frames": frames, "flows": flows}
     ckpt["complete"] = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
@@ -63,3 +64,54 @@ def test_retention_removes_the_oldest_evidence_first(tmp_path):
     kept = [eid for eid in ids if (folder / f"{eid}.mp4").exists()]
     assert kept == ids[2:] and store.evidence_bytes("gate") == 800_000
     assert store.get("gate", ids[0])["clip"] is None
+
+
+def test_writes_wait_while_another_process_locks_the_database_and_none_is_lost(tmp_path):
+    health = []
+    store = EventStore(tmp_path / "events.sqlite3", on_health=lambda up, pending: health.append((up, pending)))
+    lock = sqlite3.connect(str(tmp_path / "events.sqlite3"), isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    t0 = time.monotonic()
+    row = store.open(camera="gate", model="m", threshold=1.0, event=AnomalyEvent(0, 100.0, 1, 2.0, 1))
+    closed = store.close(row["id"], AnomalyEvent(row["id"], 100.0, 1, 3.0, 4, 105.0, 9))
+    assert time.monotonic() - t0 < 0.5  # the camera never waits on SQLite
+    assert closed["id"] == row["id"] and closed["end_ts"] == 105.0 and closed["peak_score"] == 3.0
+    assert store.get("gate", row["id"])["end_ts"] == 105.0  # answered from memory meanwhile
+    assert not store.flush(3) and not store.up and store.pending == 2
+    lock.execute("COMMIT")
+    lock.close()
+    assert store.flush(10) and store.up
+    assert [e["id"] for e in store.query(camera="gate")] == [row["id"]]
+    assert (False, 2) in health and health[-1] == (True, 0)
+    again = store.open(camera="gate", model="m", threshold=1.0, event=AnomalyEvent(0, 200.0, 1, 2.0, 1))
+    assert again["id"] == row["id"] + 1
+    store.close_db()
+
+
+def test_a_database_found_broken_while_running_is_moved_aside_and_writes_go_on(tmp_path, monkeypatch):
+    # given a store whose next write finds the file is no longer a database (as SQLite reports it)
+    path = tmp_path / "events.sqlite3"
+    store = EventStore(path)
+    first = add_event(store, "gate", 100.0, 101.0)
+    apply, broken = store._apply, [True]
+
+    def apply_once_broken(op, args):
+        if broken.pop() if broken else False:
+            raise sqlite3.DatabaseError("file is not a database")
+        apply(op, args)
+
+    monkeypatch.setattr(store, "_apply", apply_once_broken)
+    row = store.open(camera="gate", model="m", threshold=1.0, event=AnomalyEvent(0, 300.0, 1, 2.0, 1))
+    # then the file is kept aside, a fresh one takes the write, and ids go on from where they were
+    assert store.flush(15), store.last_error
+    assert row["id"] > first and store.get("gate", row["id"])["start_ts"] == 300.0
+    assert list(tmp_path.glob("events.sqlite3.broken-*")) and store.up
+    store.close_db()
+
+
+def test_event_ids_beyond_sqlite_integers_are_unknown(tmp_path):
+    store = EventStore(tmp_path / "events.sqlite3")
+    for event_id in (0, -5, 2 ** 63, 10 ** 30):
+        with pytest.raises(UnknownEvent):
+            store.get("gate", event_id)
+    store.close_db()

@@ -11,7 +11,7 @@ import pytest
 from tests.support.servers import start_service, stop_process
 from tests.support.synthetic import ped2_or_skip
 from training.data import find_clips, load_labels
-from training.metrics import roc_auc
+from training.roc import roc_auc
 
 
 def ped2_mp4(folder, out) -> int:

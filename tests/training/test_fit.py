@@ -11,6 +11,7 @@ import pytest
 from cli.main import main
 from models.registry import build_model
 from runtime.exported_model import ExportedModel
+from runtime.fit_job import FitSpec, read_progress, write_request
 from tests.support.synthetic import render_clip, write_clip, write_mp4
 from training.fit import Clip, choose_size, find_footage, split_holdout
 from training.warm_start import weights_from_exported
@@ -51,6 +52,19 @@ def test_short_footage_is_refused_saying_how_much_is_needed(tmp_path, capsys):
     assert "footage too short: 40 frames (4 s at 10 fps)" in err and "at least 334 frames" in err
 
 
+def test_a_job_folders_fit_records_its_error_as_data(tmp_path, capsys):
+    # given a job folder (as the service writes it) whose footage is too short
+    write_clip(tmp_path / "cam", render_clip(40, speed=1.0, seed=0))
+    write_request(tmp_path / "job", FitSpec(footage=[tmp_path / "cam"], out=tmp_path / "job" / "model.onnx"))
+    # when the worker runs it, it fails as the command line would
+    assert main(["fit", "--job", str(tmp_path / "job"), "--quiet"]) == 2
+    assert "footage too short" in capsys.readouterr().err
+    # and its progress record says why, as data
+    progress = read_progress(tmp_path / "job" / "progress.json")
+    assert progress.stage == "failed" and progress.error.kind == "input" and progress.error.type == "ValueError"
+    assert progress.error.message.startswith("footage too short: 40 frames (4 s at 10 fps)")
+
+
 def test_weights_of_the_bundled_model_fit_any_input_size_of_the_same_widths():
     model = build_model("comemory", clip_len=5, channels=1, height=48, width=64, base_width=12)
     model.load_state_dict(weights_from_exported(model, "ped2"))  # checked against ONNX Runtime inside
@@ -68,8 +82,11 @@ def test_a_tiny_fit_writes_a_model_and_its_card(tmp_path, capsys, init):
     out = tmp_path / "cam.onnx"
     width = "12" if init == "ped2" else "4"
     assert main(["fit", *map(str, clips), "--out", str(out), "--minutes", "0.05", "--max-pixels", "1536",
-                 "--base-width", width, "--init", init, "--threads", "1", "--quiet"]) == 0
+                 "--base-width", width, "--init", init, "--threads", "1", "--quiet",
+                 "--progress-json", str(tmp_path / "progress.json")]) == 0
     res = json.loads(capsys.readouterr().out)
+    progress = read_progress(tmp_path / "progress.json")
+    assert progress.stage == "done" and progress.result == res and progress.error is None
     assert res["frames"] == 400 and res["validation_frames"] == 2 * (20 - 4) and res["epochs"] >= 1
     assert res["threshold"] >= res["training_quantile_threshold"]
     assert res["validation_false_alarms_per_hour"] <= 1.0
