@@ -100,7 +100,11 @@ def _serve(args: argparse.Namespace) -> None:
 
 def _bench(args: argparse.Namespace) -> None:
     from .bench import http_bench, run_bench
-    if args.http:
+    if args.soak_minutes:
+        from .soak import run_soak
+        res = run_soak(args.model, source=args.source, cameras=args.cameras, rate=args.rate or 3.0,
+                       minutes=args.soak_minutes, progress=not args.quiet)
+    elif args.http:
         res = http_bench(args.http, source=args.source, camera_url=args.camera_url, cameras=args.cameras,
                          frames=args.frames, api_key=args.api_key, progress=not args.quiet)
     else:
@@ -196,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--http", metavar="URL", help="drive a running `amvad serve` at URL instead")
     b.add_argument("--camera-url", help="with --http: source URL for the cameras (e.g. rtsp://...)")
     b.add_argument("--api-key", help="with --http: the service's API key")
+    b.add_argument("--soak-minutes", type=float, help="soak instead: --cameras live cameras at --rate (default 3) "
+                   "frames/s for this long with events, clips and a webhook on; RSS over time, drops, latency")
     b.add_argument("--json", type=Path, help="write the report here")
     b.set_defaults(func=_bench)
     for sp in (t, fi, e, f, b):

@@ -206,7 +206,8 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     }
     set_threshold(out, threshold, {"fit": {k: result[k] for k in ("footage", "init", "epochs", "train_frames",
                                                                   "validation_frames", "target_false_alarms_per_hour",
-                                                                  "validation_false_alarms_per_hour")}})
+                                                                  "validation_false_alarms_per_hour",
+                                                                  "training_quantile_threshold")}})
     write_atomic(out.with_suffix(".md"), model_card(result))
     report({"stage": "done", "fraction": 1.0, "result": result})
     return result
