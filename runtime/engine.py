@@ -9,10 +9,11 @@ owned and changed by the flow thread alone. The engine knows a stream only as a
 :class:`~runtime.types.StreamSink` and hands it each frame's :class:`~runtime.types.EngineOutput` once.
 
 A per-model time budget (``EngineConfig.model_budget_ms``, flow + model per frame, on
-:func:`~runtime.exported_model.cost_clock`; ``runtime/budget.py``) keeps one model from starving the others. :meth:`InferenceEngine.load` measures one frame and refuses a
-model over the budget (:class:`~runtime.budget.ModelTooSlow`). At run time each stage times every model's
-batch; a model whose cost per frame goes over the budget is *suspended* for ``budget_suspend_s`` (doubled
-for each suspension in a row, at most 8x): while suspended its frames cost nothing, each is answered with
+:func:`~runtime.exported_model.cost_clock`; ``runtime/budget.py``) keeps one model from starving the
+others. :meth:`InferenceEngine.load` measures one frame and refuses a model over the budget
+(:class:`~runtime.budget.ModelTooSlow`). At run time each stage times every model's batch; a model
+whose cost per frame goes over the budget is *suspended* for ``budget_suspend_s`` (doubled for each
+suspension in a row, at most 8x): while suspended its frames cost nothing, each is answered with
 a :class:`~runtime.budget.ModelOverBudget` error (counted in :meth:`InferenceEngine.usage`; the stream
 fails that frame and restarts its window, as after any engine error), and it is measured afresh when it
 comes back. So a slow model costs the others at most one batch per suspension.

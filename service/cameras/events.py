@@ -36,7 +36,7 @@ class EventSink:
         if self.open_id is not None and r.event_record is not None:
             self._record = r.event_record
             if r.score is not None and self.evidence is not None:
-                self.boundary.call("evidence", self.evidence.on_frame_scored, r.score, p.frame.pixels, r.heatmap)
+                self.boundary.call("evidence_peak", self.evidence.on_frame_scored, r.score, p.frame.pixels, r.heatmap)
         if r.event == "end" and self.open_id is not None and r.event_record is not None:
             self._end(r.event_record)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from runtime.fit_job import (FitError, FitProgress, FitSpec, JobFolder, ProgressWriter, child_preexec, read_progress,
+from runtime.fit_job import (FitError, FitProgress, FitSpec, JobFolder, ProgressWriter, read_progress,
                              read_request, remove_leftover_jobs, worker_command, write_pid, write_request)
 
 REPO = Path(__file__).resolve().parents[2]
