@@ -148,8 +148,8 @@ class ProgressWriter:
                                          "result": None, "updated": time.time()})
         try:
             self._write(record)
-        except OSError:
-            pass
+        except OSError as write_error:  # the job folder is gone or full: the exit status still tells
+            print(f"cannot record the fit's failure in {self.path}: {write_error}", file=sys.stderr)
 
     def _write(self, record: FitProgress) -> None:
         write_atomic(self.path, record.model_dump_json(exclude_none=True))

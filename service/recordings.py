@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import threading
@@ -78,7 +77,7 @@ class Recordings:
             if len(self._active) >= self.max_active:
                 raise TooManyRecordings(f"{len(self._active)} recordings are being written already (the limit, "
                                         f"limits.max_recordings, is {self.max_active}); try again when one ends")
-            used = folder_bytes_tree(self.dir)
+            used = sum(folder_bytes(f) for f in self._folders())
             if used >= self.max_bytes:
                 raise RecordingsFull(f"recordings hold {used / MB:.0f} MB, the limit (limits.max_recordings_mb) "
                                      f"is {self.max_bytes / MB:g} MB; delete some first")
@@ -273,14 +272,3 @@ class Recordings:
         log.info("recording %s: %s", rec.id, summary)
         self._save(rec)
 
-
-def folder_bytes_tree(root: Path) -> int:
-    """Bytes of every file under ``root`` (0 when it does not exist)."""
-    total = 0
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
-    return total

@@ -17,6 +17,7 @@ import pytest
 
 from runtime.errors import Invalid
 from service.h264 import H264Writer, playable_frames, probe
+from tests.support.disk import tmpfs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,13 +145,8 @@ def test_playable_frames_of_garbage_or_a_missing_file_is_zero(tmp_path):
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 200 KiB tmpfs (root only); skipped where mounting is refused."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)],
-                      capture_output=True, check=False).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with tmpfs(tmp_path / "tiny", "200k") as mnt:
+        yield mnt
 
 
 def test_a_full_disk_raises_oserror_and_leaves_the_complete_fragments_playable(tiny_disk):

@@ -33,6 +33,7 @@ from service.recordings import (
     UnknownRecording,
 )
 from service.state import StatePaths
+from tests.support.disk import tmpfs
 
 
 def frame(i: int, ts: float, shape=(48, 64), noise: np.random.Generator | None = None) -> Frame:
@@ -237,13 +238,8 @@ def test_a_writer_failure_ends_the_recording_failed_with_the_reason(tmp_path):
 @pytest.fixture
 def tiny_state(tmp_path):
     """A state directory on a 256 KiB tmpfs (root only); skipped where mounting is refused."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                      capture_output=True, check=False).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with tmpfs(tmp_path / "tiny", "256k") as mnt:
+        yield mnt
 
 
 def fill(path: Path) -> None:
