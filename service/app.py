@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from .api import cameras, clips, events, health, live, models, recordings, webhooks
+from .api import backup, cameras, clips, events, health, live, models, recordings, webhooks
 from .config import ServiceSettings
 from .errors import install_error_handlers
 from .wiring import Services
@@ -45,7 +45,7 @@ def create_app(settings: ServiceSettings, services: Services | None = None) -> F
     app.state.services = svc
     install_error_handlers(app)
     for router in (health.router, live.router, clips.router, cameras.router, cameras.websocket_router,
-                   models.router, recordings.router, events.router, webhooks.router):
+                   models.router, recordings.router, events.router, webhooks.router, backup.router):
         app.include_router(router)
     mount_docs(app)
     return app

@@ -11,8 +11,8 @@ from pathlib import Path
 class StatePaths:
     """``<state_dir>/``: ``events.sqlite3`` (events), ``events/<camera>/`` (their clips and snapshots),
     ``cameras/<camera>.json`` (running statistics), ``api_cameras.json``, ``webhooks.json``,
-    ``models/`` (registered models), ``recordings/<id>/``, ``fits/<job>/``, ``uploads/`` (clip files
-    while their job lives)."""
+    ``models/`` (registered models), ``cache/`` (compiled models), ``recordings/<id>/``, ``fits/<job>/``,
+    ``uploads/`` (clip files while their job lives), ``config.restored.yaml`` (after ``amvad restore``)."""
     root: Path
 
     def __post_init__(self) -> None:
@@ -30,8 +30,13 @@ class StatePaths:
     def evidence_root(self) -> Path:
         return self.root / "events"
 
+    @property
+    def stats_dir(self) -> Path:
+        """Every camera's running statistics, one JSON file each."""
+        return self.root / "cameras"
+
     def camera_stats(self, camera: str) -> Path:
-        return self.root / "cameras" / f"{camera}.json"
+        return self.stats_dir / f"{camera}.json"
 
     @property
     def api_cameras(self) -> Path:
@@ -46,6 +51,11 @@ class StatePaths:
         return self.root / "models"
 
     @property
+    def cache(self) -> Path:
+        """Compiled models and flow graphs (rebuilt when missing; not worth a backup)."""
+        return self.root / "cache"
+
+    @property
     def recordings(self) -> Path:
         return self.root / "recordings"
 
@@ -56,3 +66,8 @@ class StatePaths:
     @property
     def uploads(self) -> Path:
         return self.root / "uploads"
+
+    @property
+    def restored_config(self) -> Path:
+        """The service config a restored backup carried, with ``state_dir`` pointing here (``amvad restore``)."""
+        return self.root / "config.restored.yaml"
