@@ -92,7 +92,8 @@ def _peak_rss_mb() -> float:
 def run_bench(model: str = "ped2", *, source: str | Path | None = None, cameras: int = 1, frames: int = 300,
               device: str = "auto", rate: float = 0.0, heatmaps: bool = True, max_batch: int | None = None,
               batch_wait_ms: float | None = None, flow_threads: int | None = None,
-              model_threads: int | None = None, timeout_s: float | None = None, progress: bool = True) -> dict:
+              model_threads: int | None = None, backend: str = "auto", precision: str = "auto",
+              timeout_s: float | None = None, progress: bool = True) -> dict:
     """Run ``cameras`` streams of ``source`` until each has ``frames`` scored frames; return the report."""
     if cameras < 1 or frames < 1:
         raise ValueError(f"cameras and frames must be >= 1, got {cameras} and {frames}")
@@ -101,7 +102,7 @@ def run_bench(model: str = "ped2", *, source: str | Path | None = None, cameras:
     src = Path(source) if source else SAMPLE
     if not src.is_file():
         raise FileNotFoundError(f"benchmark source {src} does not exist")
-    engine_cfg = EngineConfig(device=device, **{k: v for k, v in {
+    engine_cfg = EngineConfig(device=device, backend=backend, precision=precision, **{k: v for k, v in {
         "max_batch": max_batch, "batch_wait_ms": batch_wait_ms, "flow_threads": flow_threads,
         "model_threads": model_threads}.items() if v is not None})
     state_dir = tempfile.TemporaryDirectory(prefix="amvad-bench-")
@@ -171,7 +172,8 @@ def run_bench(model: str = "ped2", *, source: str | Path | None = None, cameras:
         "batch_size": {stage: percentiles(s.get(f"{stage}_batch_size", []), scale=1.0) for stage in ("flow", "model")},
         "drops": {"queue_full": sum(c.drops for c in cams), "ws_slow_client": sum(c.dropped for c in clients)},
         "heatmaps_sent": sum(t.heatmaps for t in tallies), "warmup_frames": sum(t.warmup for t in tallies),
-        "peak_rss_mb": _peak_rss_mb(), "device": str(engine.device), "engine": engine.describe(),
+        "peak_rss_mb": _peak_rss_mb(), "device": str(engine.device), "backend": engine.model.backend.name,
+        "precision": engine.model.precision.used, "engine": engine.describe(),
         "seconds": round(time.perf_counter() - wall0, 2), "date": time.strftime("%Y-%m-%d"),
     }
     if engine.device.type == "cuda":
@@ -179,6 +181,26 @@ def run_bench(model: str = "ped2", *, source: str | Path | None = None, cameras:
         report["gpu_memory_mb"] = {"process_used": round(used, 1), "per_camera": round(used / cameras, 1),
                                    "torch_peak": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
     return report
+
+
+def compare(model: str, backends: list[str], precisions: list[str], **kwargs: Any) -> dict:
+    """:func:`run_bench` for every backend x precision, one after the other in this process (the same
+    machine, the same minute), and a table of them side by side. A precision the model may not run (no
+    passing parity record, not native) runs at fp32, and its row says so."""
+    runs = []
+    for backend in backends:
+        for precision in precisions:
+            report = run_bench(model, backend=backend, precision=precision, **kwargs)
+            stage = report["stage_ms"]
+            runs.append({"backend": backend, "precision_asked": precision, "precision": report["precision"],
+                         "fps_end_to_end": report["fps_end_to_end"], "fps_aggregate": report["fps_aggregate"],
+                         "latency_ms_p50": report["latency_ms_p50"], "latency_ms_p99": report["latency_ms_p99"],
+                         "flow_ms_p50": (stage["flow"] or {}).get("p50"),
+                         "model_ms_p50": (stage["model"] or {}).get("p50"),
+                         "drops": report["drops"]["queue_full"], "peak_rss_mb": report["peak_rss_mb"],
+                         "note": report["engine"]["precision_note"]})
+    return {"model": model, "date": time.strftime("%Y-%m-%d"), **{k: kwargs[k] for k in ("cameras", "frames")
+                                                                    if k in kwargs}, "runs": runs}
 
 
 def http_bench(url: str, *, source: str | Path | None = None, camera_url: str | None = None, cameras: int = 1,

@@ -10,6 +10,14 @@ import json
 import sys
 from pathlib import Path
 
+from .backup import add_parsers as add_backup_parsers
+
+
+# runtime.backends' names, spelled here so that parsing imports nothing heavy (tests/cli/test_main.py checks
+# that they agree)
+BACKENDS = ("onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 
 class CommandFailed(Exception):
     """A command that could not do its work for a reason outside the arguments (exit status 1)."""
@@ -63,9 +71,14 @@ def _export(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from training.evaluate import evaluate
+    from runtime.engine import EngineConfig
     res = evaluate(args.model, args.data, split=args.split, json_out=args.json, plot_dir=args.plot,
-                   progress=not args.quiet)
-    summary = {k: res[k] for k in ("method", "auc_paper", "auc_stream", "frames_scored", "seconds")}
+                   progress=not args.quiet, record=args.record,
+                   engine_config=EngineConfig(backend=args.backend, precision=args.precision))
+    summary = {k: res[k] for k in ("method", "auc_paper", "auc_stream", "frames_scored", "backend", "precision",
+                                   "seconds")}
+    if "parity" in res:
+        summary["parity"] = res["parity"]["verdict"]
     for protocol, points in res["alarms"].items():
         summary[protocol] = {name: None if p is None else {k: p[k] for k in (
             "threshold", "false_alarms_per_hour", "events_caught", "events_total", "detection_delay_s")}
@@ -103,16 +116,21 @@ def _bench(args: argparse.Namespace) -> None:
     if args.soak_minutes:
         from .soak import run_soak
         res = run_soak(args.model, source=args.source, cameras=args.cameras, rate=args.rate or 3.0,
-                       minutes=args.soak_minutes, progress=not args.quiet)
+                       minutes=args.soak_minutes, backend=args.backend[0], precision=args.precision[0],
+                       progress=not args.quiet)
     elif args.http:
         res = http_bench(args.http, source=args.source, camera_url=args.camera_url, cameras=args.cameras,
                          frames=args.frames, api_key=args.api_key, progress=not args.quiet)
     else:
-        res = run_bench(args.model, source=args.source, cameras=args.cameras, frames=args.frames,
-                        device=args.device, rate=args.rate, heatmaps=not args.no_heatmaps,
-                        max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-                        flow_threads=args.flow_threads, model_threads=args.model_threads,
-                        progress=not args.quiet)
+        kwargs = dict(source=args.source, cameras=args.cameras, frames=args.frames, device=args.device,
+                      rate=args.rate, heatmaps=not args.no_heatmaps, max_batch=args.max_batch,
+                      batch_wait_ms=args.batch_wait_ms, flow_threads=args.flow_threads,
+                      model_threads=args.model_threads, progress=not args.quiet)
+        if len(args.backend) * len(args.precision) > 1:
+            from .bench import compare
+            res = compare(args.model, args.backend, args.precision, **kwargs)
+        else:
+            res = run_bench(args.model, backend=args.backend[0], precision=args.precision[0], **kwargs)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))
@@ -155,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="ped2", help="path to an exported .onnx or a bundled name")
     e.add_argument("--data", required=True, type=Path)
     e.add_argument("--split", default="testing")
+    e.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
+                   help="what runs the model (default auto: OpenVINO on a CPU when installed)")
+    e.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
+                   help="model precision; other than fp32 ONNX Runtime, the clips are also scored on that "
+                        "reference and the parity reported")
+    e.add_argument("--record", action="store_true", help="write the parity check beside the model "
+                   "(<model>.parity.json), where the service looks before it runs a reduced precision")
     e.add_argument("--json", type=Path, help="write the full results here")
     e.add_argument("--plot", type=Path, help="write the ROC curves (roc.png) and one score curve per clip "
                                              "(<clip>.png) into this folder")
@@ -190,13 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cameras", type=int, default=1, help="concurrent streams of the source")
     b.add_argument("--frames", type=int, default=300, help="scored frames per stream")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    b.add_argument("--backend", nargs="+", default=["auto"], choices=["auto", *BACKENDS],
+                   help="one or more: each backend x precision runs in turn, side by side in one report")
+    b.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", *PRECISIONS],
+                   help="one or more (a precision without a passing parity record runs at fp32)")
     b.add_argument("--rate", type=float, default=0.0,
                    help="replay frames/s per stream like a live camera (drops counted); 0 = as fast as possible")
     b.add_argument("--no-heatmaps", action="store_true", help="skip the JPEG heatmap of every frame")
     b.add_argument("--max-batch", type=int, help="engine batch limit (default 32)")
     b.add_argument("--batch-wait-ms", type=float, help="engine batch budget (default 0 CPU / 4 ms CUDA)")
-    b.add_argument("--flow-threads", type=int, help="PyTorch threads for flow (default half the cores)")
-    b.add_argument("--model-threads", type=int, help="ONNX Runtime threads (default the other half)")
+    b.add_argument("--flow-threads", type=int, help="threads for the flow (default half the cores)")
+    b.add_argument("--model-threads", type=int, help="threads for the model (default the other half)")
     b.add_argument("--http", metavar="URL", help="drive a running `amvad serve` at URL instead")
     b.add_argument("--camera-url", help="with --http: source URL for the cameras (e.g. rtsp://...)")
     b.add_argument("--api-key", help="with --http: the service's API key")
@@ -206,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_bench)
     for sp in (t, fi, e, f, b):
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_backup_parsers(sub)
     return p
 
 

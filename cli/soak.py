@@ -55,7 +55,7 @@ class _Hooks(ThreadingHTTPServer):
 
 def run_soak(model: str = "ped2", *, cameras: int = 8, rate: float = 3.0, minutes: float = 60.0,
              source: str | Path | None = None, warmup_fraction: float = 0.1, sample_s: float = 10.0,
-             progress: bool = True) -> dict[str, Any]:
+             backend: str = "auto", precision: str = "auto", progress: bool = True) -> dict[str, Any]:
     src = Path(source) if source else SAMPLE
     if not src.is_file():
         raise FileNotFoundError(f"soak source {src} does not exist")
@@ -66,7 +66,8 @@ def run_soak(model: str = "ped2", *, cameras: int = 8, rate: float = 3.0, minute
     settings = load_settings(None, model=model, state_dir=Path(state.name), media_dirs=[str(src.resolve().parent)],
                              notify={"webhooks": [{"url": f"http://127.0.0.1:{hooks.server_port}/hook",
                                                    "secret": "soak"}]},
-                             websocket=WebSocketConfig(queue=1000).model_dump())
+                             websocket=WebSocketConfig(queue=1000).model_dump(),
+                             engine={"backend": backend, "precision": precision})
     services = Services(settings, Metrics())
     services.start()
     loop = asyncio.new_event_loop()

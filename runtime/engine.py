@@ -1,8 +1,8 @@
 """The inference engine every stream shares: a flow stage and a model stage, each in its own thread,
 each running whatever work is queued from all streams as one batch (micro-batching).
 
-Why two stages: on a CPU the flow (PyTorch, mostly per-operation overhead) and the model (ONNX Runtime,
-which releases the GIL) overlap on two cores, so frame t's model runs while frame t+1's flow is computed;
+Why two stages: on a CPU the flow and the model (each run by the model's backend, runtime/backends, which
+releases the GIL) overlap on two cores, so frame t's model runs while frame t+1's flow is computed;
 on a GPU one batched flow call and one batched model call serve many cameras. Work moves through both
 stages in submission order. Each stream has a :class:`Lane` here: its temporal window of frames and flows,
 owned and changed by the flow thread alone. The engine knows a stream only as a
@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.registry import resolve_model
 
+from .backends import BackendName, PrecisionName
 from .budget import ModelBudget
 from .device import pick_device
 from .errors import Unavailable
@@ -58,8 +59,19 @@ class EngineConfig(BaseModel):
     """The shared inference engine: device, CPU thread split and micro-batching."""
     model_config = ConfigDict(extra="forbid")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available")
-    flow_threads: int | None = Field(None, ge=1, description="PyTorch threads for the flow; default half the cores")
-    model_threads: int | None = Field(None, ge=1, description="ONNX Runtime threads; default the other half")
+    backend: BackendName = Field("auto", description="what runs the models (runtime/backends): onnxruntime "
+                                 "(CPU, CUDA) or openvino (CPU; it also runs the TV-L1 flow as a graph); auto = "
+                                 "ONNX Runtime on CUDA, OpenVINO on a CPU when installed, else ONNX Runtime")
+    precision: PrecisionName = Field("auto", description="fp32, bf16 or fp16; a reduced precision runs only "
+                                     "when native to the backend and the model has a passing parity record "
+                                     "(runtime/parity.py), else fp32 and the model says why; auto = the "
+                                     "fastest such precision")
+    precision_gate: bool = Field(True, description="hold a reduced precision to the model's parity record; "
+                                 "off only to measure a precision (amvad eval --precision)")
+    cache_dir: Path | None = Field(None, description="compiled models and flow graphs (default "
+                                   "$AMVAD_CACHE_DIR, else ~/.cache/amvad; the service uses <state_dir>/cache)")
+    flow_threads: int | None = Field(None, ge=1, description="threads for the flow; default half the cores")
+    model_threads: int | None = Field(None, ge=1, description="threads for the model; default the other half")
     max_batch: int = Field(32, ge=1, description="most frames (from all streams) in one flow or model batch")
     batch_wait_ms: float | None = Field(None, ge=0, le=100, description="how long a stage waits for more "
                                         "frames to fill a batch; default 0 on CPU, 4 ms on CUDA")
@@ -163,10 +175,9 @@ class InferenceEngine:
 
     def describe(self) -> dict[str, Any]:
         """The settings a benchmark or status page reports."""
-        return {"device": str(self.device), "flow": self.model.flow.spec, "flow_threads": self.flow_threads,
+        return {"device": str(self.device), **self.model.describe(), "flow_threads": self.flow_threads,
                 "model_threads": self.model_threads, "max_batch": self.max_batch,
                 "batch_wait_ms": self.batch_wait_s * 1000, "model_budget_ms": self.budget.budget_ms,
-                "providers": self.model.session.get_providers(),
                 "model": {"method": self.meta.method, "height": self.meta.height, "width": self.meta.width,
                           "channels": self.meta.channels, "clip_len": self.meta.clip_len,
                           "path": str(self.model.path)}}
@@ -180,12 +191,20 @@ class InferenceEngine:
         with self._models_lock:
             if sha in self._models:
                 return self._models[sha]
-        model = ExportedModel(name_or_path, device=self.device, threads=self.model_threads)
+        model = self.open(name_or_path)
         cost = self.budget.admit(model)
-        log.info("model %s loaded: %s per frame (budget %g ms)", model.path.name, cost.describe(),
-                 self.budget.budget_ms)
+        log.info("model %s loaded on %s %s: %s per frame (budget %g ms)", model.path.name, model.backend.name,
+                 model.precision.used, cost.describe(), self.budget.budget_ms)
         with self._models_lock:
             return self._models.setdefault(model.sha256, model)
+
+    def open(self, name_or_path: str | Path) -> ExportedModel:
+        """A model loaded the way this engine runs models (device, threads, backend, precision, cache), not
+        yet served (:meth:`load` serves it)."""
+        cfg = self.config
+        return ExportedModel(name_or_path, device=self.device, threads=self.model_threads, backend=cfg.backend,
+                             precision=cfg.precision, cache_dir=cfg.cache_dir, flow_threads=self.flow_threads,
+                             gate=cfg.precision_gate)
 
     def unload(self, sha256: str) -> None:
         """Forget a loaded model (not the default one) and drop all of its frames still queued: they, and any
@@ -304,7 +323,7 @@ class InferenceEngine:
         t0 = time.perf_counter()
         for model, group in by_model(pairs).items():
             g0 = self._clock()
-            flows = model.flow(torch.stack([j.prev for j in group]), torch.stack([j.x for j in group]))
+            flows = model.run_flow(torch.stack([j.prev for j in group]), torch.stack([j.x for j in group]))
             if flows.is_cuda:  # charge this model for its own kernels, not the next model's batch
                 torch.cuda.current_stream(flows.device).synchronize()
             self.budget.account(model, "flow", self._clock() - g0, len(group))

@@ -1,20 +1,23 @@
-"""An exported model ready to run: ONNX Runtime session + its metadata + the flow it was trained with.
+"""An exported model ready to run: its ONNX graph on an inference backend + its metadata + the flow it was
+trained with.
 
 The one inference class every path uses (the engine behind cameras, uploads and ``amvad eval``): load once
 (metadata checked against the contract's bounds, warmed up with one frame whose cost is kept as ``warmup``),
-``run`` a batch of windows, get a named :class:`ModelOutput` back."""
+``run`` a batch of windows, get a named :class:`ModelOutput` back. Which backend and precision run it is
+chosen here (:mod:`runtime.backends`, gated by :mod:`runtime.parity`); every caller gets the same record."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+import onnx
 import torch
 from pydantic import ValidationError
 
@@ -23,9 +26,13 @@ from models.flow import build_flow
 from models.metadata import METADATA_KEY, ModelMetadata
 from models.registry import resolve_model
 
+from . import parity
+from .backends import Precision, choose_backend, graph_flow, native_precisions, open_backend
 from .device import pick_device
 from .errors import Invalid
 from .flows import compute_flows
+
+log = logging.getLogger("amvad.model")
 
 
 class InvalidModelFile(Invalid):
@@ -74,33 +81,43 @@ def file_sha256(path: Path) -> str:
 
 
 class ExportedModel:
-    """Loads a bundled model name or ``.onnx`` path; CUDA execution provider when available."""
+    """Loads a bundled model name or ``.onnx`` path on ``backend`` (``auto``: see :mod:`runtime.backends`)
+    at ``precision`` (``auto``: the fastest native one with a passing parity record, else fp32). ``gate``
+    False skips the parity record (``amvad eval`` measuring a precision); ``flow_threads`` set the flow
+    graph's threads where the backend runs the flow."""
 
     def __init__(self, model: str | Path = "ped2", *, device: torch.device | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, backend: str = "auto", precision: str = "auto",
+                 cache_dir: Path | None = None, flow_threads: int | None = None, gate: bool = True) -> None:
         self.path = resolve_model(model)
         self.sha256 = file_sha256(self.path)
         self.device = device or pick_device()
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:  # a fixed share of the cores (the engine runs flow beside the model): no idle spinning
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = ["CPUExecutionProvider"]
-        if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
-        self.meta = read_metadata(self.session, self.path)
-        self.flow = build_flow(**self.meta.flow).to(self.device).eval()
+        self.meta = read_metadata(self.path)
+        backend_name = choose_backend(backend, self.device)
+        self.precision = resolve_precision(precision, backend_name, self.device, self.path, self.sha256, gate)
+        if self.precision.note:  # asked for by name: a warning; by ``auto``: for the record
+            log.log(logging.INFO if precision == "auto" else logging.WARNING, "model %s: %s", self.path.name,
+                    self.precision.note)
+        self.backend = open_backend(backend_name, self.path, device=self.device, threads=threads,
+                                    precision=self.precision.used, cache_dir=cache_dir)
         m = self.meta
+        self.flow = build_flow(**m.flow).to(self.device).eval()
+        # what the engine runs: the same flow as a graph on the backend where it can, else the module
+        self.run_flow = graph_flow(backend_name, self.flow, (m.channels, m.height, m.width),
+                                   threads=flow_threads or threads, cache_dir=cache_dir) or self.flow
         self.frame_shape = (m.clip_len, m.channels, m.height, m.width)
         self.flow_shape = (m.clip_len - 1, 2, m.height, m.width)
         self.mask_shape = (1, m.height, m.width)
         # models exported before masks existed take no mask input; they score every pixel
-        self.takes_mask = "mask" in {i.name for i in self.session.get_inputs()}
+        self.takes_mask = "mask" in self.backend.input_names
         # the first frame: it warms both up, and its cost (one-time set-up included) bounds a warm frame's
         self.warmup = self.measure()
+
+    def describe(self) -> dict:
+        """How this model runs: backend, precision (and why, when not what was asked), flow."""
+        return {**self.backend.describe(), "precision_requested": self.precision.requested,
+                "precision_note": self.precision.note, "flow": self.flow.spec,
+                "flow_runner": "pytorch" if self.run_flow is self.flow else f"{self.backend.name} graph"}
 
     @torch.no_grad()
     def measure(self) -> FrameCost:
@@ -114,7 +131,7 @@ class ExportedModel:
         flows = torch.zeros(1, *self.flow_shape, device=self.device)
         self._sync()
         t0 = clock()
-        self.flow(pair[0], pair[1])
+        self.run_flow(pair[0], pair[1])
         self._sync()
         t1 = clock()
         self.run_tensors(frames, flows)
@@ -138,30 +155,21 @@ class ExportedModel:
                             else np.ascontiguousarray(mask, dtype=np.float32))
         elif mask is not None:
             raise ValueError(f"{self.path.name} was exported before masks; re-export it (amvad export --onnx)")
-        return ModelOutput(*self.session.run(None, feed))
+        return ModelOutput(*self.backend.run(feed))
 
     def run_tensors(self, frames: torch.Tensor, flows: torch.Tensor, mask: torch.Tensor | None = None) -> ModelOutput:
-        """Like :meth:`run` for contiguous float32 tensors that may live on the GPU: ONNX Runtime reads
-        them in place through IO binding (no copy to the host and back); outputs come back on the host."""
+        """Like :meth:`run` for float32 tensors that may live on the GPU (a GPU backend reads them in place;
+        outputs come back on the host)."""
         if tuple(frames.shape[1:]) != self.frame_shape or tuple(flows.shape[1:]) != self.flow_shape:
             raise ValueError(f"frames/flows must have shapes (B, {self.frame_shape}) and (B, {self.flow_shape}), "
                              f"got {tuple(frames.shape)} and {tuple(flows.shape)}")
-        binding = self.session.io_binding()
         inputs = {"frames": frames, "flows": flows}
         if self.takes_mask:
             inputs["mask"] = (torch.ones(len(frames), *self.mask_shape, device=frames.device) if mask is None
                               else mask)
         elif mask is not None:
             raise ValueError(f"{self.path.name} was exported before masks; re-export it (amvad export --onnx)")
-        tensors = {name: t.float().contiguous() for name, t in inputs.items()}
-        if frames.is_cuda:
-            torch.cuda.current_stream(frames.device).synchronize()  # ORT reads on its own stream
-        for name, t in tensors.items():
-            binding.bind_input(name, t.device.type, t.device.index or 0, np.float32, tuple(t.shape), t.data_ptr())
-        for name in ("components", "heatmap", "prediction"):
-            binding.bind_output(name, "cpu")
-        self.session.run_with_iobinding(binding)
-        return ModelOutput(*binding.copy_outputs_to_cpu())
+        return ModelOutput(*self.backend.run_tensors(inputs))
 
     @torch.no_grad()
     def compute_flows(self, frames: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -169,10 +177,33 @@ class ExportedModel:
         return compute_flows(self.flow, frames, self.device, batch)
 
 
-def read_metadata(session: ort.InferenceSession, path: Path) -> ModelMetadata:
-    """The amvad metadata of a loaded ONNX file, parsed and within the contract's bounds (InvalidModelFile
+def resolve_precision(requested: str, backend: str, device: torch.device, path: Path, sha256: str,
+                      gate: bool) -> Precision:
+    """The precision a model runs at: fp32 unless a reduced one is native to ``backend`` on ``device`` and
+    (with ``gate``) has a passing parity record; what was asked and why it was not granted, when so."""
+    if requested == "fp32":
+        return Precision("fp32", requested)
+    native = native_precisions(backend, device)
+    notes = []
+    for candidate in native if requested == "auto" else (requested,):
+        if candidate not in native:
+            notes.append(f"{candidate} does not run natively with {backend} on this {device.type}")
+            continue
+        why = parity.passed(path, sha256, backend, candidate) if gate else None
+        if why is None:
+            return Precision(candidate, requested)
+        notes.append(f"{candidate}: {why}")
+    return Precision("fp32", requested, "; ".join(notes) + ("; running fp32" if notes else ""))
+
+
+def read_metadata(path: Path) -> ModelMetadata:
+    """The amvad metadata of an ONNX file, parsed and within the contract's bounds (InvalidModelFile
     naming the field otherwise)."""
-    meta_map = session.get_modelmeta().custom_metadata_map
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises several kinds on a file that is not an ONNX model
+        raise InvalidModelFile(f"{path.name}: not an ONNX model ({type(exc).__name__})") from None
+    meta_map = {p.key: p.value for p in proto.metadata_props}
     if METADATA_KEY not in meta_map:
         raise InvalidModelFile(f"{path.name}: not an amvad model (no {METADATA_KEY!r} metadata)")
     try:

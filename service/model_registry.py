@@ -89,7 +89,7 @@ class ModelRegistry:
             path = self.path(name)
             key = (name, path, path.stat().st_mtime)
             if key not in self._described:
-                model = ExportedModel(path, device=torch.device("cpu"), threads=1)
+                model = ExportedModel(path, device=torch.device("cpu"), threads=1, backend="onnxruntime")
                 self._described[key] = describe(name, model, bundled=name in bundled)
             out.append(self._described[key])
         return out
@@ -116,12 +116,13 @@ class ModelRegistry:
             return text.replace(str(upload), "the upload").replace(upload.name, "the upload")
         cfg = self.engine
         try:
-            model = ExportedModel(upload, device=pick_device(cfg.device),
-                                  threads=cfg.model_threads or default_threads()[1])
+            model = ExportedModel(upload, device=pick_device(cfg.device), threads=cfg.model_threads or
+                                  default_threads()[1], backend=cfg.backend, precision=cfg.precision,
+                                  cache_dir=cfg.cache_dir)
             check_budget(model, cfg.model_budget_ms)
         except Invalid as exc:  # our own checks: bounds, metadata, budget
             raise InvalidModel(f"not a usable amvad model: {hide(exc.message)[:500]}") from None
-        except Exception as exc:  # onnxruntime and pydantic raise many kinds; all mean "not usable"
+        except Exception as exc:  # the backends and pydantic raise many kinds; all mean "not usable"
             reason = hide(str(exc)).splitlines()[0][:300]
             raise InvalidModel(f"not a usable amvad model ({type(exc).__name__}: {reason})") from None
         return model

@@ -63,9 +63,9 @@ class Services:
             cameras.add(cfg)
         restored = cameras.restore({c.id for c in s.cameras})
         self.cameras = cameras
-        log.info("model %s loaded (%s on %s); %d camera(s) from the config, %d restored: %s",
-                 engine.model.path, engine.meta.method, engine.device, len(s.cameras), len(restored),
-                 ", ".join(restored))
+        log.info("model %s loaded (%s on %s, %s %s); %d camera(s) from the config, %d restored: %s",
+                 engine.model.path, engine.meta.method, engine.device, engine.model.backend.name,
+                 engine.model.precision.used, len(s.cameras), len(restored), ", ".join(restored))
 
     def start_or_record_error(self) -> None:
         """:meth:`start` for a background thread: a failure is kept in ``load_error`` (readiness says it)."""

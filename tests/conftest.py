@@ -17,6 +17,21 @@ from training.export import export
 from training.train import train
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_model_cache(tmp_path_factory):
+    """One cache of compiled models and flow graphs for the whole run (in-process engines and the services
+    the tests start), as one machine keeps one: each flow graph is traced once, not once per service."""
+    cache = tmp_path_factory.mktemp("amvad-cache")
+    saved = {k: os.environ.get(k) for k in ("AMVAD_CACHE_DIR", "AMVAD_ENGINE__CACHE_DIR")}
+    os.environ["AMVAD_CACHE_DIR"] = os.environ["AMVAD_ENGINE__CACHE_DIR"] = str(cache)
+    yield cache
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory) -> Path:
     """training/frames/01..02 (normal), testing/frames/01..02 with labelled fast-square anomalies."""

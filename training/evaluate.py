@@ -2,30 +2,37 @@
 
 Every clip is scored the way the service scores an upload: decoded frames go through a
 :class:`~runtime.stream.Stream` on the shared :class:`~runtime.engine.InferenceEngine` (preprocessing,
-flow, ONNX Runtime, causal scorer), so the number reported is measured on the path users hit. Results carry
-their frame ids, and labels are looked up by frame id; frames without a full history window have no score
-and are left out. Two protocols: ``auc_paper`` min-max normalises each component per clip (as the papers
-do; it looks at the whole clip) and ``auc_stream`` is the stream's causal score (training statistics,
-running normalisation and smoothing over past frames only). For both, :mod:`training.alarms` adds what an
-operator can expect (false alarms per hour, caught events, detection delays) and ``plot_dir`` receives the
-ROC curves and each clip's score curve.
+flow, the model on its backend, causal scorer), so the number reported is measured on the path users hit;
+the engine's settings choose the backend and precision. Results carry their frame ids, and labels are
+looked up by frame id; frames without a full history window have no score and are left out. Two
+protocols: ``auc_paper`` min-max normalises each component per clip (as the papers do; it looks at the
+whole clip) and ``auc_stream`` is the stream's causal score (training statistics, running normalisation and
+smoothing over past frames only). For both, :mod:`training.alarms` adds what an operator can expect (false
+alarms per hour, caught events, detection delays) and ``plot_dir`` receives the ROC curves and each clip's
+score curve. A run on another backend or precision than fp32 ONNX Runtime also scores the clips on that
+reference and reports their parity (:mod:`runtime.parity`); ``record`` writes it beside the model, where
+the service looks before it runs that precision.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from runtime import parity
 from runtime.engine import EngineConfig, InferenceEngine
 from runtime.events import EventConfig
 from runtime.plots import score_plot
 from runtime.scoring import min_max_per_clip
 from runtime.stream import Stream, results_in_order
+from runtime.types import Frame
 
 from .alarms import LabelledScores, alarm_report
 from .data import ClipSource, find_clips, iter_clip_frames, labels_file, load_labels
@@ -46,29 +53,62 @@ class ClipScores:
 
 def score_clip(engine: InferenceEngine, src: ClipSource) -> ClipScores:
     """Score one clip as a fresh stream (as an upload is), keeping only frames with a full window."""
+    return score_frames(engine, src.name, iter_clip_frames(src))
+
+
+def score_frames(engine: InferenceEngine, name: str, frames: Iterable[Frame]) -> ClipScores:
+    """:func:`score_clip` for frames from anywhere (e.g. a perturbed clip, training/robustness.py)."""
     ids, times, comps, scores, n = [], [], [], [], 0
-    for frame, r in results_in_order(Stream(engine), iter_clip_frames(src)):
+    for frame, r in results_in_order(Stream(engine), frames):
         n += 1
         if r.score is not None:
             ids.append(frame.frame_id), times.append(frame.timestamp), comps.append(r.components)
             scores.append(r.score)
     if not ids:
-        raise ValueError(f"clip {src.name}: {n} frames, fewer than the model's clip length {engine.meta.clip_len}")
-    return ClipScores(src.name, n, np.array(ids), np.array(times), np.stack(comps), np.array(scores))
+        raise ValueError(f"clip {name}: {n} frames, fewer than the model's clip length {engine.meta.clip_len}")
+    return ClipScores(name, n, np.array(ids), np.array(times), np.stack(comps), np.array(scores))
+
+
+def score_clips(model: str | Path, data: str | Path, split: str, engine_config: EngineConfig | None,
+                progress: bool, desc: str = "scoring") -> tuple[InferenceEngine, list[ClipSource], list[ClipScores]]:
+    """Every clip of the split scored on a fresh engine (closed again before returning)."""
+    engine = InferenceEngine(model, engine_config)
+    try:
+        sources = find_clips(data, split)
+        labels_file(data, split)  # fail before the long part when there are no labels
+        clips = [score_clip(engine, s) for s in tqdm(sources, desc=desc, disable=not progress)]
+    finally:
+        engine.close()
+    return engine, sources, clips
 
 
 def evaluate(model: str | Path, data: str | Path, *, split: str = "testing", json_out: str | Path | None = None,
              plot_dir: str | Path | None = None, progress: bool = True,
-             engine_config: EngineConfig | None = None) -> dict:
+             engine_config: EngineConfig | None = None, record: bool = False) -> dict:
     t0 = time.time()
-    engine = InferenceEngine(model, engine_config)
-    try:
-        meta = engine.meta
-        sources = find_clips(data, split)
-        labels_file(data, split)  # fail before the long part when there are no labels
-        clips = [score_clip(engine, s) for s in tqdm(sources, desc="scoring", disable=not progress)]
-    finally:
-        engine.close()
+    engine_config = engine_config or EngineConfig()
+    if engine_config.precision not in ("auto", "fp32"):  # measured here, so not held to a record yet
+        engine_config = engine_config.model_copy(update={"precision_gate": False})
+    engine, sources, clips = score_clips(model, data, split, engine_config, progress)
+    result = report(engine, data, split, sources, clips, plot_dir)
+    result["seconds"] = round(time.time() - t0, 1)
+    if (engine.model.backend.name, engine.model.precision.used) != ("onnxruntime", "fp32"):
+        check = parity_check(engine, data, split, clips, result, progress)
+        result["parity"] = check.model_dump() | {"verdict": check.verdict()}
+        if record:
+            result["parity"]["record"] = str(parity.write_check(engine.model.path, engine.model.sha256, check))
+    elif record:
+        raise ValueError("--record needs a backend or precision other than fp32 ONNX Runtime to compare")
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def report(engine: InferenceEngine, data: str | Path, split: str, sources: list[ClipSource],
+           clips: list[ClipScores], plot_dir: str | Path | None) -> dict:
+    """AUC of both protocols, alarms and per-clip figures of scored clips (plots into ``plot_dir``)."""
+    meta = engine.meta
     weights = np.array([c.weight for c in meta.components])
     labels = load_labels(data, split, sources, [c.frames for c in clips])
     rows, paper_clips, stream_clips = [], [], []
@@ -98,14 +138,33 @@ def evaluate(model: str | Path, data: str | Path, *, split: str = "testing", jso
         # their own, so the paper protocol reports only the operating point at the recall target.
         "alarms": {"stream": alarm_report(stream_clips, meta.threshold, events),
                    "paper": alarm_report(paper_clips, None, events.model_copy(update={"hysteresis": 0.0}))},
-        "seconds": round(time.time() - t0, 1), "per_clip": rows,
+        "backend": engine.model.backend.name, "precision": engine.model.precision.used,
+        "precision_note": engine.model.precision.note, "per_clip": rows,
     }
     if plot_dir:
         plot_roc(Path(plot_dir) / "roc.png", lab, pooled, meta.method)
-    if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(result, indent=1))
     return result
+
+
+def parity_check(engine: InferenceEngine, data: str | Path, split: str, clips: list[ClipScores], result: dict,
+                 progress: bool) -> parity.ParityCheck:
+    """The same clips on fp32 ONNX Runtime (the reference), compared with ``clips``: how far each component
+    moved in units of its spread, and the AUC of both protocols."""
+    reference = EngineConfig(device="cpu", backend="onnxruntime", precision="fp32",
+                             flow_threads=engine.flow_threads, model_threads=engine.model_threads)
+    ref_engine, sources, ref_clips = score_clips(engine.model.path, data, split, reference, progress,
+                                                 desc="fp32 reference")
+    ref_result = report(ref_engine, data, split, sources, ref_clips, None)
+    got = np.concatenate([c.components for c in clips])
+    want = np.concatenate([c.components for c in ref_clips])
+    shift = np.abs(got - want) / np.maximum(want.std(axis=0), 1e-12)
+    p99, worst = float(np.percentile(shift, 99, axis=0).max()), float(shift.max())
+    auc = (result["auc_paper"], ref_result["auc_paper"], result["auc_stream"], ref_result["auc_stream"])
+    return parity.ParityCheck(
+        backend=engine.model.backend.name, precision=engine.model.precision.used,
+        passed=parity.judge(p99, (auc[0] - auc[1], auc[2] - auc[3])), component_shift_p99=round(p99, 5),
+        component_shift_max=round(worst, 5), auc_paper=auc[0], auc_paper_fp32=auc[1], auc_stream=auc[2],
+        auc_stream_fp32=auc[3], data=f"{Path(data).name} {split}", frames=int(len(got)), date=date.today().isoformat())
 
 
 def plot_roc(path: Path, labels: np.ndarray, scores: dict[str, np.ndarray], title: str) -> None:

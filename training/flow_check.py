@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from models.flow import build_flow
+from runtime.backends import available
 
 MAX_MAGNITUDE = 4.0  # px, largest ground-truth displacement
 MARGIN = 16  # px excluded at each border when computing EPE
@@ -104,7 +105,8 @@ def _device_name() -> str:
 
 def run_flow_check(data_root: str | Path, *, size: int = 256, pairs: int = 20, seed: int = 0,
                    progress: bool = True) -> dict[str, Any]:
-    """Compare default TV-L1, DIS (medium) and OpenCV DualTVL1 on synthetic pairs made from Ped2 frames."""
+    """Compare default TV-L1 (PyTorch, and as a graph on OpenVINO when installed: the flow the service runs
+    there), DIS (medium) and OpenCV DualTVL1 on synthetic pairs made from Ped2 frames."""
     data_root = Path(data_root)
     files = _list_frames(data_root)
     if pairs < 1 or size < 2 * MARGIN + 8:
@@ -116,8 +118,14 @@ def run_flow_check(data_root: str | Path, *, size: int = 256, pairs: int = 20, s
     dis = build_flow("dis", preset="medium")
     dual = cv2.optflow.DualTVL1OpticalFlow_create()
     use_cuda = torch.cuda.is_available()
+    graph = None
+    if available("openvino"):
+        from runtime.backends import default_cache_dir
+        from runtime.backends.ov import OpenVinoFlow
+        graph = OpenVinoFlow(tvl1, (1, size, size), threads=CPU_THREADS, cache_dir=default_cache_dir())
 
-    methods = ["tvl1", "dis", "dualtvl1"] + (["tvl1_cuda"] if use_cuda else [])
+    methods = (["tvl1", "dis", "dualtvl1"] + (["tvl1_openvino"] if graph else [])
+               + (["tvl1_cuda"] if use_cuda else []))
     errors: dict[str, list[float]] = {m: [] for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
     zero_errors: list[float] = []
@@ -140,6 +148,8 @@ def run_flow_check(data_root: str | Path, *, size: int = 256, pairs: int = 20, s
             if not warm:  # first-call overheads (allocator, kernels) are not part of the per-pair cost
                 tvl1(a, b)
                 dis(a, b)
+                if graph:
+                    graph(a, b)
                 if use_cuda:
                     tvl1(a.cuda(), b.cuda())
                     torch.cuda.synchronize()
@@ -151,6 +161,8 @@ def run_flow_check(data_root: str | Path, *, size: int = 256, pairs: int = 20, s
                     "dis": _timed(lambda x, y: dis(x, y)[0].permute(1, 2, 0).numpy(), a, b),
                     "dualtvl1": _timed(lambda x, y: dual.calc(x, y, None), prev, nxt),
                 }
+                if graph:
+                    results["tvl1_openvino"] = _timed(lambda x, y: graph(x, y)[0].permute(1, 2, 0).numpy(), a, b)
                 if use_cuda:
                     ac, bc = a.cuda(), b.cuda()
                     torch.cuda.synchronize()

@@ -158,13 +158,12 @@ def _median3x3(u: torch.Tensor) -> torch.Tensor:
     return v[4]
 
 
-@torch.jit.script
-def _primal_dual(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, rho_c: torch.Tensor, ix: torch.Tensor,
-                 iy: torch.Tensor, grad_i: torch.Tensor, neg_inv_grad: torch.Tensor, l_t: float, taut: float,
-                 theta: float, iterations: int, norm_eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``iterations`` primal-dual steps of one warp. TorchScript: the loop of ~20 small operations runs
-    in the interpreter, not Python, so it costs less per step and leaves the GIL to other threads more
-    often (the service runs flow beside decoding, the model and publishing)."""
+def _primal_dual_steps(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, rho_c: torch.Tensor,
+                       ix: torch.Tensor, iy: torch.Tensor, grad_i: torch.Tensor, neg_inv_grad: torch.Tensor,
+                       l_t: float, taut: float, theta: float, iterations: int,
+                       norm_eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``iterations`` primal-dual steps of one warp (plain Python: what a trace to ONNX unrolls; eager
+    calls go through the TorchScript copy below)."""
     for _ in range(iterations):
         rho = torch.addcmul(torch.addcmul(rho_c, ix, u[:, 0:1]), iy, u[:, 1:2])
         # Pointwise minimisation of the linearised data term, v = u + step * grad(I1): the three-case
@@ -181,6 +180,11 @@ def _primal_dual(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, rho_c: tor
         px = torch.add(px, ux, alpha=taut) / norm
         py = torch.add(py, uy, alpha=taut) / norm
     return u, px, py
+
+
+# TorchScript: the loop of ~20 small operations runs in the interpreter, not Python, so it costs less per
+# step and leaves the GIL to other threads more often (the service runs flow beside decoding and publishing).
+_primal_dual = torch.jit.script(_primal_dual_steps)
 
 
 def _warp(img: torch.Tensor, flow: torch.Tensor, base_x: torch.Tensor, base_y: torch.Tensor) -> torch.Tensor:
@@ -207,7 +211,7 @@ def tvl1_flow(i0: torch.Tensor, i1: torch.Tensor, *, levels: int, warps: int, it
               median_filter: bool) -> torch.Tensor:
     """TV-L1 flow from gray images ``i0`` (prev) to ``i1`` (nxt), both (B, 1, H, W) float32 in [0, 255]."""
     b, _, h, w = i0.shape
-    sizes = _pyramid_sizes(h, w, levels, scale_step)
+    sizes = _pyramid_sizes(int(h), int(w), levels, scale_step)
     pyramid = [torch.cat((i0, i1), dim=1)]
     sigma = 0.6 * math.sqrt(1.0 / scale_step ** 2 - 1.0)
     for size in sizes[1:]:
@@ -237,8 +241,9 @@ def tvl1_flow(i0: torch.Tensor, i1: torch.Tensor, *, levels: int, warps: int, it
             grad_i = warped[:, 1:3]  # (B, 2, H, W): gradient of nxt at the warped positions
             neg_inv_grad = -1.0 / (ix * ix + iy * iy).clamp_min(_GRAD_EPS)
             rho_c = i1w - ix * u[:, 0:1] - iy * u[:, 1:2] - img0
-            u, px, py = _primal_dual(u, px, py, rho_c, ix, iy, grad_i, neg_inv_grad, l_t, taut, theta,
-                                     iterations, _NORM_EPS)
+            steps = _primal_dual_steps if torch.jit.is_tracing() else _primal_dual
+            u, px, py = steps(u, px, py, rho_c, ix, iy, grad_i, neg_inv_grad, l_t, taut, theta,
+                              iterations, _NORM_EPS)
             if median_filter:
                 u = _median3x3(u)
     return u

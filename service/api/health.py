@@ -20,8 +20,10 @@ def readyz(request: Request):
     svc = services(request)
     if not svc.ready:
         return error(503, svc.load_error or "model is still loading")
+    model = svc.engine.model
     return {"status": "ready", "model": svc.engine.meta.method, "threshold": svc.engine.meta.threshold,
-            "device": str(svc.engine.device)}
+            "device": str(svc.engine.device), "backend": model.backend.name, "precision": model.precision.used,
+            "precision_note": model.precision.note}
 
 
 @router.get("/metrics", summary="Prometheus metrics")

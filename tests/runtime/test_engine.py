@@ -84,7 +84,7 @@ def test_two_models_run_side_by_side_each_on_its_own_streams(tiny_model, tiny_mo
         # then each lane's components are its own model's on the same windows
         last_a, last_b = sinks["a"].outputs[-1][1], sinks["b"].outputs[-1][1]
         frames = torch.stack(xs[-m.clip_len:])[None]
-        flows = torch.stack([engine.model.flow(xs[i][None], xs[i + 1][None])[0]
+        flows = torch.stack([engine.model.run_flow(xs[i][None], xs[i + 1][None])[0]
                              for i in range(len(xs) - m.clip_len, len(xs) - 1)])[None]
         np.testing.assert_allclose(last_a.components, engine.model.run_tensors(frames, flows).components[0],
                                    rtol=1e-4, atol=1e-4)
@@ -166,7 +166,7 @@ def test_a_slow_model_cannot_starve_another_models_stream(tiny_model, tiny_model
     engine = cpu_engine(tiny_model, model_budget_ms=100, budget_suspend_s=1.0)
     try:
         fast, slow = engine.model, engine.load(tiny_model_b)
-        slow.flow = SlowFlow(slow.flow, 0.5)
+        slow.run_flow = SlowFlow(slow.run_flow, 0.5)
         a, b = Stream(engine, model=fast), Stream(engine, model=slow)
         # when a camera on each streams 4 s at 10 frames/s
         got_a: list[dict] = []
@@ -191,7 +191,7 @@ def test_a_slow_model_cannot_starve_another_models_stream(tiny_model, tiny_model
         assert len(dropped) >= 20 and "over the per-model budget of 100 ms" in str(dropped[0])
         assert engine.usage()[slow.sha256]["skipped"] == len(dropped)
         # when the slow model is fast again, it is measured afresh after its suspension and serves again
-        slow.flow = slow.flow.inner
+        slow.run_flow = slow.run_flow.inner
         while engine.usage()[slow.sha256]["suspended_s"] > 0:
             time.sleep(0.1)
         again = [b.submit(f).result(timeout=10) for f in frames_of(8, 3)]
@@ -212,7 +212,7 @@ def test_unloading_a_model_leaves_nothing_of_it_queued(tiny_model, tiny_model_b)
     engine = cpu_engine(tiny_model, max_batch=1)
     try:
         slow = engine.load(tiny_model_b)
-        slow.flow = SlowFlow(slow.flow, 0.3)
+        slow.run_flow = SlowFlow(slow.run_flow, 0.3)
         engine.budget.budget_s = 10.0  # never suspended: the backlog stays queued
         m = engine.meta
         rng = np.random.default_rng(4)

@@ -1,0 +1,104 @@
+"""OpenVINO on the CPU: the model at fp32 or bf16, and the TV-L1 flow as a traced fp32 graph.
+
+One ``openvino.Core`` per process. Compiled models are cached in ``<cache_dir>/openvino`` (OpenVINO keys
+them by the graph's content and the settings); traced flow graphs in ``<cache_dir>/flow``. With one thread
+OpenVINO runs a request inline in the calling thread and releases the GIL meanwhile (checked: the thread's
+CPU time equals the wall time, and a Python thread beside it keeps running), which is what the engine's
+two stage threads and its CPU-time budget expect. Threads are not pinned to cores: the flow and model
+stages share two cores with decoding and publishing.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.flow.graph import export_flow, graph_key
+
+from ..files import atomic_path
+from .base import Backend
+
+_PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+@functools.cache
+def core():
+    import openvino as ov
+    return ov.Core()
+
+
+@functools.cache
+def cpu_capabilities() -> frozenset[str]:
+    """What the CPU plugin can run natively (``BF16`` on AVX-512 BF16 / AMX CPUs, ``FP16``, ``INT8``...)."""
+    return frozenset(core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def compile_cpu(model: str | Path, *, threads: int | None, precision: str, cache_dir: Path):
+    """Compile an ONNX file for the CPU: one stream, ``threads`` threads (default: OpenVINO's), no pinning."""
+    cache = cache_dir / "openvino"
+    cache.mkdir(parents=True, exist_ok=True)
+    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "ENABLE_CPU_PINNING": False,
+              "INFERENCE_PRECISION_HINT": _PRECISION_HINT[precision], "CACHE_DIR": str(cache)}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return core().compile_model(str(model), "CPU", config)
+
+
+class _Requests:
+    """One infer request per calling thread (a request is not safe to share; the engine's stage thread and a
+    load-time measurement may use one model at once)."""
+
+    def __init__(self, compiled) -> None:
+        self.compiled = compiled
+        self._local = threading.local()
+
+    def infer(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        result = request.infer(feed)
+        return [np.array(result[o]) for o in self.compiled.outputs]
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+
+    def __init__(self, path: Path, *, threads: int | None, precision: str, cache_dir: Path) -> None:
+        self.precision = precision
+        self.compiled = compile_cpu(path, threads=threads, precision=precision, cache_dir=cache_dir)
+        self.input_names = frozenset(i.get_any_name() for i in self.compiled.inputs)
+        self._requests = _Requests(self.compiled)
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self._requests.infer(feed)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "device": "CPU",
+                "inference_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))}
+
+
+class OpenVinoFlow:
+    """A flow estimator run as its traced graph (fp32): called like the estimator, ``(prev, nxt)`` tensors
+    (B, C, H, W) in [0, 1] -> flow (B, 2, H, W). The graph is traced once per estimator and input size and
+    kept in ``<cache_dir>/flow``."""
+
+    def __init__(self, flow: torch.nn.Module, shape: tuple[int, int, int], *, threads: int | None,
+                 cache_dir: Path) -> None:
+        self.spec = flow.spec
+        channels, height, width = shape
+        graph = cache_dir / "flow" / f"{graph_key(flow, channels, height, width)}.onnx"
+        if not graph.is_file():
+            graph.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(graph) as tmp:
+                export_flow(flow, channels, height, width, tmp)
+        self.graph = graph
+        self._requests = _Requests(compile_cpu(graph, threads=threads, precision="fp32", cache_dir=cache_dir))
+
+    def __call__(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
+        feed = {"prev": np.ascontiguousarray(prev.float().cpu().numpy()),
+                "nxt": np.ascontiguousarray(nxt.float().cpu().numpy())}
+        return torch.from_numpy(self._requests.infer(feed)[0])
