@@ -3,7 +3,8 @@
 In process (default): the service is built by its own wiring (:class:`~service.wiring.Services`, as
 ``amvad serve`` builds it) and N cameras replay a video file through the real ingest (PyAV decode), the
 shared :class:`~runtime.engine.InferenceEngine` (flow + model, batched across cameras), causal scoring,
-events and the WebSocket broadcaster, each with one subscriber that asks for heatmaps, so every scored frame is also rendered as a JPEG overlay and sent as JSON, as users get it.
+events and the WebSocket broadcaster, each with one subscriber that asks for heatmaps, so every scored
+frame is also rendered as a JPEG overlay and sent as JSON, as users get it.
 Only the network is left out. ``rate=0`` replays as fast as inference goes (throughput; no frame is
 dropped); ``rate>0`` replays like a live camera at that frame rate, dropping the oldest frame when
 inference falls behind (drops are counted). Latency is frame decoded -> message ready for the client.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+import subprocess
 import sys
 import tempfile
 import threading
@@ -183,24 +185,29 @@ def run_bench(model: str = "ped2", *, source: str | Path | None = None, cameras:
     return report
 
 
-def compare(model: str, backends: list[str], precisions: list[str], **kwargs: Any) -> dict:
-    """:func:`run_bench` for every backend x precision, one after the other in this process (the same
-    machine, the same minute), and a table of them side by side. A precision the model may not run (no
-    passing parity record, not native) runs at fp32, and its row says so."""
+def compare(model: str, backends: list[str], precisions: list[str], argv: list[str]) -> dict:
+    """``amvad bench`` for every backend x precision, one after the other on this machine, each in a fresh
+    process (so each run's peak RSS and warm-up are its own), and a table of them side by side. ``argv``:
+    the other bench arguments, passed on. A precision the model may not run (no passing parity record, not
+    native) runs at fp32, and its row says so."""
     runs = []
-    for backend in backends:
-        for precision in precisions:
-            report = run_bench(model, backend=backend, precision=precision, **kwargs)
-            stage = report["stage_ms"]
-            runs.append({"backend": backend, "precision_asked": precision, "precision": report["precision"],
-                         "fps_end_to_end": report["fps_end_to_end"], "fps_aggregate": report["fps_aggregate"],
-                         "latency_ms_p50": report["latency_ms_p50"], "latency_ms_p99": report["latency_ms_p99"],
-                         "flow_ms_p50": (stage["flow"] or {}).get("p50"),
-                         "model_ms_p50": (stage["model"] or {}).get("p50"),
-                         "drops": report["drops"]["queue_full"], "peak_rss_mb": report["peak_rss_mb"],
-                         "note": report["engine"]["precision_note"]})
-    return {"model": model, "date": time.strftime("%Y-%m-%d"), **{k: kwargs[k] for k in ("cameras", "frames")
-                                                                    if k in kwargs}, "runs": runs}
+    with tempfile.TemporaryDirectory(prefix="amvad-compare-") as tmp:
+        for backend in backends:
+            for precision in precisions:
+                out = Path(tmp) / f"{backend}-{precision}.json"
+                subprocess.run([sys.executable, "-m", "cli", "bench", "--model", model, "--backend", backend,
+                                "--precision", precision, "--json", str(out), *argv],
+                               check=True, stdout=subprocess.DEVNULL)
+                report = json.loads(out.read_text())
+                stage = report["stage_ms"]
+                runs.append({"backend": backend, "precision_asked": precision, "precision": report["precision"],
+                             "fps_end_to_end": report["fps_end_to_end"], "fps_aggregate": report["fps_aggregate"],
+                             "latency_ms_p50": report["latency_ms_p50"], "latency_ms_p99": report["latency_ms_p99"],
+                             "flow_ms_p50": (stage["flow"] or {}).get("p50"),
+                             "model_ms_p50": (stage["model"] or {}).get("p50"),
+                             "drops": report["drops"]["queue_full"], "peak_rss_mb": report["peak_rss_mb"],
+                             "note": report["engine"]["precision_note"]})
+    return {"model": model, "date": time.strftime("%Y-%m-%d"), "args": argv, "runs": runs}
 
 
 def http_bench(url: str, *, source: str | Path | None = None, camera_url: str | None = None, cameras: int = 1,

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .backup import add_parsers as add_backup_parsers
+from .robustness import add_parsers as add_robustness_parsers
 
 
 # runtime.backends' names, spelled here so that parsing imports nothing heavy (tests/cli/test_main.py checks
@@ -128,13 +129,26 @@ def _bench(args: argparse.Namespace) -> None:
                       model_threads=args.model_threads, progress=not args.quiet)
         if len(args.backend) * len(args.precision) > 1:
             from .bench import compare
-            res = compare(args.model, args.backend, args.precision, **kwargs)
+            passed = args.argv[args.argv.index("bench") + 1:]
+            res = compare(args.model, args.backend, args.precision, argv=without_options(
+                passed, {"--backend", "--precision", "--json", "--model"}))
         else:
             res = run_bench(args.model, backend=args.backend[0], precision=args.precision[0], **kwargs)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
+
+
+def without_options(argv: list[str], names: set[str]) -> list[str]:
+    """``argv`` less the options in ``names`` and their values (each takes one or more values)."""
+    out, skipping = [], False
+    for arg in argv:
+        if arg.startswith("--"):
+            skipping = arg.split("=", 1)[0] in names
+        if not skipping:
+            out.append(arg)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,12 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (t, fi, e, f, b):
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
     add_backup_parsers(sub)
+    add_robustness_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status 2 for bad arguments or inputs, 1 when the service cannot start."""
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)  # argparse only: --help and usage errors stay fast
+    args.argv = argv
     try:
         args.func(args)
     except CommandFailed as exc:

@@ -83,8 +83,9 @@ class OpenVinoBackend(Backend):
 
 class OpenVinoFlow:
     """A flow estimator run as its traced graph (fp32): called like the estimator, ``(prev, nxt)`` tensors
-    (B, C, H, W) in [0, 1] -> flow (B, 2, H, W). The graph is traced once per estimator and input size and
-    kept in ``<cache_dir>/flow``."""
+    (B, C, H, W) in [0, 1] -> flow (B, 2, H, W), one pair at a time (the graph's shapes are fixed,
+    :func:`models.flow.graph.export_flow`). The graph is traced once per estimator and input size and kept
+    in ``<cache_dir>/flow``."""
 
     def __init__(self, flow: torch.nn.Module, shape: tuple[int, int, int], *, threads: int | None,
                  cache_dir: Path) -> None:
@@ -99,6 +100,6 @@ class OpenVinoFlow:
         self._requests = _Requests(compile_cpu(graph, threads=threads, precision="fp32", cache_dir=cache_dir))
 
     def __call__(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
-        feed = {"prev": np.ascontiguousarray(prev.float().cpu().numpy()),
-                "nxt": np.ascontiguousarray(nxt.float().cpu().numpy())}
-        return torch.from_numpy(self._requests.infer(feed)[0])
+        a, b = prev.float().cpu().numpy(), nxt.float().cpu().numpy()
+        return torch.from_numpy(np.concatenate([self._requests.infer({"prev": a[i:i + 1], "nxt": b[i:i + 1]})[0]
+                                                for i in range(len(a))]))

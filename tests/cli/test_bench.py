@@ -66,6 +66,23 @@ def test_cli_writes_the_json_report_and_rejects_bad_arguments(tiny_model, sample
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_backends_and_precisions_run_one_after_the_other_side_by_side(tiny_model, sample_mp4, tmp_path):
+    out = tmp_path / "compare.json"
+    assert main(["bench", "--model", str(tiny_model), "--source", str(sample_mp4), "--frames", "8",
+                 "--device", "cpu", "--no-heatmaps", "--quiet", "--backend", "onnxruntime", "openvino",
+                 "--precision", "fp32", "bf16", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["args"] == ["--source", str(sample_mp4), "--frames", "8", "--device", "cpu", "--no-heatmaps",
+                           "--quiet"]
+    rows = {(r["backend"], r["precision_asked"]): r for r in rep["runs"]}
+    assert list(rows) == [("onnxruntime", "fp32"), ("onnxruntime", "bf16"), ("openvino", "fp32"),
+                          ("openvino", "bf16")]
+    assert all(r["fps_end_to_end"] > 0 and r["peak_rss_mb"] > 50 for r in rows.values())
+    # the tiny model has no parity record: bf16 is asked for but fp32 runs, and the row says why
+    assert rows[("openvino", "bf16")]["precision"] == "fp32" and rows[("openvino", "bf16")]["note"]
+    assert rows[("onnxruntime", "bf16")]["precision"] == "fp32"
+
+
 def test_http_mode_drives_a_running_service(service, sample_mp4):
     # given a running `amvad serve` (tiny model), the bench uploads the clip and adds a file camera
     rep = http_bench(service.base, source=sample_mp4, camera_url=f"file://{sample_mp4}", cameras=2, frames=12,

@@ -35,7 +35,7 @@ def test_the_openvino_flow_graph_matches_the_pytorch_flow(tmp_path):
     from runtime.backends.ov import OpenVinoFlow
     flow = build_flow("default").eval()
     graph = OpenVinoFlow(flow, (1, 32, 48), threads=1, cache_dir=tmp_path)
-    prev, nxt = textured_pair(3, 32, 48, (1, 2))  # a batch other than the traced one: the batch is dynamic
+    prev, nxt = textured_pair(3, 32, 48, (1, 2))  # a batch of pairs runs pair by pair
     with torch.no_grad():
         want = flow(prev, nxt)
     got = graph(prev, nxt)
