@@ -6,12 +6,15 @@ Environment wins over YAML (e.g. ``AMVAD_API_KEY``, ``AMVAD_MODEL``, ``AMVAD_POR
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from runtime.engine import EngineConfig
@@ -25,6 +28,66 @@ from .state import StatePaths
 
 CAMERA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+TIME_OF_DAY = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+
+
+class ScheduleConfig(BaseModel):
+    """A weekly time window of one camera, in the camera's time zone: while it is in force it arms or
+    disarms the camera and/or selects a profile (model, threshold). ``days`` are the days it *starts*
+    on; an ``end`` not after ``start`` ends the next day (22:00-06:00), ``start == end`` is 24 hours."""
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("", pattern=r"^[A-Za-z0-9_.-]{0,32}$", description="shown as `armed_by: schedule <name>`; "
+                      "default <start>-<end>")
+    days: list[Day] = Field(list(DAYS), min_length=1, max_length=7, description="mon, tue, wed, thu, fri, sat, "
+                            "sun; default every day")
+    start: str = Field(description="HH:MM, the camera's local time")
+    end: str = Field(description="HH:MM (24:00 = midnight at the end of the day)")
+    armed: bool | None = Field(None, description="true arms, false disarms the camera in this window; "
+                               "null leaves arming alone")
+    model: str | None = Field(None, max_length=64, description="profile: the model scoring in this window")
+    threshold: float | None = Field(None, allow_inf_nan=False, description="profile: the threshold in this "
+                                    "window; default the profile model's own (or the camera's, without a model)")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _time_of_day(cls, v: str, info) -> str:
+        if not (TIME_OF_DAY.fullmatch(v) or (info.field_name == "end" and v == "24:00")):
+            raise ValueError(f"expected HH:MM from 00:00 to 23:59{' (or 24:00)' if info.field_name == 'end' else ''}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleConfig:
+        if self.armed is None and self.model is None and self.threshold is None:
+            raise ValueError("a schedule must set armed, model or threshold (else it does nothing)")
+        if not self.name:
+            self.name = f"{self.start}-{self.end}"
+        return self
+
+
+def check_schedules(schedules: list[ScheduleConfig]) -> list[ScheduleConfig]:
+    names = [s.name for s in schedules]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"schedule names must be unique per camera; repeated: {twice}")
+    return schedules
+
+
+def check_timezone(name: str | None) -> str | None:
+    """An IANA time zone name the system knows (None: the host's own)."""
+    if name is None:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}; expected an IANA name such as Europe/Berlin or "
+                         "UTC") from None
+    return name
+
+
+def utc_aware(value: datetime | None) -> datetime | None:
+    return value if value is None or value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 class CameraConfig(BaseModel):
@@ -39,11 +102,36 @@ class CameraConfig(BaseModel):
                               "service's model")
     masks: list[list[tuple[float, float]]] = Field(default_factory=list, max_length=32, description=
                                                    "polygons ([[x, y], ...], 0-1 frame coordinates) that never alarm")
+    armed: bool = Field(True, description="false: the camera scores, streams and learns but raises no events "
+                        "and sends no notifications (outside schedule windows that arm it)")
+    armed_since: datetime | None = Field(None, description="when `armed` was last changed at run time (PATCH, "
+                                         "MQTT, the live page); set by the service. A schedule window that "
+                                         "begins later decides again")
+    timezone: str | None = Field(None, max_length=64, description="IANA time zone of the schedules; default "
+                                 "the host's")
+    schedules: list[ScheduleConfig] = Field(default_factory=list, max_length=32, description="weekly windows "
+                                            "that arm/disarm the camera or select a profile; the first in force "
+                                            "wins")
 
     @field_validator("masks")
     @classmethod
     def _check_masks(cls, v: list) -> list:
         return check_polygons(v)
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, v: str | None) -> str | None:
+        return check_timezone(v)
+
+    @field_validator("schedules")
+    @classmethod
+    def _check_schedules(cls, v: list[ScheduleConfig]) -> list[ScheduleConfig]:
+        return check_schedules(v)
+
+    @field_validator("armed_since")
+    @classmethod
+    def _utc_since(cls, v: datetime | None) -> datetime | None:
+        return utc_aware(v)
 
     @field_validator("url", mode="before")
     @classmethod
@@ -61,11 +149,33 @@ class CameraPatch(BaseModel):
     threshold: float | None = Field(None, allow_inf_nan=False)
     replay_fps: float | None = Field(None, ge=0)
     masks: list[list[tuple[float, float]]] | None = Field(None, max_length=32)
+    armed: bool | None = Field(None, description="arm (true) or disarm (false) now; holds until a schedule "
+                               "window that sets `armed` begins")
+    timezone: str | None = Field(None, max_length=64, description="IANA time zone; null = the host's")
+    schedules: list[ScheduleConfig] | None = Field(None, max_length=32, description="replaces the list; [] "
+                                                   "removes them all")
 
     @field_validator("masks")
     @classmethod
     def _check_masks(cls, v: list | None) -> list | None:
         return v if v is None else check_polygons(v)
+
+    @field_validator("armed", "schedules")
+    @classmethod
+    def _not_null(cls, v: Any) -> Any:  # only runs on given values: `null` is refused, leaving it out is fine
+        if v is None:
+            raise ValueError("must not be null")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, v: str | None) -> str | None:
+        return check_timezone(v)
+
+    @field_validator("schedules")
+    @classmethod
+    def _check_schedules(cls, v: list[ScheduleConfig]) -> list[ScheduleConfig]:
+        return check_schedules(v)
 
 
 class IngestConfig(BaseModel):
@@ -188,6 +298,13 @@ class ServiceSettings(BaseSettings):
     def paths(self) -> StatePaths:
         """Where everything under ``state_dir`` lives."""
         return StatePaths(self.state_dir)
+
+    @model_validator(mode="after")
+    def _cache_in_state(self) -> ServiceSettings:
+        """Compiled models are cached under the state directory unless the engine names another place."""
+        if self.engine.cache_dir is None:
+            self.engine = self.engine.model_copy(update={"cache_dir": self.paths.cache})
+        return self
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings: PydanticBaseSettingsSource,

@@ -8,16 +8,22 @@ no longer a database is moved aside and started afresh. Event ids are handed out
 has its id (and its notification, clip and snapshot names) at once, whatever the database is doing; until
 its row is written :meth:`get` answers from memory. ``up``, ``pending`` and ``last_error`` say how the
 database is doing (metrics ``vad_event_store_up`` / ``vad_event_store_pending``).
+
+Each event also keeps its score curve (``scores``): the camera's per-frame messages from ``context_s``
+before its start until its end (plus the cooldown before the end is known), taken from the camera's ring of
+recent messages (:meth:`follow_scores`) when the event opens and again when it closes, so past events keep
+a curve to review after the ring has moved on. An event longer than the ring has a gap in the middle.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,13 +47,21 @@ CREATE TABLE IF NOT EXISTS events (
     clip TEXT,
     snapshot TEXT,
     evidence_bytes INTEGER NOT NULL DEFAULT 0,
-    note TEXT
+    note TEXT,
+    scores TEXT,
+    clip_start REAL
 );
 CREATE INDEX IF NOT EXISTS events_camera_start ON events (camera, start);
 """
 COLUMNS = ("id", "camera", "model", "threshold", "start", "start_frame", "end", "end_frame", "peak_score",
-           "peak_frame", "feedback", "clip", "snapshot", "evidence_bytes", "note")
+           "peak_frame", "feedback", "clip", "snapshot", "evidence_bytes", "note", "scores", "clip_start")
+ADDED_COLUMNS = {"note": "TEXT", "scores": "TEXT", "clip_start": "REAL"}  # columns later than the first schema
 FEEDBACK = ("normal", "anomaly")
+# what ``type`` says of an event: still open; ended by the score rules; ended by the service (disarmed,
+# stopped, model changed, interrupted; ``note`` says which)
+TYPES = {"ongoing": "end IS NULL", "ended": "end IS NOT NULL AND note IS NULL",
+         "cut": "end IS NOT NULL AND note IS NOT NULL"}
+ScoreSource = Callable[[str], Sequence[dict]]  # camera -> its recent per-frame messages, oldest first
 RETRY_S = 1.0        # how often a refused write is tried again
 BUSY_TIMEOUT_S = 2.0  # how long one statement waits for another process's lock
 MAX_ID = 2 ** 63 - 1
@@ -81,12 +95,38 @@ def parse_time(value: str | None, name: str) -> float | None:
 
 
 def as_json(row: dict) -> dict:
-    """JSON shape of a row: ``start``/``end`` ISO-8601; ``start_ts``/``end_ts`` Unix seconds; ``duration_s``."""
+    """JSON shape of a row: ``start``/``end`` ISO-8601; ``start_ts``/``end_ts`` Unix seconds; ``duration_s``;
+    ``type`` (see ``TYPES``). The score curve is left out (:meth:`EventStore.scores` has it)."""
     d = dict(row)
+    d.pop("scores", None)
+    d.pop("clip_start", None)
     d["start_ts"], d["end_ts"] = d["start"], d["end"]
     d["start"], d["end"] = iso(d["start_ts"]), iso(d["end_ts"])
     d["duration_s"] = None if d["end_ts"] is None else round(d["end_ts"] - d["start_ts"], 3)
+    d["type"] = "ongoing" if d["end_ts"] is None else "cut" if d["note"] else "ended"
     return d
+
+
+def scores_since(messages: Sequence[dict] | None, t0: float) -> list[tuple[float, float | None]]:
+    """(capture time, score) of the messages at or after ``t0``; a score is None while warming up. The ring
+    is copied first: its camera appends to it meanwhile (a copy that saw it change is taken again)."""
+    copy: list[dict] = []
+    for _ in range(3):
+        try:
+            copy = list(messages or ())
+            break
+        except RuntimeError:  # "deque mutated during iteration"
+            continue
+    return [(m["timestamp"], m["score"]) for m in copy if m["timestamp"] >= t0]
+
+
+def relative(points: list[tuple[float, float | None]], start: float) -> list[list]:
+    """``[[seconds from the start, score], ...]``: the curve as stored and served."""
+    return [[round(t - start, 3), s] for t, s in points]
+
+
+def encode_scores(points: list[tuple[float, float | None]], start: float) -> str:
+    return json.dumps(relative(points, start), separators=(",", ":"))
 
 
 def _is_broken(exc: sqlite3.Error) -> bool:
@@ -109,6 +149,9 @@ class EventStore:
         self._cv = threading.Condition()     # the outbox, the rows not yet written, the ids
         self._outbox: deque[tuple[str, tuple]] = deque()
         self._unwritten: dict[int, dict] = {}  # rows opened here whose latest state is not in the file yet
+        self._score_source: ScoreSource | None = None
+        self.context_s = 5.0
+        self._following: dict[int, tuple[Sequence[dict], list]] = {}  # open event -> its camera's ring, points
         self._api = self._connect(repair=True)
         self._bg = self._connect()
         self._next_id = self._max_id() + 1
@@ -133,8 +176,10 @@ class EventStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
-            if "note" not in {r[1] for r in db.execute("PRAGMA table_info(events)")}:  # before issue 21
-                db.execute("ALTER TABLE events ADD COLUMN note TEXT")
+            have = {r[1] for r in db.execute("PRAGMA table_info(events)")}
+            for name, kind in ADDED_COLUMNS.items():  # a database from before the column existed
+                if name not in have:
+                    db.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
         except sqlite3.Error:
             db.close()
             raise
@@ -163,38 +208,70 @@ class EventStore:
             raise StoreUnavailable(f"the event database cannot be read right now: {exc}") from None
 
     # -- camera writes (never block, never raise) -------------------------------------------------
+    def follow_scores(self, source: ScoreSource, context_s: float) -> None:
+        """Keep each new event's score curve from ``context_s`` before its start, read from ``source``
+        (the camera's ring of recent messages, read on the thread that opens and closes its events)."""
+        self._score_source, self.context_s = source, context_s
+
+    def _ring(self, camera: str) -> Sequence[dict] | None:
+        if self._score_source is None:
+            return None
+        try:
+            return self._score_source(camera)
+        except Exception as exc:  # e.g. the camera is already gone: the event keeps no curve, nothing fails
+            log.debug("no recent scores of camera %s: %s", camera, exc)
+            return None
+
     def open(self, *, camera: str, model: str | None, threshold: float, event: AnomalyEvent) -> dict:
         """Record a new event; returns its JSON shape with the id it got."""
+        ring = self._ring(camera)
+        points = scores_since(ring, event.start - self.context_s)
         with self._cv:
             event_id, self._next_id = self._next_id, self._next_id + 1
             row = {c: None for c in COLUMNS} | {
                 "id": event_id, "camera": camera, "model": model, "threshold": threshold, "start": event.start,
                 "start_frame": event.start_frame, "peak_score": event.peak_score, "peak_frame": event.peak_frame,
-                "evidence_bytes": 0}
+                "evidence_bytes": 0, "scores": encode_scores(points, event.start) if ring is not None else None}
             self._unwritten[event_id] = row
+            if ring is not None:
+                self._following[event_id] = (ring, points)
             self._enqueue("open", (dict(row),))
         return as_json(row)
+
+    def _points_now(self, event_id: int, start: float) -> list | None:
+        """Under ``_cv``: the curve of an event open here, from its opening up to the ring's newest message."""
+        followed = self._following.get(event_id)
+        if followed is None:
+            return None
+        ring, points = followed
+        last = points[-1][0] if points else start - self.context_s - 1
+        return points + [p for p in scores_since(ring, start - self.context_s) if p[0] > last]
 
     def close(self, event_id: int, event: AnomalyEvent, note: str | None = None) -> dict | None:
         """Record the end of an event; returns its JSON shape when this process opened it."""
         end = event.end if event.end is not None else event.start
         end_frame = event.end_frame if event.end_frame is not None else event.start_frame
         with self._cv:
+            points = self._points_now(event_id, event.start)
+            self._following.pop(event_id, None)
+            scores = None if points is None else encode_scores(points, event.start)
             row = self._unwritten.get(event_id)
             if row is not None:
                 row.update(end=end, end_frame=end_frame, peak_score=event.peak_score, peak_frame=event.peak_frame,
-                           note=note)
-            self._enqueue("close", (event_id, end, end_frame, event.peak_score, event.peak_frame, note))
+                           note=note, scores=scores or row["scores"])
+            self._enqueue("close", (event_id, end, end_frame, event.peak_score, event.peak_frame, note, scores))
             return None if row is None else as_json(row)
 
     def set_evidence(self, event_id: int, *, clip: str | None = None, snapshot: str | None = None,
-                     add_bytes: int = 0) -> None:
+                     add_bytes: int = 0, clip_start: float | None = None) -> None:
+        """``clip_start``: the capture time of the clip's first frame (its time 0), to align the curve."""
         with self._cv:
             row = self._unwritten.get(event_id)
             if row is not None:
                 row.update(clip=clip or row["clip"], snapshot=snapshot or row["snapshot"],
-                           evidence_bytes=row["evidence_bytes"] + add_bytes)
-            self._enqueue("evidence", (clip, snapshot, add_bytes, event_id))
+                           evidence_bytes=row["evidence_bytes"] + add_bytes,
+                           clip_start=row["clip_start"] if clip_start is None else clip_start)
+            self._enqueue("evidence", (clip, snapshot, add_bytes, clip_start, event_id))
 
     def drop_evidence(self, event_id: int) -> None:
         with self._cv:
@@ -247,12 +324,14 @@ class EventStore:
                        tuple(row[c] for c in COLUMNS))
         elif op == "close":
             db.execute("UPDATE events SET end = ?, end_frame = ?, peak_score = ?, peak_frame = ?, "
-                       "note = COALESCE(?, note) WHERE id = ?", (*args[1:], args[0]))
+                       "note = COALESCE(?, note), scores = COALESCE(?, scores) WHERE id = ?", (*args[1:], args[0]))
         elif op == "evidence":
             db.execute("UPDATE events SET clip = COALESCE(?, clip), snapshot = COALESCE(?, snapshot), "
-                       "evidence_bytes = evidence_bytes + ? WHERE id = ?", args)
+                       "evidence_bytes = evidence_bytes + ?, clip_start = COALESCE(?, clip_start) WHERE id = ?",
+                       args)
         elif op == "drop_evidence":
-            db.execute("UPDATE events SET clip = NULL, snapshot = NULL, evidence_bytes = 0 WHERE id = ?", args)
+            db.execute("UPDATE events SET clip = NULL, snapshot = NULL, evidence_bytes = 0, clip_start = NULL "
+                       "WHERE id = ?", args)
 
     def _forget_written(self, op: str, args: tuple) -> None:
         """Under ``_cv``: a closed event whose every write is in the file is no longer kept in memory."""
@@ -321,18 +400,62 @@ class EventStore:
             raise UnknownEvent(f"camera {camera!r} has no event {event_id}")
         return as_json(dict(rows[0]))
 
-    def query(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
-              limit: int = 100, feedback: str | None = None) -> list[dict]:
-        """Newest first; ``since``/``until`` bound the start time."""
+    @staticmethod
+    def _where(camera: str | None, since: float | None, until: float | None, feedback: str | None,
+               kind: str | None) -> tuple[str, list]:
+        """The WHERE clause of the filters; ``feedback="none"``: not given yet; ``kind``: one of ``TYPES``."""
+        if feedback is not None and feedback not in (*FEEDBACK, "none"):
+            raise BadFeedback(f"feedback must be one of {[*FEEDBACK, 'none']}, got {feedback!r}")
+        if kind is not None and kind not in TYPES:
+            raise Invalid(f"type must be one of {list(TYPES)}, got {kind!r}")
         where, args = [], []
         for cond, value in (("camera = ?", camera), ("start >= ?", since), ("start <= ?", until),
-                            ("feedback = ?", feedback)):
+                            ("feedback = ?", None if feedback == "none" else feedback)):
             if value is not None:
                 where.append(cond)
                 args.append(value)
-        sql = "SELECT * FROM events" + (" WHERE " + " AND ".join(where) if where else "")
-        rows = self._read(sql + " ORDER BY start DESC, id DESC LIMIT ?", (*args, limit))
+        if feedback == "none":
+            where.append("feedback IS NULL")
+        if kind is not None:
+            where.append(TYPES[kind])
+        return (" WHERE " + " AND ".join(where) if where else ""), args
+
+    def query(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
+              limit: int = 100, feedback: str | None = None, kind: str | None = None, offset: int = 0) -> list[dict]:
+        """Newest first; ``since``/``until`` bound the start time; ``offset`` skips that many (paging)."""
+        where, args = self._where(camera, since, until, feedback, kind)
+        rows = self._read("SELECT * FROM events" + where + " ORDER BY start DESC, id DESC LIMIT ? OFFSET ?",
+                          (*args, limit, offset))
         return [as_json(dict(r)) for r in rows]
+
+    def count(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
+              feedback: str | None = None, kind: str | None = None) -> int:
+        """How many events :meth:`query` would list without a limit."""
+        where, args = self._where(camera, since, until, feedback, kind)
+        return int(self._read("SELECT COUNT(*) FROM events" + where, tuple(args))[0][0])
+
+    def cameras(self) -> list[dict]:
+        """Every camera that has events (including deleted cameras): its count and newest start."""
+        rows = self._read("SELECT camera, COUNT(*), MAX(start) FROM events GROUP BY camera ORDER BY camera")
+        return [{"camera": r[0], "events": r[1], "latest": iso(r[2])} for r in rows]
+
+    def scores(self, camera: str, event_id: int) -> dict:
+        """An event's score curve: ``points`` ``[[seconds from the start, score or null], ...]`` (empty for an
+        event recorded before curves were kept), and ``clip_start_ts``, the capture time of its clip's first
+        frame (None when unknown)."""
+        event = self.get(camera, event_id)
+        with self._cv:
+            points = self._points_now(event_id, event["start_ts"])
+            row = self._unwritten.get(event_id)
+            raw = None if row is None else (row["scores"], row["clip_start"])
+        if raw is None:
+            rows = self._read("SELECT scores, clip_start FROM events WHERE id = ?", (event_id,))
+            raw = (rows[0][0], rows[0][1]) if rows else (None, None)
+        stored, clip_start = raw
+        curve = (relative(points, event["start_ts"]) if points is not None
+                 else json.loads(stored) if stored else [])
+        return {"camera": camera, "event": event_id, "threshold": event["threshold"], "start_ts": event["start_ts"],
+                "end_ts": event["end_ts"], "clip_start_ts": clip_start, "points": curve}
 
     def with_evidence(self, camera: str) -> list[dict]:
         """The camera's events that still have evidence files, oldest first (what retention removes)."""

@@ -55,6 +55,11 @@ class ClipWriter(threading.Thread):
         for item in pre_roll:
             self._frames.put(item)
 
+    @property
+    def first_ts(self) -> float | None:
+        """Capture time of the clip's first frame: its time 0 (None before it has one)."""
+        return self._first
+
     def offer(self, ts: float, pixels: np.ndarray) -> None:
         try:
             self._frames.put_nowait((ts, pixels))
@@ -62,7 +67,8 @@ class ClipWriter(threading.Thread):
             self.dropped += 1
 
     def _done_by(self, ts: float) -> bool:
-        return (self.until is not None and ts > self.until) or (self._first is not None and ts - self._first > self._limit)
+        return ((self.until is not None and ts > self.until)
+                or (self._first is not None and ts - self._first > self._limit))
 
     def run(self) -> None:
         writer, error = H264Writer(self.path), None
@@ -160,7 +166,8 @@ class EventEvidence:
                 self._on_error(error)
         try:
             if frames:
-                self.store.set_evidence(event_id, clip=writer.path.name, add_bytes=writer.path.stat().st_size)
+                self.store.set_evidence(event_id, clip=writer.path.name, add_bytes=writer.path.stat().st_size,
+                                        clip_start=writer.first_ts)
             self.enforce_retention()
             self._on_bytes()
         except Exception as exc:  # the database or the disk is failing: retention runs again after the next clip

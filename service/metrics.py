@@ -42,12 +42,14 @@ class Metrics:
         self.sink_errors = Counter("vad_sink_errors_total", "Failures of one of a camera's result sinks (events, "
                                    "evidence, notify, websocket, stats, ...) or frame taps; the camera goes on",
                                    ["camera", "sink"], registry=r)
+        self.armed = Gauge("vad_camera_armed", "1 while the camera raises events and notifications, 0 while "
+                           "disarmed (it still scores)", ["camera"], registry=r)
         self.store_up = Gauge("vad_event_store_up", "1 while the event database accepts writes", registry=r)
         self.store_pending = Gauge("vad_event_store_pending", "Event writes waiting for the database", registry=r)
         self.store_up.set(1)
         self._failed_sinks: dict[str, set[str]] = {}
         self._per_camera = (self.score, self.frames, self.up, self.reconnects, self.since_last,
-                            self.events, self.ws_clients, self.threshold)
+                            self.events, self.ws_clients, self.threshold, self.armed)
 
     @contextlib.contextmanager
     def timed(self, stage: str):

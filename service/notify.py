@@ -4,6 +4,10 @@ Cameras hand events and scores to the :class:`Notifier`, which only queues them:
 sender thread (retries with backoff, one slow receiver delays no other), and the MQTT client publishes from
 paho's network thread, so a notification never blocks a camera. Results are counted in
 ``vad_notifications_total{channel, result}``.
+
+MQTT also carries each camera's arm switch: the retained state ``<prefix>/<camera>/armed`` (ON/OFF) and
+the command topic ``<prefix>/<camera>/armed/set``, announced to Home Assistant as a ``switch``; a command
+is handed to ``on_armed`` (the camera manager), which changes the camera and publishes the new state.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -28,6 +33,13 @@ from .metrics import Metrics
 log = logging.getLogger("amvad.notify")
 BACKOFF_S = (0.25, 0.5, 1.0, 2.0, 4.0)  # waits between the attempts of one webhook delivery
 MAX_QUEUED = 1000  # MQTT messages (events) held for a broker that is away; more are refused (counted)
+SWITCH_PAYLOADS = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
+ArmedHandler = Callable[[str, bool], object]  # (camera, armed)
+
+
+def switch_payload(payload: bytes) -> bool | None:
+    """ON/OFF (also true/false, 1/0, any case) as a bool; None for anything else."""
+    return SWITCH_PAYLOADS.get(payload.decode("utf-8", "replace").strip().lower())
 
 
 def signature(body: bytes, secret: str) -> str:
@@ -80,8 +92,9 @@ class WebhookSender(threading.Thread):
 
 
 class MqttPublisher:
-    """Events, throttled scores, an availability topic with a last will, and Home Assistant discovery
-    (a binary sensor ``anomaly`` and a sensor ``score`` per camera)."""
+    """Events, throttled scores, an availability topic with a last will, each camera's arm switch, and
+    Home Assistant discovery (a binary sensor ``anomaly``, a sensor ``score`` and a switch ``armed`` per
+    camera)."""
 
     def __init__(self, cfg: MqttConfig, metrics: Metrics) -> None:
         from paho.mqtt import client as mqtt
@@ -89,6 +102,8 @@ class MqttPublisher:
         self.availability = f"{cfg.topic_prefix}/availability"
         self._cameras: set[str] = set()
         self._last_score: dict[str, float] = {}
+        self._armed: dict[str, bool] = {}  # each camera's last state, published again after a reconnect
+        self.on_armed: ArmedHandler | None = None
         self._lock = threading.Lock()
         # one client id per process: a broker drops the older of two connections with the same id
         client_id = f"amvad-{socket.gethostname()}-{os.getpid()}"
@@ -98,6 +113,7 @@ class MqttPublisher:
             self.client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
         self.client.will_set(self.availability, "offline", qos=1, retain=True)
         self.client.on_connect = self._on_connect
+        self.client.message_callback_add(f"{cfg.topic_prefix}/+/armed/set", self._on_armed_set)
         self.client.reconnect_delay_set(1, 30)
         self.client.max_queued_messages_set(MAX_QUEUED)  # events kept for a broker that is away, bounded
         self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
@@ -108,10 +124,28 @@ class MqttPublisher:
             log.warning("MQTT broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason_code)
             return
         self._publish(self.availability, "online", retain=True)
+        client.subscribe(f"{self.cfg.topic_prefix}/+/armed/set", qos=1)
         with self._lock:
-            cameras = sorted(self._cameras)
+            cameras, armed = sorted(self._cameras), dict(self._armed)
         for camera in cameras:
             self._discovery(camera)
+        for camera, value in armed.items():
+            self._publish_armed(camera, value)
+
+    def _on_armed_set(self, client, userdata, msg) -> None:
+        """A command from Home Assistant or anyone on the broker (paho's thread): change the camera."""
+        camera = msg.topic[len(self.cfg.topic_prefix) + 1:-len("/armed/set")]
+        value = switch_payload(msg.payload)
+        if value is None:
+            log.warning("MQTT %s: ignoring payload %r (expected ON or OFF)", msg.topic, msg.payload[:20])
+            return
+        if self.on_armed is None:
+            return
+        try:
+            self.on_armed(camera, value)
+        except Exception as exc:  # e.g. an unknown camera: the command is refused, the client goes on
+            log.warning("MQTT %s: cannot set camera %r: %s", msg.topic, camera,
+                        redact(getattr(exc, "message", None) or str(exc)))
 
     def _publish(self, topic: str, payload: str, retain: bool = False, qos: int = 1) -> None:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -127,6 +161,20 @@ class MqttPublisher:
         self._publish(f"{d}/sensor/amvad_{camera}/score/config", json.dumps({
             **common, "name": "score", "unique_id": f"amvad_{camera}_score", "state_class": "measurement",
             "state_topic": f"{p}/{camera}/score", "value_template": "{{ value_json.score }}"}), retain=True)
+        self._publish(f"{d}/switch/amvad_{camera}/armed/config", json.dumps({
+            **common, "name": "armed", "unique_id": f"amvad_{camera}_armed", "icon": "mdi:shield-check",
+            "state_topic": f"{p}/{camera}/armed", "command_topic": f"{p}/{camera}/armed/set",
+            "payload_on": "ON", "payload_off": "OFF", "state_on": "ON", "state_off": "OFF"}), retain=True)
+
+    def _publish_armed(self, camera: str, armed: bool) -> None:
+        self._publish(f"{self.cfg.topic_prefix}/{camera}/armed", "ON" if armed else "OFF", retain=True)
+
+    def armed(self, camera: str, armed: bool) -> None:
+        """The camera's arm state as it is now (retained); sent again after a reconnect."""
+        with self._lock:
+            self._armed[camera] = armed
+        if self.client.is_connected():
+            self._publish_armed(camera, armed)
 
     def camera(self, camera: str) -> None:
         with self._lock:
@@ -185,6 +233,20 @@ class Notifier:
     def camera(self, camera: str) -> None:
         if self.mqtt:
             self.mqtt.camera(camera)
+
+    @property
+    def on_armed(self) -> ArmedHandler | None:
+        return self.mqtt.on_armed if self.mqtt else None
+
+    @on_armed.setter
+    def on_armed(self, handler: ArmedHandler | None) -> None:
+        """Who applies an MQTT arm command (the camera manager)."""
+        if self.mqtt:
+            self.mqtt.on_armed = handler
+
+    def armed(self, camera: str, armed: bool) -> None:
+        if self.mqtt:
+            self.mqtt.armed(camera, armed)
 
     def event(self, camera: str, kind: str, event: dict) -> None:
         """``kind`` is ``start`` or ``end``; ``event`` the stored event (service/event_store.py)."""

@@ -59,6 +59,8 @@ class Services:
         self.webhooks = ApiWebhooks(s.paths, self.notifier, s.limits)
         cameras = CameraManager(engine, s, self.metrics, CameraStore(s.paths.api_cameras), self.models, self.events,
                                 self.notifier)
+        # each event keeps its score curve, from the clip's pre-roll on, out of its camera's recent messages
+        self.events.follow_scores(lambda camera: cameras.get(camera).recent, s.events.pre_roll_s)
         for cfg in s.cameras:
             cameras.add(cfg)
         restored = cameras.restore({c.id for c in s.cameras})

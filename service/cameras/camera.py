@@ -8,7 +8,10 @@
   ``vad_frames_dropped_total{reason="queue_full"}``): memory stays bounded and the newest frames win;
 - the **publish** thread (here): takes the results in order and hands each to the sinks (``sinks.py``:
   metrics, events with evidence and notifications, MQTT scores, WebSocket, calibration, running
-  statistics), each in its own error boundary.
+  statistics), each in its own error boundary; at least every ``RECHECK_S`` it also applies what the
+  schedules put in force (``schedule.py``: armed or not, the profile's model and threshold).
+
+A disarmed camera runs all of this; only the events the operator sees are held back (``events.ArmGate``).
 
 No thread reads what another one is changing: a result carries a copy of its event.
 """
@@ -19,7 +22,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
+from datetime import datetime, timezone
 
 from runtime.engine import InferenceEngine
 from runtime.errors import Conflict
@@ -29,7 +34,7 @@ from runtime.scoring import RunningStats
 from runtime.stream import Stream
 from runtime.types import Frame, FrameResult
 
-from ..config import CameraConfig, ServiceSettings
+from ..config import CameraConfig, ScheduleConfig, ServiceSettings
 from ..event_store import EventStore
 from ..evidence import EventEvidence
 from ..heatmap import HeatScale
@@ -37,12 +42,19 @@ from ..metrics import Metrics
 from ..notify import Notifier
 from ..publish import Broadcaster
 from ..recordings import Recorder, Recordings
-from .events import EventSink
+from .events import ArmGate, EventSink
+from .schedule import InForce, in_force, zone
 from .sinks import Boundary, BroadcastSink, MetricsSink, Published, ScoreNotifySink, ScoreTaps, message
 from .source import STREAMING, CameraSource
 from .stats import StatsSink, load_stats
 
 log = logging.getLogger("amvad.cameras")
+RECHECK_S = 0.5  # how often the publish thread re-evaluates the schedules (changes apply within a second)
+
+
+def utcnow() -> datetime:
+    """The clock the schedules are evaluated against (one name, so a test can move it)."""
+    return datetime.now(timezone.utc)
 
 
 class CameraNotLive(Conflict):
@@ -50,14 +62,26 @@ class CameraNotLive(Conflict):
 
 
 class Camera:
-    """One live camera on one model (``model``, default the engine's). ``cfg`` is kept current by
-    :meth:`set_model`, :meth:`set_threshold` and ``replay_fps`` changes (``PATCH``)."""
+    """One live camera on one model (``model``: its configured one, default the engine's; a schedule's
+    profile may run another, which ``resolve_model`` loads by name). ``cfg`` is kept current by
+    :meth:`set_model`, :meth:`set_threshold`, :meth:`set_armed`, :meth:`set_schedules` and ``replay_fps``
+    changes (``PATCH``)."""
 
     def __init__(self, cfg: CameraConfig, engine: InferenceEngine, settings: ServiceSettings,
                  metrics: Metrics, model: ExportedModel | None = None, store: EventStore | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None,
+                 resolve_model: Callable[[str | None], ExportedModel] | None = None) -> None:
         self.cfg, self.engine, self.settings, self.metrics = cfg, engine, settings, metrics
         self.id = cfg.id
+        self.notifier = notifier
+        base = model or engine.model
+        self._resolve = resolve_model or (lambda name: base)  # without a manager: only the one model
+        self._tz = zone(cfg.timezone)
+        self._arm_lock = threading.RLock()  # PATCH, MQTT and the publish thread's re-check take turns
+        self.in_force: InForce = self._evaluate()
+        self._checked = time.monotonic()
+        self.gate = ArmGate()
+        self._stash: dict[str, RunningStats] = {}  # running stats of the models a profile switched away from
         self._stop = threading.Event()
         self.boundary = Boundary(self.id, metrics)
         self.source = CameraSource(self.id, cfg.url.get_secret_value(), settings.ingest, metrics, self.boundary,
@@ -65,8 +89,9 @@ class Camera:
         self.url = redact(cfg.url.get_secret_value())
         self._stream_lock = threading.Lock()  # the submit thread and a model switch take turns
         self._stats_path = settings.paths.camera_stats(self.id)
-        model = model or engine.model
-        self.stream = self._open_stream(model, load_stats(self._stats_path, model, self.id))
+        self.active_model, threshold = self._profile_of(self.in_force)
+        model = base if self.active_model == cfg.model else self._resolve(self.active_model)  # a profile at start
+        self.stream = self._open_stream(model, load_stats(self._stats_path, model, self.id), threshold)
         self.heat_scale = HeatScale()
         self.broadcaster = Broadcaster(self.id, settings.websocket.queue, metrics)
         self._results: queue.Queue[tuple[Frame, Future]] = queue.Queue(settings.ingest.publish_queue)
@@ -92,8 +117,10 @@ class Camera:
                          threading.Thread(target=self._submit_loop, name=f"submit-{self.id}", daemon=True),
                          threading.Thread(target=self._publish_loop, name=f"publish-{self.id}", daemon=True)]
         metrics.init_camera(self.id, self.stream.threshold)
+        metrics.armed.labels(self.id).set(int(self.in_force.armed))
         if notifier is not None:
             notifier.camera(self.id)
+            notifier.armed(self.id, self.in_force.armed)
 
     # -- settings -------------------------------------------------------------------------------
     @property
@@ -102,37 +129,123 @@ class Camera:
 
     @property
     def model_name(self) -> str:
-        return self.cfg.model or self.settings.model
+        """The model scoring now (a schedule's profile may run another than the configured one)."""
+        return self.active_model or self.settings.model
 
     @property
     def recent(self):
         return self.broadcast.recent
 
-    def _open_stream(self, model: ExportedModel, stats: RunningStats | None) -> Stream:
-        return Stream(self.engine, model=model, masks=self.cfg.masks, threshold=self.cfg.threshold,
+    def _open_stream(self, model: ExportedModel, stats: RunningStats | None, threshold: float | None) -> Stream:
+        return Stream(self.engine, model=model, masks=self.cfg.masks, threshold=threshold,
                       forget=self.settings.forget, events=self.settings.events, stats=stats, observer=self.metrics)
 
     def set_model(self, name: str | None, model: ExportedModel) -> None:
-        """Score the next frames with ``model``, starting from its own training statistics (frames already
-        in the engine finish on the old one); the threshold is the camera's own or the new model's."""
-        if model.sha256 == self.stream.model.sha256:
+        """The camera's own model. Unless a schedule's profile runs another one now, the next frames are
+        scored by ``model``, starting from its own training statistics (frames already in the engine
+        finish on the old one); the threshold is the camera's own or the new model's."""
+        with self._arm_lock:
             self.cfg = self.cfg.model_copy(update={"model": name})
+            want, threshold = self._profile_of(self.in_force)
+            if want == name:
+                self._switch(name, model, threshold, resume=False)
+
+    def set_threshold(self, threshold: float | None) -> None:
+        """The camera's own threshold, or (None) its model's; a profile's threshold wins while in force."""
+        with self._arm_lock:
+            self.cfg = self.cfg.model_copy(update={"threshold": threshold})
+            self._apply_threshold(self._profile_of(self.in_force)[1])
+
+    def set_armed(self, armed: bool) -> InForce:
+        """Arm or disarm now (a manual change): holds until a schedule window that sets ``armed`` begins."""
+        with self._arm_lock:
+            self.cfg = self.cfg.model_copy(update={"armed": armed, "armed_since": utcnow()})
+            return self.reconcile()
+
+    def set_schedules(self, schedules: list[ScheduleConfig], tz: str | None) -> InForce:
+        """New schedules and time zone (validated, their models loadable), in force at once: they decide
+        again, so an earlier manual change no longer beats a window in force (``armed`` stays the state
+        outside windows)."""
+        with self._arm_lock:
+            self.cfg = self.cfg.model_copy(update={"schedules": schedules, "timezone": tz, "armed_since": None})
+            self._tz = zone(tz)
+            return self.reconcile()
+
+    # -- schedules: what is in force ---------------------------------------------------------------
+    def _evaluate(self) -> InForce:
+        c = self.cfg
+        return in_force(armed=c.armed, armed_since=c.armed_since, rules=c.schedules, tz=self._tz,
+                        now=utcnow())
+
+    def _profile_of(self, f: InForce) -> tuple[str | None, float | None]:
+        """(model name, threshold) in force: the profile's, else the camera's own. A profile that names
+        another model and no threshold takes that model's own threshold (None)."""
+        if f.profile is None:
+            return self.cfg.model, self.cfg.threshold
+        name = self.cfg.model if f.model is None else f.model
+        if f.threshold is not None:
+            return name, f.threshold
+        return name, self.cfg.threshold if name == self.cfg.model else None
+
+    def reconcile(self) -> InForce:
+        """Evaluate the schedules now and apply the result: arming (read by each published result) and
+        the profile's model and threshold. Called at once by PATCH/MQTT, and by the publish thread."""
+        with self._arm_lock:
+            before, f = self.in_force, self._evaluate()
+            self.in_force = f
+            if f.armed != before.armed:
+                log.info("camera %s: %s", self.id, f.why_armed(self.cfg.armed_since))
+                self.metrics.armed.labels(self.id).set(int(f.armed))
+                if self.notifier is not None:
+                    self.notifier.armed(self.id, f.armed)
+            # a profile that cannot be applied (its model fails to load) is a fault of the camera, shown
+            # under ``faults.schedule`` and tried again; arming is in force either way
+            self.boundary.call("schedule", self._apply_profile, f)
+        return f
+
+    def _apply_profile(self, f: InForce) -> None:
+        name, threshold = self._profile_of(f)
+        if name != self.active_model:
+            self._switch(name, self._resolve(name), threshold, resume=True)
+        self._apply_threshold(threshold)
+
+    def _switch(self, name: str | None, model: ExportedModel, threshold: float | None, *, resume: bool) -> None:
+        """Run ``model`` from the next frame on. ``resume`` (a profile switch) goes on from the running
+        statistics this camera learnt with that model earlier in this run (or saved on disk), so a nightly
+        switch does not restart learning every day; otherwise it starts from the training statistics."""
+        if model.sha256 == self.stream.model.sha256:
+            self.active_model = name
+            self._apply_threshold(threshold)
             return
         if self.events is not None:
             self.events.close_open(note="the camera changed model")
+        self._stash[self.stream.model.sha256] = self.stream.scorer.stats
+        stats = None
+        if resume:
+            kept = self._stash.get(model.sha256)
+            stats = (RunningStats.from_dict(kept.to_dict()) if kept is not None
+                     else load_stats(self._stats_path, model, self.id))
         with self._stream_lock:
-            self.cfg = self.cfg.model_copy(update={"model": name})
-            self.stream = self._open_stream(model, None)
+            self.active_model = name
+            self.stream = self._open_stream(model, stats, threshold)
             self.heat_scale = HeatScale()  # another model's errors have another scale
         self.metrics.threshold.labels(self.id).set(self.stream.threshold)
         log.info("camera %s: now on model %s", self.id, self.model_name)
 
-    def set_threshold(self, threshold: float | None) -> None:
-        """The camera's own threshold, or (None) its model's."""
-        self.cfg = self.cfg.model_copy(update={"threshold": threshold})
+    def _apply_threshold(self, threshold: float | None) -> None:
         value = self.stream.model.meta.threshold if threshold is None else threshold
-        self.stream.set_threshold(value)
-        self.metrics.threshold.labels(self.id).set(value)
+        if value != self.stream.threshold:
+            self.stream.set_threshold(value)
+            self.metrics.threshold.labels(self.id).set(value)
+
+    def _recheck(self) -> None:
+        """On the publish thread: the schedules at most every ``RECHECK_S``, and the end of an event that
+        was open when the camera was disarmed (also when no frame comes)."""
+        if time.monotonic() - self._checked >= RECHECK_S:
+            self._checked = time.monotonic()
+            self.boundary.call("arming", self.reconcile)
+        if not self.in_force.armed and self.events is not None:
+            self.boundary.call("events", self.events.close_open, "the camera was disarmed")
 
     def set_masks(self, masks: list) -> None:
         self.stream.set_masks(masks)
@@ -217,7 +330,19 @@ class Camera:
                 "replay_fps": self.replay_fps, "masks": self.cfg.masks, "last_frame_time": src.last_frame_time,
                 "seconds_since_last_frame": since, "threshold": self.stream.threshold,
                 "ws_clients": len(self.broadcaster.clients), "faults": self.faults(),
-                "publish_backlog": self._results.qsize()}
+                "publish_backlog": self._results.qsize(), **self.arming()}
+
+    def arming(self) -> dict:
+        """What is in force and why: arming (by whom), the profile, the windows in force."""
+        f, c = self.in_force, self.cfg
+        profile = {"by": f.profile_by, "model": self.model_name, "threshold": self.stream.threshold,
+                   "why": "the camera's own model and threshold" if f.profile is None else f.profile.describe()}
+        return {"armed": f.armed, "armed_by": f.armed_by,
+                "armed_since": None if c.armed_since is None else c.armed_since.isoformat(),
+                "armed_why": f.why_armed(c.armed_since), "profile": profile,
+                "windows": [{"name": w.name, "start": w.start.isoformat(), "end": w.end.isoformat()}
+                            for w in f.windows],
+                "timezone": str(self._tz), "schedules": [s.model_dump() for s in c.schedules]}
 
     def faults(self) -> dict[str, str]:
         """What fails right now and why: the camera's sinks, and the event database they write to."""
@@ -247,8 +372,9 @@ class Camera:
 
     def _publish_loop(self) -> None:
         while not (self._stop.is_set() and self._results.empty()):
+            self._recheck()
             try:
-                frame, future = self._results.get(timeout=0.5)
+                frame, future = self._results.get(timeout=RECHECK_S)
             except queue.Empty:
                 continue
             try:
@@ -262,9 +388,10 @@ class Camera:
     def _publish(self, frame: Frame, r: FrameResult) -> None:
         self.frames += 1
         self.latest = (frame, r)
-        threshold = self.stream.threshold
+        threshold, armed = self.stream.threshold, self.in_force.armed
+        event = self.gate.event(armed, r)
         p = Published(self.id, self.model_name, threshold, frame, r,
-                      message(self.id, self.model_name, threshold, self.state, r))
+                      message(self.id, self.model_name, threshold, self.state, r, event, armed), armed, event)
         for sink in self.sinks:
             self.boundary.call(sink.name, sink.publish, p)
 

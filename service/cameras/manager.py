@@ -1,5 +1,6 @@
-"""The set of running cameras: add (resolving each camera's model), restore the stored ones, change
-them while they run (``PATCH``), calibrate, remove; and the model deletions that must not strand one."""
+"""The set of running cameras: add (resolving each camera's model and its schedules' models), restore the
+stored ones, change them while they run (``PATCH``, the MQTT arm switch), calibrate, remove; and the model
+deletions that must not strand one."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from runtime.errors import Conflict, Invalid, NotFound
 from runtime.exported_model import ExportedModel, file_sha256
 from runtime.video import file_path, is_file_source
 
-from ..config import CameraConfig, CameraPatch, ServiceSettings
+from ..config import CameraConfig, CameraPatch, ScheduleConfig, ServiceSettings
 from ..event_store import EventStore
 from ..metrics import Metrics
 from ..model_registry import ModelConflict, ModelRegistry, UnknownModel
@@ -61,6 +62,8 @@ class CameraManager:
         self.events, self.notifier = events, notifier
         self._cameras: dict[str, Camera] = {}
         self._lock = threading.Lock()
+        if notifier is not None:
+            notifier.on_armed = self.set_armed  # the MQTT switch
 
     def _model(self, camera_id: str, name: str | None) -> ExportedModel:
         """The loaded model a camera names (None: the service's); loading happens outside the engine."""
@@ -69,19 +72,35 @@ class CameraManager:
         except (UnknownModel, Invalid) as exc:  # also a model now refused by the engine's bounds or budget
             raise CameraModelError(f"camera {camera_id!r}: {exc.args[0] if exc.args else exc}") from None
 
+    def _check_profiles(self, camera_id: str, schedules: list[ScheduleConfig], masks: list) -> None:
+        """Every model a schedule names loads (so a profile switch at night cannot fail) and takes the
+        camera's masks; raises 422 naming the schedule."""
+        for i, rule in enumerate(schedules):
+            if rule.model is None:
+                continue
+            try:
+                model = self._model(camera_id, rule.model)
+            except CameraModelError as exc:
+                raise CameraModelError(f"schedules.{i}.model ({rule.name}): {exc.message}") from None
+            if masks and not model.takes_mask:
+                raise CameraModelError(f"schedules.{i}.model ({rule.name}): camera {camera_id!r} has masks; model "
+                                       f"{rule.model!r} was exported before masks")
+
     def add(self, cfg: CameraConfig, persist: bool = False, start: bool = True) -> Camera:
         """``start=False`` leaves the threads to the caller (``camera.start()``), e.g. to subscribe first."""
         url = cfg.url.get_secret_value()
         if is_file_source(url):
             check_media_path(file_path(url), self.settings.media_dirs)
         model = self._model(cfg.id, cfg.model)
+        self._check_profiles(cfg.id, cfg.schedules, cfg.masks)
         with self._lock:
             if cfg.id in self._cameras:
                 raise DuplicateCamera(f"camera {cfg.id!r} already exists")
             if persist and self.store is not None:
                 self.store.put(cfg)  # first, so a camera that cannot be saved is not added
             try:
-                cam = Camera(cfg, self.engine, self.settings, self.metrics, model, self.events, self.notifier)
+                cam = Camera(cfg, self.engine, self.settings, self.metrics, model, self.events, self.notifier,
+                             resolve_model=lambda name, cam_id=cfg.id: self._model(cam_id, name))
             except ValueError as exc:  # masks on a model exported before masks
                 if persist and self.store is not None:
                     self.store.discard(cfg.id)
@@ -128,8 +147,9 @@ class CameraManager:
             cam.stop(keep_stats=not forget)
 
     def update(self, camera_id: str, patch: CameraPatch) -> Camera:
-        """Change a running camera's model, threshold or replay rate; the other cameras never notice.
-        An API camera's new settings are stored (a YAML camera's last until the config is read again)."""
+        """Change a running camera's model, threshold, replay rate, arming or schedules; the other cameras
+        never notice. An API camera's new settings are stored (a YAML camera's last until the config is
+        read again)."""
         given = patch.model_fields_set
         model = self._model(camera_id, patch.model) if "model" in given else None
         with self._lock:
@@ -137,6 +157,9 @@ class CameraManager:
             if model is not None and cam.cfg.masks and not model.takes_mask:
                 raise CameraModelError(f"camera {camera_id!r} has masks; model {patch.model!r} was exported before "
                                        f"masks (re-export it with `amvad export --onnx`)")
+            schedules = patch.schedules if "schedules" in given else cam.cfg.schedules
+            if "schedules" in given or patch.masks:
+                self._check_profiles(camera_id, schedules, cam.cfg.masks if patch.masks is None else patch.masks)
             if model is not None:
                 cam.set_model(patch.model, model)
             if patch.masks is not None:
@@ -148,9 +171,17 @@ class CameraManager:
                 cam.set_threshold(patch.threshold)
             if "replay_fps" in given:
                 cam.set_replay_fps(patch.replay_fps)
+            if "schedules" in given or "timezone" in given:
+                cam.set_schedules(schedules, patch.timezone if "timezone" in given else cam.cfg.timezone)
+            if "armed" in given:
+                cam.set_armed(patch.armed)
             if self.store is not None and self.store.has(camera_id):
                 self.store.put(cam.cfg)
         return cam
+
+    def set_armed(self, camera_id: str, armed: bool) -> Camera:
+        """Arm or disarm a camera now (``PATCH {"armed": ...}``, the MQTT switch, the live page)."""
+        return self.update(camera_id, CameraPatch(armed=armed))
 
     def calibrate(self, camera_id: str, seconds: float, false_alarms_per_hour: float,
                   allow_below_training: bool = False) -> dict:
@@ -181,9 +212,11 @@ class CameraManager:
     def remove_model(self, name: str) -> None:
         """Delete a registered model unless a camera uses it (checked and done under the cameras' lock)."""
         with self._lock:
-            users = sorted(c.id for c in self._cameras.values() if c.model_name == name)
+            users = sorted(c.id for c in self._cameras.values()
+                           if name in (c.model_name, c.cfg.model, *(s.model for s in c.cfg.schedules)))
             if users:
-                raise ModelConflict(f"model {name!r} is used by camera(s) {users}; assign them another first")
+                raise ModelConflict(f"model {name!r} is used by camera(s) {users} (as their model or in a "
+                                    f"schedule); assign them another first")
             sha = file_sha256(self.registry.path(name))
             self.registry.remove(name)
             self.engine.unload(sha)

@@ -31,13 +31,17 @@ LOG_EVERY_S = 60.0  # a sink that keeps failing is logged this often
 
 @dataclass(frozen=True)
 class Published:
-    """One result as the camera publishes it: the frame, its result and the WebSocket message."""
+    """One result as the camera publishes it: the frame, its result and the WebSocket message; ``armed``
+    and ``event``: whether the camera was armed, and the event change the operator sees (None while
+    disarmed; see ``events.ArmGate``), which the sinks read instead of ``result.event``."""
     camera: str
     model: str
     threshold: float
     frame: Frame
     result: FrameResult
     message: dict
+    armed: bool = True
+    event: str | None = None
 
 
 class Sink(Protocol):
@@ -111,7 +115,7 @@ class MetricsSink:
         m.frames.labels(p.camera).inc()
         if r.score is not None:
             m.score.labels(p.camera).set(r.score)
-        if r.event == "start":
+        if p.event == "start":
             m.events.labels(p.camera).inc()
         if r.heatmap is not None:
             self._heat_scale().update(r.heatmap, r.anomaly)
@@ -164,9 +168,10 @@ class ScoreTaps:
                 tap.append(p.result.score)
 
 
-def message(p_camera: str, model: str, threshold: float, state: str, r: FrameResult) -> dict:
+def message(p_camera: str, model: str, threshold: float, state: str, r: FrameResult, event: str | None = None,
+            armed: bool = True) -> dict:
     """The per-frame JSON message of the WebSocket and ``/scores`` (always valid JSON: no NaN)."""
     finite = r.score is not None and math.isfinite(r.score)
     return {"camera": p_camera, "frame_id": r.frame_id, "timestamp": r.timestamp,
             "score": round(r.score, 4) if finite else None, "anomaly": r.anomaly, "state": state,
-            "threshold": threshold, "event": r.event, "model": model}
+            "threshold": threshold, "event": event, "model": model, "armed": armed}
