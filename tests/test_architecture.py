@@ -120,4 +120,5 @@ def test_amvad_help_lists_every_command_of_the_one_cli():
     out = subprocess.run([sys.executable, "-m", "cli", "--help"], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout
     commands = out.split("{", 1)[1].split("}", 1)[0].split(",")
-    assert commands == ["train", "fit", "eval", "export", "flow-check", "speed", "serve", "bench", "backup", "restore"]
+    assert commands == ["train", "fit", "eval", "export", "flow-check", "speed", "serve", "bench", "backup", "restore",
+                        "robustness"]

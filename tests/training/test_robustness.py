@@ -1,0 +1,200 @@
+"""``amvad robustness``: each benign change of the battery is deterministic, keeps the frame's shape and type,
+changes nothing at its identity magnitude and changes what it says at the others; the benchmark scores
+through the service's path and reports every figure; the command runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli.main import main
+from cli.robustness import CHANGES, parse_magnitudes
+from runtime.types import Frame
+from service.h264 import H264Writer
+from training.perturbations import BATTERY, get_change, perturb_clip, shake_offsets
+from training.robustness import pick, run_robustness, table, variants
+
+REPO = Path(__file__).resolve().parents[2]
+PER_FRAME = [c for c in BATTERY.values() if not c.whole_clip]
+
+
+def clip(n: int = 12, h: int = 48, w: int = 64, seed: int = 0) -> list[Frame]:
+    """Mid-grey textured RGB frames (no saturation at x1.35) at 10 frames/s."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(60, 140, (h, w, 3), dtype=np.uint8)
+    return [Frame("c", i, 0, i / 10, np.roll(base, i, axis=1)) for i in range(n)]
+
+
+def pixels(frames) -> np.ndarray:
+    return np.stack([f.pixels for f in frames]).astype(np.float64)
+
+
+@pytest.mark.parametrize("change", PER_FRAME, ids=lambda c: c.name)
+def test_every_change_is_deterministic_and_keeps_shape_dtype_and_ids(change):
+    frames = clip()
+    for m in change.magnitudes:
+        a = list(perturb_clip(change, m, frames, seed=3))
+        b = list(perturb_clip(change, m, frames, seed=3))
+        assert [f.frame_id for f in a] == [f.frame_id for f in frames]
+        assert [f.timestamp for f in a] == [f.timestamp for f in frames]
+        for x, y, f in zip(a, b, frames):
+            assert x.pixels.shape == f.pixels.shape and x.pixels.dtype == np.uint8
+            np.testing.assert_array_equal(x.pixels, y.pixels)
+        assert not np.array_equal(pixels(a), pixels(frames)), f"{change.name} {m} changed nothing"
+    assert change.condition and change.unit
+
+
+@pytest.mark.parametrize("change", [c for c in PER_FRAME if c.identity is not None], ids=lambda c: c.name)
+def test_the_identity_magnitude_changes_nothing(change):
+    frames = clip()
+    np.testing.assert_array_equal(pixels(perturb_clip(change, change.identity, frames, seed=3)), pixels(frames))
+
+
+def test_random_changes_depend_on_the_seed():
+    frames = clip()
+    for name in ("flicker", "shake", "sway", "noise", "low_light"):
+        change = get_change(name)
+        m = change.magnitudes[-1]
+        assert not np.array_equal(pixels(perturb_clip(change, m, frames, seed=1)),
+                                  pixels(perturb_clip(change, m, frames, seed=2))), name
+
+
+def test_lighting_scales_the_brightness_where_it_says():
+    frames = clip(n=10)
+    before = pixels(frames).mean(axis=(1, 2, 3))
+    step = pixels(perturb_clip(get_change("lighting_step"), 1.35, frames)).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(step[:5], before[:5])                      # first half untouched
+    np.testing.assert_allclose(step[5:] / before[5:], 1.35, atol=0.01)    # lights on from mid-clip
+    ramp = pixels(perturb_clip(get_change("lighting_ramp"), 0.6, frames)).mean(axis=(1, 2, 3))
+    assert ramp[0] == pytest.approx(before[0]) and ramp[-1] / before[-1] == pytest.approx(0.6, abs=0.01)
+    assert np.all(np.diff(ramp / before) < 0)                             # a steady ramp down
+    dark = pixels(perturb_clip(get_change("low_light"), 0.3, frames)).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(dark / before, 0.3, atol=0.03)
+
+
+def test_gamma_follows_the_tone_curve_and_flicker_stays_within_its_amplitude():
+    grey = [Frame("c", 0, 0, 0.0, np.full((8, 8, 3), 128, np.uint8))]
+    (out,) = perturb_clip(get_change("gamma"), 1.4, grey)
+    assert out.pixels[0, 0, 0] == round(255 * (128 / 255) ** 1.4)
+    frames = clip(n=40)
+    ratio = pixels(perturb_clip(get_change("flicker"), 0.08, frames)).mean(axis=(1, 2, 3)) / \
+        pixels(frames).mean(axis=(1, 2, 3))
+    assert np.all(np.abs(ratio - 1) <= 0.081) and np.ptp(ratio) > 0.08   # ±8 %, different every frame
+
+
+def dot_position(frame: np.ndarray) -> np.ndarray:
+    g = frame[..., 0].astype(np.float64)
+    ys, xs = np.indices(g.shape)
+    return np.array([(xs * g).sum(), (ys * g).sum()]) / g.sum()
+
+
+def test_shake_moves_the_picture_by_up_to_the_given_pixels_and_sway_slowly():
+    img = np.zeros((60, 80, 3), np.uint8)
+    img[28:32, 38:42] = 255
+    frames = [Frame("c", i, 0, i / 10, img) for i in range(30)]
+    moved = np.stack([dot_position(f.pixels) for f in perturb_clip(get_change("shake"), 3, frames, seed=7)])
+    shift = moved - dot_position(img)
+    want = np.array([shake_offsets(3, i, 7) for i in range(30)])
+    np.testing.assert_allclose(shift, want, atol=0.05)                    # content moved by the offsets drawn
+    assert np.abs(shift).max() <= 3.05 and np.abs(shift).max() > 2 and np.abs(np.diff(shift, axis=0)).max() > 1
+    swayed = np.stack([dot_position(f.pixels) for f in perturb_clip(get_change("sway"), 5, frames, seed=7)])
+    step = np.abs(np.diff(swayed, axis=0)).max()
+    assert step < 0.5 and np.abs(swayed - dot_position(img)).max() > 1  # smooth, yet it moves
+
+
+def test_noise_has_the_given_sigma_and_blur_removes_detail():
+    frames = clip(n=4)
+    diff = pixels(perturb_clip(get_change("noise"), 8, frames)) - pixels(frames)
+    assert diff.mean() == pytest.approx(0, abs=0.3) and diff.std() == pytest.approx(8, rel=0.05)
+    blurred = pixels(perturb_clip(get_change("blur"), 1.5, frames))
+    assert np.abs(np.diff(blurred, axis=2)).mean() < 0.5 * np.abs(np.diff(pixels(frames), axis=2)).mean()
+
+
+def test_compression_changes_the_frames_deterministically_and_keeps_ids_and_size():
+    frames = clip(n=15, h=47, w=63)  # odd sizes: the writer crops to even, the change gives the size back
+    change = get_change("compression")
+    a = list(perturb_clip(change, 42, frames, writer=H264Writer))
+    b = list(perturb_clip(change, 42, frames, writer=H264Writer))
+    assert [(f.frame_id, f.timestamp) for f in a] == [(f.frame_id, f.timestamp) for f in frames]
+    assert all(f.pixels.shape == (47, 63, 3) and f.pixels.dtype == np.uint8 for f in a)
+    err = {crf: np.abs(pixels(perturb_clip(change, crf, frames, writer=H264Writer)) - pixels(frames)).mean()
+           for crf in (20, 42)}
+    assert 0 < err[20] < err[42]                                          # fewer bits, more loss
+    # the same every time, up to libx264's frame threads on a loaded machine (about 1 run in 60 moves a few
+    # blocks: 0.2 % of the pixels)
+    assert (np.abs(pixels(a) - pixels(b)) > 0).mean() < 0.01
+    with pytest.raises(ValueError, match="H.264 writer"):
+        list(perturb_clip(change, 42, frames))
+
+
+def test_the_cli_spells_the_battery_and_the_sweep_is_chosen_as_asked():
+    assert CHANGES == tuple(BATTERY)
+    runs = variants(["shake", "noise"], {"noise": [8]})
+    assert [(c and c.name, m) for c, m in runs] == [(None, None), ("shake", 1), ("shake", 2), ("shake", 3),
+                                                     ("noise", 8)]
+    with pytest.raises(ValueError, match="not among the changes"):
+        variants(["shake"], {"noise": [8]})
+    with pytest.raises(ValueError, match="unknown change"):
+        variants(["rain"], None)
+    assert parse_magnitudes(["1,2"], ["shake"]) == {"shake": [1.0, 2.0]}
+    with pytest.raises(ValueError, match="say which change"):
+        parse_magnitudes(["1,2"], None)
+    assert pick(list("abcdefghij"), 3) == ["a", "e", "j"] and pick(list("ab"), 5) == ["a", "b"]
+
+
+def test_benchmark_on_the_tiny_model_reports_every_figure(tiny_model, synthetic_dataset, tmp_path):
+    # given the tiny model and synthetic dataset, when two changes at two magnitudes are run
+    res = run_robustness(tiny_model, synthetic_dataset, changes=["lighting_step", "noise"],
+                         magnitudes={"lighting_step": [0.7, 1.35], "noise": [4, 8]}, progress=False,
+                         json_out=tmp_path / "r.json", plot_dir=tmp_path / "plots")
+    # then clean comes first and every (change, magnitude) has the normal-footage and test figures
+    rows = res["rows"]
+    assert [(r["change"], r["magnitude"]) for r in rows] == [
+        ("clean", None), ("lighting_step", 0.7), ("lighting_step", 1.35), ("noise", 4.0), ("noise", 8.0)]
+    for r in rows:
+        assert r["events_per_10min"] is not None and 0 <= r["frames_flagged"] <= 1
+        assert r["auc_stream"] is not None and r["auc_paper"] is not None
+        assert r["events_per_10min_over_clean"] == pytest.approx(r["events_per_10min"] - rows[0]["events_per_10min"],
+                                                                 abs=1e-3)
+        assert isinstance(r["within_targets"], bool) and r["test_events_total"] == 2
+    assert rows[0]["events_per_10min_over_clean"] == 0
+    assert res["normal"]["clips"] == ["01", "02"] and res["normal"]["frames_scored"] == 2 * (14 - 3)
+    assert json.loads((tmp_path / "r.json").read_text())["rows"] == rows
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["lighting_step.png", "noise.png"]
+    assert table(res).count("\n") == 2 + len(rows) - 1
+
+
+def test_clean_scores_are_those_of_amvad_eval(tiny_model, synthetic_dataset):
+    from training.evaluate import evaluate
+    res = run_robustness(tiny_model, synthetic_dataset, changes=["blur"], magnitudes={"blur": [1.0]},
+                         progress=False)
+    assert res["rows"][0]["auc_stream"] == pytest.approx(evaluate(tiny_model, synthetic_dataset,
+                                                                  progress=False)["auc_stream"])
+
+
+def test_the_command_runs_with_a_subset_of_clips(tiny_model, synthetic_dataset, tmp_path, capsys):
+    out = subprocess.run([sys.executable, "-m", "cli", "robustness", "--help"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    assert "--changes" in out and "compression" in out
+    # one clip of each split: the Ped2-style labels file of the whole split is cut up by clip lengths
+    code = main(["robustness", "--model", str(tiny_model), "--data", str(synthetic_dataset), "--changes",
+                 "compression,shake", "--magnitudes", "compression=40", "shake=2", "--clips", "1", "--quiet",
+                 "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| compression | 40 (H.264 CRF) |" in printed and "| shake | 2 (± px per frame) |" in printed
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["test"]["clips"] == ["01"] and len(res["rows"]) == 3
+    assert main(["robustness", "--data", str(synthetic_dataset), "--changes", "rain"]) == 2
+
+
+@pytest.mark.parametrize("argv", [["robustness", "--help"], ["robustness", "--data", ".", "--changes", "rain"],
+                                  ["robustness", "--data", ".", "--magnitudes", "1,2"]])
+def test_help_and_argument_errors_import_nothing_heavy(argv):
+    from tests.cli.test_main import imported_after
+    assert imported_after(argv) in ((0, []), (2, []))
