@@ -1,5 +1,7 @@
 """The ``amvad`` command, the product's one entry point: ``train``, ``fit``, ``export``, ``eval``,
-``flow-check``, ``speed`` (training/), ``serve`` (service/) and ``bench`` (cli/bench.py). Parsing needs
+``flow-check``, ``speed`` (training/), ``serve`` (service/), ``bench`` (cli/bench.py), ``backup`` and
+``restore`` (cli/backup.py), ``robustness`` (cli/robustness.py), ``user`` (cli/users.py) and ``tls``
+(cli/tls.py). Parsing needs
 argparse only, and each command imports its layer when it runs, so ``amvad --help`` and argument errors
 import nothing heavy (tests/cli/test_main.py checks it)."""
 
@@ -12,6 +14,8 @@ from pathlib import Path
 
 from .backup import add_parsers as add_backup_parsers
 from .robustness import add_parsers as add_robustness_parsers
+from .tls import add_parsers as add_tls_parsers
+from .users import add_parsers as add_user_parsers
 
 
 # runtime.backends' names, spelled here so that parsing imports nothing heavy (tests/cli/test_main.py checks
@@ -107,7 +111,8 @@ def _serve(args: argparse.Namespace) -> None:
     from service.config import load_settings
     from service.server import ServeError, serve
     try:
-        serve(load_settings(args.config, host=args.host, port=args.port, model=args.model))
+        serve(load_settings(args.config, host=args.host, port=args.port, model=args.model, tls_cert=args.tls_cert,
+                            tls_key=args.tls_key))
     except ServeError as exc:
         raise CommandFailed(str(exc)) from None
 
@@ -222,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--host", help="bind address (default 127.0.0.1)")
     v.add_argument("--port", type=int, help="port (default 8000)")
     v.add_argument("--model", help="bundled model name or .onnx path (default ped2)")
+    v.add_argument("--tls-cert", type=Path, help="PEM certificate: serve HTTPS and WSS (amvad tls self-signed)")
+    v.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     v.set_defaults(func=_serve)
     b = sub.add_parser("bench", help="throughput and latency of the service pipeline (in process or --http)")
     b.add_argument("--model", default="ped2", help="bundled model name or .onnx path")
@@ -251,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
     add_backup_parsers(sub)
     add_robustness_parsers(sub)
+    add_user_parsers(sub)
+    add_tls_parsers(sub)
     return p
 
 

@@ -18,7 +18,8 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from .api import backup, cameras, clips, events, health, live, models, recordings, webhooks
+from .api import auth, backup, cameras, clips, events, health, live, models, recordings, users, webhooks
+from .api.deps import PUBLIC
 from .config import ServiceSettings
 from .errors import install_error_handlers
 from .wiring import Services
@@ -44,8 +45,8 @@ def create_app(settings: ServiceSettings, services: Services | None = None) -> F
                   docs_url=None, redoc_url=None)
     app.state.services = svc
     install_error_handlers(app)
-    for router in (health.router, live.router, clips.router, cameras.router, cameras.websocket_router,
-                   models.router, recordings.router, events.router, webhooks.router, backup.router):
+    for router in (health.router, auth.router, live.router, clips.router, cameras.router, cameras.websocket_router,
+                   models.router, recordings.router, events.router, webhooks.router, backup.router, users.router):
         app.include_router(router)
     mount_docs(app)
     return app
@@ -59,7 +60,7 @@ def mount_docs(app: FastAPI) -> None:
     (FastAPI's default loads them from a CDN)."""
     app.mount("/docs-assets", StaticFiles(directory=str(DOCS_ASSETS)), name="docs-assets")
 
-    @app.get("/docs", include_in_schema=False)
+    @app.get("/docs", include_in_schema=False, dependencies=[PUBLIC])
     def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url=app.openapi_url, title="amvad API",
                                    swagger_js_url="/docs-assets/swagger-ui-bundle.js",

@@ -2,7 +2,7 @@
 
 An archive is a gzipped tar: ``config.yaml`` (the service settings as they were set, secrets included but
 the API key), ``state/...`` laid out as the state directory (the event database as an SQLite online-backup
-snapshot, never a copy of a file being written; camera list, webhooks, registered models, running
+snapshot, never a copy of a file being written; camera list, webhooks, users, registered models, running
 statistics, evidence unless left out), and ``manifest.json`` last: it carries the size and SHA-256 of every
 member before it, so the archive is written in one pass and can be streamed while it is made. Recordings,
 fit jobs and uploads are not backed up (working files, not state to restore).
@@ -153,12 +153,12 @@ class Snapshot:
             copy = Path(self._tmp.name) / p.events_db.name
             self.contents["events"] = copy_database(p.events_db, copy)
             self.members.append(Member(self._name(p.events_db), time.time(), False, path=copy))
-        cameras, webhooks = self._small(p.api_cameras), self._small(p.webhooks)
+        cameras, webhooks, users = self._small(p.api_cameras), self._small(p.webhooks), self._small(p.users)
         stats = [m for m in map(self._small, _files(p.stats_dir)) if m]
         models = [m for m in map(self._large, _files(p.models)) if m]
         folders = _dirs(p.evidence_root) if self.evidence else []
         evidence = [m for d in folders for m in map(self._large, _files(d)) if m]
-        self.members += [m for m in (cameras, webhooks) if m] + stats + models + evidence
+        self.members += [m for m in (cameras, webhooks, users) if m] + stats + models + evidence
         self.contents |= {"cameras": _count(cameras, "cameras"), "webhooks": _count(webhooks, None),
                           "models": sum(m.name.endswith(".onnx") for m in models), "statistics": len(stats),
                           "evidence_files": len(evidence)}
@@ -392,7 +392,7 @@ def member_path(name: str, layout: StatePaths) -> Path:
     if len(pure.parts) < 2 or pure.parts[0] != STATE or any(p.startswith(".") for p in pure.parts):
         raise BadArchive(f"archive member {name!r} is not part of an amvad state directory")
     dest = layout.root.joinpath(*pure.parts[1:])
-    if (dest in (layout.events_db, layout.api_cameras, layout.webhooks)
+    if (dest in (layout.events_db, layout.api_cameras, layout.webhooks, layout.users)
             or dest.parent in (layout.models, layout.stats_dir) or dest.parent.parent == layout.evidence_root):
         return dest
     raise BadArchive(f"archive member {name!r} is not part of an amvad state directory")

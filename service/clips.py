@@ -1,6 +1,7 @@
 """Uploaded clips: checked synchronously (so bad files get a 4xx at once), then scored as jobs in a
-worker thread through the same pipeline as cameras, with progress. Results hold one entry per decoded
-frame, in order (``None`` for warm-up frames)."""
+worker thread through the same pipeline as cameras, with progress, on the service's model or the one the
+upload names (``?model=``: a fitted model tried on a known clip). Results hold one entry per decoded frame,
+in order (``None`` for warm-up frames), and say which model scored them."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import av
 
 from runtime.engine import InferenceEngine
+from runtime.exported_model import ExportedModel
 from runtime.plots import score_plot
 from runtime.errors import Busy, NotFound, TooLarge
 from runtime.stream import Stream, results_in_order
@@ -24,6 +26,7 @@ from runtime.video import DecodeError, ffmpeg_reason, iter_frames, open_source, 
 from .config import ServiceSettings
 from .heatmap import HeatScale
 from .metrics import Metrics
+from .model_registry import ModelRegistry, UnknownModel
 
 MAX_HEATMAP_FRAMES = 2000
 log = logging.getLogger("amvad.clips")
@@ -48,6 +51,18 @@ class ProbedClip:
     codec: str
 
 
+@dataclass(frozen=True)
+class ClipModel:
+    """The model a clip is scored on: the name asked for (the service's own model when none), the
+    registered version it meant (None for bundled models and paths), and the loaded model."""
+    name: str
+    version: int | None
+    model: ExportedModel
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "version": self.version, "sha256": self.model.sha256}
+
+
 @dataclass
 class ClipJob:
     id: str
@@ -56,6 +71,7 @@ class ClipJob:
     frames_total: int
     fps: float
     heatmaps: bool
+    model: ClipModel | None = None
     status: str = "queued"  # queued / running / done / failed
     frames_done: int = 0
     error: str | None = None
@@ -65,7 +81,8 @@ class ClipJob:
 
     def status_dict(self) -> dict:
         out = {"id": self.id, "status": self.status, "filename": self.filename, "frames": self.frames_total,
-               "progress": round(self.frames_done / max(self.frames_total, 1), 4), "error": self.error}
+               "progress": round(self.frames_done / max(self.frames_total, 1), 4), "error": self.error,
+               "model": None if self.model is None else self.model.to_dict()}
         if self.result is not None:
             out["result"] = self.result
         return out
@@ -107,8 +124,9 @@ class ClipJobs:
     last ``limits.max_jobs`` finished ones kept. Upload files live in ``<state_dir>/uploads`` and are deleted
     when their job ends or the service stops; files left by a crash are removed at start-up."""
 
-    def __init__(self, engine: InferenceEngine, settings: ServiceSettings, metrics: Metrics) -> None:
-        self.engine, self.settings, self.metrics = engine, settings, metrics
+    def __init__(self, engine: InferenceEngine, settings: ServiceSettings, metrics: Metrics,
+                 registry: ModelRegistry | None = None) -> None:
+        self.engine, self.settings, self.metrics, self.registry = engine, settings, metrics, registry
         self.jobs: OrderedDict[str, ClipJob] = OrderedDict()
         self.upload_dir = settings.paths.uploads
         self._lock = threading.Lock()
@@ -125,11 +143,24 @@ class ClipJobs:
         if sum(j.status in ("queued", "running") for j in list(self.jobs.values())) >= limit:
             raise QueueFull(f"{limit} clip jobs are already queued or running; retry later")
 
-    def probe(self, path: Path, filename: str) -> ProbedClip:
-        return probe_clip(path, self.settings, filename=filename, min_frames=self.engine.meta.clip_len)
+    def model(self, name: str | None) -> ClipModel:
+        """The model ``?model=`` names (bundled, registered, ``name@N``; None: the service's own), loaded
+        into the engine (once per distinct file); :class:`UnknownModel` (404) naming it otherwise."""
+        if name is None:
+            return ClipModel(self.settings.model, None, self.engine.model)
+        if self.registry is None:
+            raise UnknownModel(f"unknown model {name!r}: this service scores uploads on its own model only")
+        found = self.registry.lookup(name)
+        return ClipModel(name, None if found is None else found.version, self.engine.load(self.registry.path(name)))
 
-    def submit(self, path: Path, filename: str, probe: ProbedClip, heatmaps: bool) -> ClipJob:
-        job = ClipJob(uuid.uuid4().hex[:16], path, filename, probe.frames, probe.fps, heatmaps)
+    def probe(self, path: Path, filename: str, model: ClipModel | None = None) -> ProbedClip:
+        clip_len = (self.engine.model if model is None else model.model).meta.clip_len
+        return probe_clip(path, self.settings, filename=filename, min_frames=clip_len)
+
+    def submit(self, path: Path, filename: str, probe: ProbedClip, heatmaps: bool,
+               model: ClipModel | None = None) -> ClipJob:
+        job = ClipJob(uuid.uuid4().hex[:16], path, filename, probe.frames, probe.fps, heatmaps,
+                      model or self.model(None))
         with self._lock:
             try:
                 self.check_capacity()
@@ -169,8 +200,9 @@ class ClipJobs:
             job.path.unlink(missing_ok=True)
 
     def _score(self, job: ClipJob) -> dict:
-        meta = self.engine.meta
-        stream = Stream(self.engine, forget=self.settings.forget, events=self.settings.events,
+        model = job.model.model
+        meta = model.meta
+        stream = Stream(self.engine, model=model, forget=self.settings.forget, events=self.settings.events,
                         observer=self.metrics, keep_events=10_000)
         events, scale = stream.events, HeatScale()
         scores, flags, comps, times = [], [], [], []
@@ -190,6 +222,7 @@ class ClipJobs:
             events.finish(last.timestamp, last.frame_id)
         names = [c.name for c in meta.components]
         return {"frames": len(scores), "fps": job.fps, "threshold": meta.threshold, "method": meta.method,
+                "model": job.model.to_dict(),
                 "warmup_frames": meta.clip_len - 1, "scores": scores, "anomaly": flags, "timestamps": times,
                 "components": {n: [None if c is None else c[k] for c in comps] for k, n in enumerate(names)},
                 "events": [e.to_dict() for e in events.events],

@@ -46,7 +46,7 @@ class ScheduleConfig(BaseModel):
     end: str = Field(description="HH:MM (24:00 = midnight at the end of the day)")
     armed: bool | None = Field(None, description="true arms, false disarms the camera in this window; "
                                "null leaves arming alone")
-    model: str | None = Field(None, max_length=64, description="profile: the model scoring in this window")
+    model: str | None = Field(None, max_length=72, description="profile: the model scoring in this window")
     threshold: float | None = Field(None, allow_inf_nan=False, description="profile: the threshold in this "
                                     "window; default the profile model's own (or the camera's, without a model)")
 
@@ -98,8 +98,8 @@ class CameraConfig(BaseModel):
     threshold: float | None = Field(None, allow_inf_nan=False, description="anomaly threshold; default: the model's")
     replay_fps: float | None = Field(None, ge=0, description="file sources only: replay rate; default the "
                                      "file's own, 0 = as fast as inference goes (no frame dropped)")
-    model: str | None = Field(None, max_length=64, description="bundled or registered model name; default the "
-                              "service's model")
+    model: str | None = Field(None, max_length=72, description="bundled or registered model name (a registered "
+                              "name runs its current version; name@N pins version N); default the service's model")
     masks: list[list[tuple[float, float]]] = Field(default_factory=list, max_length=32, description=
                                                    "polygons ([[x, y], ...], 0-1 frame coordinates) that never alarm")
     armed: bool = Field(True, description="false: the camera scores, streams and learns but raises no events "
@@ -145,7 +145,7 @@ class CameraPatch(BaseModel):
     """``PATCH /v1/cameras/{id}``: what can change on a running camera; fields left out stay as they are,
     ``threshold: null`` goes back to the model's own."""
     model_config = ConfigDict(extra="forbid")
-    model: str | None = Field(None, max_length=64)
+    model: str | None = Field(None, max_length=72)
     threshold: float | None = Field(None, allow_inf_nan=False)
     replay_fps: float | None = Field(None, ge=0)
     masks: list[list[tuple[float, float]]] | None = Field(None, max_length=32)
@@ -219,6 +219,16 @@ class LimitsConfig(BaseModel):
                                      "recording is refused (507) and a running one stops at this size")
     max_webhooks: int = Field(32, ge=1, description="webhooks added through the API")
     max_fit_jobs: int = Field(20, ge=1, description="finished fit jobs kept (records and work folders)")
+    max_calibrations: int = Field(20, ge=1, description="finished calibration jobs kept (all cameras together)")
+
+
+class AuthConfig(BaseModel):
+    """Login sessions and the limit on failed logins (service/auth.py); users live in the state directory."""
+    model_config = ConfigDict(extra="forbid")
+    session_hours: float = Field(12.0, gt=0, le=24 * 90, description="a login lasts this long (or until a restart)")
+    login_failures: int = Field(5, ge=1, le=1000, description="failed logins per client address and per user "
+                                "name within login_window_s; more get 429 with Retry-After")
+    login_window_s: float = Field(60.0, gt=0, le=86400, description="the window failed logins are counted in")
 
 
 class CameraEventsConfig(EventConfig):
@@ -278,7 +288,11 @@ class ServiceSettings(BaseSettings):
     model: str = Field("ped2", description="bundled model name or path to an exported .onnx")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    api_key: SecretStr | None = Field(None, description="required on all endpoints but health/metrics")
+    api_key: SecretStr | None = Field(None, description="an admin key: with it (or with users) every endpoint but "
+                                      "health, metrics and login needs a key or a login")
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain): serve HTTPS and WSS (with tls_key)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     state_dir: Path = Field(Path.home() / ".cache" / "amvad" / "service",
                             description="per-camera running stats and the cameras added through the API")
     forget: float = Field(DEFAULT_FORGET, ge=0, lt=1, description="running-normalisation forgetting per frame")
@@ -298,6 +312,12 @@ class ServiceSettings(BaseSettings):
     def paths(self) -> StatePaths:
         """Where everything under ``state_dir`` lives."""
         return StatePaths(self.state_dir)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServiceSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both (amvad tls self-signed makes a pair)")
+        return self
 
     @model_validator(mode="after")
     def _cache_in_state(self) -> ServiceSettings:

@@ -3,7 +3,8 @@ files) in a separate process at lower priority with capped threads, so live came
 
 The job folder (``<state>/fits/<job>``) follows the fit-job contract of ``runtime/fit_job.py``: the service
 writes the request, the worker keeps the progress record, and the state, result and error are read from
-that record (never from the log). On success the model is moved into the registry. The worker dies with
+that record (never from the log). On success the model is moved into the registry (the next version of
+its name, with its model card, which says so). The worker dies with
 the service (``PR_SET_PDEATHSIG``), and :meth:`FitJobs.recover` (run by the constructor) removes the
 folders of an earlier run, killing a worker still running for one. At most ``limits.max_fit_jobs``
 finished jobs are kept, records and folders (the log, request, progress and model card stay there for
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.registry import bundled_models
 from runtime.calibration import check_fit_footage
 from runtime.errors import Busy, Invalid, NotFound, StorageFull, Unavailable
 from runtime.fit_job import (
@@ -55,11 +57,17 @@ MODEL_FILE = "model.onnx"
 
 
 class FitRequest(BaseModel):
-    """What to fit on and how; ``footage`` are ``file://`` URLs inside the media folders."""
+    """What to fit on and how: recordings, footage files and/or a camera's events marked normal (at least
+    one); ``footage`` are ``file://`` URLs inside the media folders."""
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=NAME.pattern, description="the name the model is registered under")
-    recordings: list[str] = Field(default_factory=list, max_length=100)
-    footage: list[str] = Field(default_factory=list, max_length=100)
+    name: str = Field(pattern=NAME.pattern, description="the name the model is registered under; a registered "
+                      "name gets a new version (current once the fit succeeds, cameras on the name follow it)")
+    recordings: list[str] = Field(default_factory=list, max_length=100, description="ids of recordings of a live "
+                                  "camera (POST /v1/cameras/{id}/recordings)")
+    footage: list[str] = Field(default_factory=list, max_length=100, description="normal footage already on the "
+                               "service's machine: file:// URLs of video files, folders of videos or folders of frame "
+                               "images, inside media_dirs, e.g. [\"file:///srv/footage/gate-monday.mp4\"]",
+                               examples=[["file:///srv/footage/gate-monday.mp4", "file:///srv/footage/gate-frames"]])
     feedback_of: str | None = Field(None, description="also fit on this camera's event clips marked normal")
     minutes: float = Field(30.0, gt=0, le=24 * 60, description="training time budget")
     init: str = Field("none", pattern="^(none|ped2)$")
@@ -171,8 +179,8 @@ class FitJobs:
 
     def submit(self, req: FitRequest) -> FitJob:
         """Write the job's request and start its worker; returns once the worker runs (or failed to start)."""
-        if req.name in self.registry.names():
-            raise ModelConflict(f"a model named {req.name!r} already exists")
+        if req.name in bundled_models():
+            raise ModelConflict(f"{req.name!r} is a bundled model; it cannot be replaced (fit under another name)")
         paths = self.footage(req)
         with self._lock:
             if any(j.state in (QUEUED, RUNNING) for j in self.jobs.values()):
@@ -181,7 +189,7 @@ class FitJobs:
             job = FitJob(job_id, req, self.dir / job_id)
             spec = FitSpec(footage=paths, out=job.folder / MODEL_FILE, minutes=req.minutes, init=req.init,
                            false_alarms_per_hour=req.false_alarms_per_hour, base_width=req.base_width,
-                           max_pixels=req.max_pixels, threads=self.settings.fit.threads)
+                           max_pixels=req.max_pixels, threads=self.settings.fit.threads, registered_as=req.name)
             try:
                 job.folder.mkdir(parents=True)
                 write_request(job.folder, spec)
@@ -232,8 +240,10 @@ class FitJobs:
             self._finish(job, CANCELLED)
             return
         if code == 0 and progress is not None and progress.stage == "done":
+            card = job.folder / Path(MODEL_FILE).with_suffix(".md")
             try:
-                job.model = self.registry.add(job.request.name, job.folder / MODEL_FILE)
+                job.model = self.registry.add(job.request.name, job.folder / MODEL_FILE,
+                                              card=card.read_text() if card.is_file() else None)
             except (InvalidModel, ModelConflict) as exc:
                 kind = "input" if isinstance(exc, ModelConflict) else "internal"
                 job.error = FitError(kind=kind, type=type(exc).__name__, message=str(exc))

@@ -46,6 +46,9 @@ class Metrics:
                            "disarmed (it still scores)", ["camera"], registry=r)
         self.store_up = Gauge("vad_event_store_up", "1 while the event database accepts writes", registry=r)
         self.store_pending = Gauge("vad_event_store_pending", "Event writes waiting for the database", registry=r)
+        self.logins = Counter("vad_logins_total", "Logins by result: ok, failed (wrong name or password), "
+                              "throttled (429: too many failures from that address or for that name)",
+                              ["result"], registry=r)
         self.store_up.set(1)
         self._failed_sinks: dict[str, set[str]] = {}
         self._per_camera = (self.score, self.frames, self.up, self.reconnects, self.since_last,

@@ -9,6 +9,7 @@ import errno
 import ipaddress
 import logging
 import socket
+import ssl
 
 from runtime.redact import redact
 
@@ -45,26 +46,46 @@ def check_port_free(host: str, port: int) -> None:
             raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+def check_tls(settings: ServiceSettings) -> dict:
+    """uvicorn's TLS arguments (none without ``tls_cert``), after loading the pair once: a missing file, a
+    key that is not the certificate's or a passphrase-protected key is one clear line, not a traceback."""
+    if settings.tls_cert is None:
+        return {}
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(settings.tls_cert, settings.tls_key,
+                                                                            password=lambda: b"")
+    except (OSError, ssl.SSLError) as exc:
+        raise ServeError(f"cannot use the TLS certificate {settings.tls_cert} with the key {settings.tls_key}: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+    return {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+
+
 def serve(settings: ServiceSettings) -> None:
     import uvicorn
 
     from .app import create_app
     from .wiring import Services
     check_port_free(settings.host, settings.port)
+    tls = check_tls(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
-    if not is_loopback(settings.host) and settings.api_key is None:
-        log.warning("binding to %s without an API key: anyone who can reach this address can upload "
-                    "clips and add cameras; set AMVAD_API_KEY or api_key in the config", settings.host)
     services = Services(settings)
     try:
         services.start()
+        guarded = services.auth.enabled  # reads users.json: a broken one stops the start here
     except Exception as exc:
         services.stop()
         raise ServeError(redact(f"cannot start: {exc}")) from None
+    if not is_loopback(settings.host) and not guarded:
+        log.warning("binding to %s without users or an API key: anyone who can reach this address can upload "
+                    "clips and add cameras; add a user (amvad user add NAME --role admin) or set api_key",
+                    settings.host)
+    if not is_loopback(settings.host) and not tls:
+        log.warning("serving plain HTTP on %s: passwords, keys and session cookies cross the network in the "
+                    "clear; give --tls-cert/--tls-key (amvad tls self-signed makes a pair)", settings.host)
     config = uvicorn.Config(create_app(settings, services), host=settings.host, port=settings.port,
-                            log_level="info", ws="websockets-sansio" if _has_sansio() else "auto")
+                            log_level="info", ws="websockets-sansio" if _has_sansio() else "auto", **tls)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).addFilter(RedactingFilter())
     uvicorn.Server(config).run()

@@ -10,8 +10,9 @@ from pathlib import Path
 @dataclass(frozen=True)
 class StatePaths:
     """``<state_dir>/``: ``events.sqlite3`` (events), ``events/<camera>/`` (their clips and snapshots),
-    ``cameras/<camera>.json`` (running statistics), ``api_cameras.json``, ``webhooks.json``,
-    ``models/`` (registered models), ``cache/`` (compiled models), ``recordings/<id>/``, ``fits/<job>/``,
+    ``cameras/<camera>.json`` (running statistics), ``api_cameras.json``, ``webhooks.json``, ``users.json``,
+    ``models/`` (registered models: ``<name>@<N>.onnx`` per version, its card ``<name>@<N>.md``, the
+    current version ``<name>.json``), ``cache/`` (compiled models), ``recordings/<id>/``, ``fits/<job>/``,
     ``uploads/`` (clip files while their job lives), ``config.restored.yaml`` (after ``amvad restore``)."""
     root: Path
 
@@ -43,12 +44,29 @@ class StatePaths:
         return self.root / "api_cameras.json"
 
     @property
+    def users(self) -> Path:
+        """Users, roles, password hashes and API key hashes (mode 0600; ``amvad user``, ``/v1/users``)."""
+        return self.root / "users.json"
+
+    @property
     def webhooks(self) -> Path:
         return self.root / "webhooks.json"
 
     @property
     def models(self) -> Path:
         return self.root / "models"
+
+    def model_version(self, name: str, version: int) -> Path:
+        """Version ``version`` (1, 2, ...) of a registered model. Versions sit side by side in ``models/``
+        (no folder per name), so a backup and a restore carry them as they carry any registered model."""
+        return self.models / f"{name}@{version}.onnx"
+
+    def model_card(self, name: str, version: int) -> Path:
+        return self.models / f"{name}@{version}.md"
+
+    def model_current(self, name: str) -> Path:
+        """Which version of ``name`` is current (``{"current": N}``); without it the newest is."""
+        return self.models / f"{name}.json"
 
     @property
     def cache(self) -> Path:

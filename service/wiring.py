@@ -9,6 +9,7 @@ import logging
 from runtime.engine import InferenceEngine
 from runtime.redact import redact
 
+from .auth import Auth
 from .cameras import CameraManager, CameraStore
 from .clips import ClipJobs
 from .config import ServiceSettings
@@ -31,6 +32,7 @@ class Services:
     def __init__(self, settings: ServiceSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.auth = Auth(settings, self.metrics)
         self.models = ModelRegistry.from_settings(settings)
         self.notifier: Notifier | None = None
         self.webhooks: ApiWebhooks | None = None
@@ -54,8 +56,8 @@ class Services:
         """Load the model into the engine, then start clip jobs and every configured or stored camera."""
         s = self.settings
         engine = self.engine = InferenceEngine(self.models.path(None), s.engine, self.metrics)
-        self.clips = ClipJobs(engine, s, self.metrics)
-        self.notifier = Notifier(s.notify, self.metrics, f"http://{s.host}:{s.port}")
+        self.clips = ClipJobs(engine, s, self.metrics, self.models)
+        self.notifier = Notifier(s.notify, self.metrics, f"{'https' if s.tls_cert else 'http'}://{s.host}:{s.port}")
         self.webhooks = ApiWebhooks(s.paths, self.notifier, s.limits)
         cameras = CameraManager(engine, s, self.metrics, CameraStore(s.paths.api_cameras), self.models, self.events,
                                 self.notifier)

@@ -121,4 +121,4 @@ def test_amvad_help_lists_every_command_of_the_one_cli():
                          check=True).stdout
     commands = out.split("{", 1)[1].split("}", 1)[0].split(",")
     assert commands == ["train", "fit", "eval", "export", "flow-check", "speed", "serve", "bench", "backup", "restore",
-                        "robustness"]
+                        "robustness", "user", "tls"]

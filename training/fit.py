@@ -137,8 +137,10 @@ def set_threshold(path: Path, threshold: float, training: dict) -> None:
 def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, method: str = "comemory",
         init: str = "none", false_alarms_per_hour: float = 1.0, threads: int | None = None, seed: int = 0,
         base_width: int = BASE_WIDTH, max_pixels: int = BUDGET_PIXELS, progress: bool = True,
-        on_progress: Callable[[dict], None] | None = None) -> dict:
-    """Fit, export to ``out`` and write the model card ``out`` with ``.md``; returns the fit's report."""
+        on_progress: Callable[[dict], None] | None = None, registered_as: str | None = None) -> dict:
+    """Fit, export to ``out`` and write the model card ``out`` with ``.md``; returns the fit's report.
+    ``registered_as``: the name the service registers the result under (the card then says so instead of
+    telling the user to upload it)."""
     t_start = time.time()
     out = Path(out)
     report = on_progress or (lambda d: None)
@@ -208,7 +210,7 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
                                                                   "validation_frames", "target_false_alarms_per_hour",
                                                                   "validation_false_alarms_per_hour",
                                                                   "training_quantile_threshold")}})
-    write_atomic(out.with_suffix(".md"), model_card(result))
+    write_atomic(out.with_suffix(".md"), model_card(result, registered_as))
     report({"stage": "done", "fraction": 1.0, "result": result})
     return result
 
@@ -238,8 +240,21 @@ def run_job(folder: str | Path) -> dict:
     return run_fit(spec, progress_file=job.progress, progress=False)
 
 
-def model_card(r: dict) -> str:
-    """The model card written beside the exported file."""
+def next_steps(name: str | None) -> str:
+    """The card's last paragraph: an ``amvad fit`` file still has to be registered; a fit job's model is
+    registered by the service itself (it adds the version it became)."""
+    if name is None:
+        return ("Register it (`curl -F file=@<file>.onnx 'http://127.0.0.1:8000/v1/models?name=<name>'`), assign it "
+                "to a camera (`PATCH /v1/cameras/<id> {\"model\": \"<name>\"}`) and, once the camera runs, calibrate "
+                "its threshold on live normal footage (`POST /v1/cameras/<id>/calibrate`).")
+    return (f"The service registers it as `{name}` when the fit succeeds (a new version if `{name}` exists; cameras "
+            f"on `{name}` then run it); nothing to upload. Assign it to a camera (`PATCH /v1/cameras/<id> "
+            f"{{\"model\": \"{name}\"}}`) and, once the camera runs, calibrate its threshold on live normal footage "
+            f"(`POST /v1/cameras/<id>/calibrate`).")
+
+
+def model_card(r: dict, registered_as: str | None = None) -> str:
+    """The model card written beside the exported file; ``registered_as``: see :func:`next_steps`."""
     footage = "\n".join(f"- `{f}`" for f in r["footage"])
     return f"""# {Path(r['model']).stem}: {r['method']} model fitted with `amvad fit` ({r['date']})
 
@@ -259,6 +274,5 @@ def model_card(r: dict) -> str:
 Footage:
 {footage}
 
-Assign it to a camera (`PATCH /v1/cameras/<id> {{"model": "<name>"}}` after `POST /v1/models`) and, once
-the camera runs, calibrate its threshold on live normal footage (`POST /v1/cameras/<id>/calibrate`).
+{next_steps(registered_as)}
 """

@@ -17,10 +17,10 @@ from runtime.errors import Busy
 
 from ..backup import CHUNK, Snapshot, settings_as_config
 from ..wiring import Services
-from .deps import ready, require_key
+from .deps import ADMIN, ready
 
 log = logging.getLogger("amvad.service")
-router = APIRouter(prefix="/v1/backup", dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1/backup", dependencies=[ADMIN])
 FLUSH_TIMEOUT_S = 5.0
 _one_at_a_time = threading.Lock()
 

@@ -7,21 +7,24 @@ import asyncio
 import logging
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from ..cameras import UnknownCamera
+from runtime.errors import AmvadError
+
+from ..auth import Principal
 from ..config import CameraConfig, CameraPatch
 from ..wiring import Services
-from .deps import WS_PROTOCOL, key_ok, ready, require_key
+from .deps import ADMIN, VIEWER, WS_PROTOCOL, ready, websocket_role
 
 log = logging.getLogger("amvad.service")
-router = APIRouter(prefix="/v1/cameras", dependencies=[Depends(require_key)])
-# The WebSocket checks the key itself: it reports a refusal as a message before closing.
+router = APIRouter(prefix="/v1/cameras", dependencies=[VIEWER])  # reading; each change also needs ADMIN
+# The WebSocket checks its role itself: it reports a refusal as a message before closing.
 websocket_router = APIRouter(prefix="/v1/cameras")
 
 
-@router.post("", status_code=201, summary="add a camera")
+@router.post("", status_code=201, summary="add a camera", dependencies=[ADMIN])
 async def add_camera(cfg: CameraConfig, svc: Services = Depends(ready)) -> dict:
     """The camera is kept in the state directory and restarted with the service until deleted."""
     return (await run_in_threadpool(svc.cameras.add, cfg, True)).status()
@@ -37,7 +40,8 @@ def get_camera(camera_id: str, svc: Services = Depends(ready)) -> dict:
     return svc.cameras.get(camera_id).status()
 
 
-@router.patch("/{camera_id}", summary="change a camera's model, threshold, replay rate, arming or schedules")
+@router.patch("/{camera_id}", summary="change a camera's model, threshold, replay rate, arming or schedules",
+              dependencies=[ADMIN])
 async def patch_camera(camera_id: str, patch: CameraPatch, svc: Services = Depends(ready)) -> dict:
     """Only this camera changes; with a new model its next frames warm up and are scored by it, starting
     from the model's own training statistics. ``armed`` and ``schedules`` apply at once; the answer says
@@ -58,28 +62,64 @@ class CalibrateRequest(BaseModel):
                                        "quantile (only with enough footage to trust the rate)")
 
 
-@router.post("/{camera_id}/recordings", status_code=201, summary="record the camera's frames (H.264) for a fit")
+@router.post("/{camera_id}/recordings", status_code=201, summary="record the camera's frames (H.264) for a fit",
+             dependencies=[ADMIN])
 async def record_camera(camera_id: str, req: RecordRequest, svc: Services = Depends(ready)) -> dict:
     recorder = svc.cameras.get(camera_id).record(svc.recordings, req.seconds)
     return recorder.rec.to_dict()
 
 
-@router.get("/{camera_id}/recordings", summary="the camera's recordings")
+@router.get("/{camera_id}/recordings", summary="the camera's recordings", dependencies=[ADMIN])
 def camera_recordings(camera_id: str, svc: Services = Depends(ready)) -> list[dict]:
     svc.cameras.get(camera_id)
     return svc.recordings.list(camera_id)
 
 
-@router.post("/{camera_id}/calibrate", summary="set the threshold from live footage the operator vouches is normal")
-async def calibrate_camera(camera_id: str, req: CalibrateRequest, svc: Services = Depends(ready)) -> dict:
-    """Waits ``seconds`` while the camera's frames are scored, then sets its threshold for the target
+@router.post("/{camera_id}/calibrate", status_code=202, dependencies=[ADMIN],
+             summary="set the threshold from live footage the operator vouches is normal (a job)")
+async def calibrate_camera(camera_id: str, req: CalibrateRequest, wait: bool = Query(
+        False, description="answer when the job ends (200 with the result) instead of at once (202)"),
+        svc: Services = Depends(ready)):
+    """Starts a job that listens ``seconds`` to the camera's scores, then sets its threshold for the target
     false-alarm rate on that footage (stored like a PATCH), never below the model's training quantile
-    unless ``allow_below_training``; the answer says how much footage was used and whether it was floored."""
-    return await run_in_threadpool(svc.cameras.calibrate, camera_id, req.seconds, req.false_alarms_per_hour,
-                                   req.allow_below_training)
+    unless ``allow_below_training``. Answers 202 with the job (poll ``GET .../calibration``: progress, then
+    the result: threshold, footage used, false alarms per hour on it); 409 when the camera is not live or
+    already calibrating."""
+    job = await run_in_threadpool(svc.cameras.calibrations.start, camera_id, req.seconds,
+                                  req.false_alarms_per_hour, req.allow_below_training)
+    if not wait:
+        return job.status()
+    while not job.done.is_set():
+        await asyncio.sleep(0.2)
+    if job.error is not None:
+        raise job.error
+    return JSONResponse(job.status(), status_code=200)
 
 
-@router.delete("/{camera_id}", summary="stop and remove a camera (also after a restart)")
+@router.get("/{camera_id}/calibration", summary="the camera's latest calibration job: progress, result or error",
+            dependencies=[ADMIN])
+def latest_calibration(camera_id: str, svc: Services = Depends(ready)) -> dict:
+    return svc.cameras.calibrations.latest(camera_id).status()
+
+
+@router.get("/{camera_id}/calibrations", summary="the camera's calibration jobs, newest first",
+            dependencies=[ADMIN])
+def camera_calibrations(camera_id: str, svc: Services = Depends(ready)) -> list[dict]:
+    return [j.status() for j in svc.cameras.calibrations.of(camera_id)]
+
+
+@router.get("/{camera_id}/calibrations/{job_id}", summary="one calibration job", dependencies=[ADMIN])
+def camera_calibration(camera_id: str, job_id: str, svc: Services = Depends(ready)) -> dict:
+    return svc.cameras.calibrations.get(camera_id, job_id).status()
+
+
+@router.delete("/{camera_id}/calibrations/{job_id}", summary="cancel a running calibration (the threshold stays)",
+               dependencies=[ADMIN])
+async def cancel_calibration(camera_id: str, job_id: str, svc: Services = Depends(ready)) -> dict:
+    return (await run_in_threadpool(svc.cameras.calibrations.cancel, camera_id, job_id)).status()
+
+
+@router.delete("/{camera_id}", summary="stop and remove a camera (also after a restart)", dependencies=[ADMIN])
 async def delete_camera(camera_id: str, svc: Services = Depends(ready)) -> dict:
     await run_in_threadpool(svc.cameras.remove, camera_id)
     return {"deleted": camera_id}
@@ -99,17 +139,19 @@ async def camera_heatmap(camera_id: str, svc: Services = Depends(ready)) -> Resp
 
 
 @websocket_router.websocket("/{camera_id}/ws")
-async def camera_ws(websocket: WebSocket, camera_id: str, heatmap: bool = False) -> None:
-    """One JSON message per frame; errors are sent as ``{"error": ...}`` before closing with 1008."""
+async def camera_ws(websocket: WebSocket, camera_id: str, heatmap: bool = False,
+                    who: Principal | AmvadError = Depends(websocket_role("viewer"))) -> None:
+    """One JSON message per frame; errors are sent as ``{"error": ..., "status": <HTTP status>}`` before
+    closing with 1008 (401/403: credentials or role, 404: no such camera, 503: not ready)."""
     offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")]
     await websocket.accept(subprotocol=WS_PROTOCOL if WS_PROTOCOL in offered else None)
     try:
-        if not key_ok(websocket):
-            raise PermissionError("missing or wrong API key")
+        if isinstance(who, AmvadError):
+            raise who
         cam = ready(websocket).cameras.get(camera_id)
-    except (PermissionError, HTTPException, UnknownCamera) as exc:
-        msg = exc.detail if isinstance(exc, HTTPException) else (exc.args[0] if exc.args else str(exc))
-        await websocket.send_json({"error": str(msg)})
+    except (AmvadError, HTTPException) as exc:
+        status, msg = (exc.status_code, exc.detail) if isinstance(exc, HTTPException) else (exc.status, exc.message)
+        await websocket.send_json({"error": str(msg), "status": status})
         await websocket.close(code=1008)
         return
     client = cam.broadcaster.subscribe(heatmap)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -12,24 +12,27 @@ from ..clips import plot_png
 from ..errors import error
 from ..uploads import receive_upload
 from ..wiring import Services
-from .deps import ready, require_key
+from .deps import ADMIN, ready
 
-router = APIRouter(prefix="/v1/clips", dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1/clips", dependencies=[ADMIN])
 UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}}}}}
 
 
 @router.post("", status_code=202, openapi_extra=UPLOAD_DOC, summary="score an uploaded video (multipart field 'file')")
 async def upload_clip(request: Request, wait: bool = False, heatmaps: bool = False,
+                      model: str | None = Query(None, max_length=72, description="score on this model: bundled, "
+                                                "registered (its current version) or name@N; default the service's"),
                       svc: Services = Depends(ready)):
     svc.clips.check_capacity()  # before taking the body
+    scorer = await run_in_threadpool(svc.clips.model, model)  # an unknown model is refused before the body too
     path, filename = await receive_upload(request, svc.clips.upload_dir, svc.settings.limits.max_upload_mb)
     try:
-        probe = await run_in_threadpool(svc.clips.probe, path, filename)
+        probe = await run_in_threadpool(svc.clips.probe, path, filename, scorer)
     except Exception:
         path.unlink(missing_ok=True)
         raise
-    job = svc.clips.submit(path, filename, probe, heatmaps)
+    job = svc.clips.submit(path, filename, probe, heatmaps, scorer)
     if not wait:
         return job.status_dict()
     await asyncio.wrap_future(job.future)

@@ -1,14 +1,19 @@
-"""What every route needs: the running services, readiness, and the API key check (HTTP and WebSocket)."""
+"""What every route needs: the running services, readiness, and who is calling with which role (HTTP and
+WebSocket). Every route declares its role with one of ``PUBLIC``, ``VIEWER``, ``ADMIN`` (or, for the
+WebSocket, :func:`websocket_role`); tests/service/test_roles.py fails for a route without one."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hmac
+from urllib.parse import quote, urlsplit
 
-from fastapi import HTTPException
+from fastapi import Depends, HTTPException
 from starlette.requests import HTTPConnection
 
+from runtime.errors import AmvadError
+
+from ..auth import SESSION_COOKIE, Forbidden, Principal, Unauthorized
 from ..wiring import Services
 
 
@@ -52,16 +57,72 @@ def offered_keys(conn: HTTPConnection) -> list[bytes]:
     return keys
 
 
-def key_ok(conn: HTTPConnection) -> bool:
-    """Whether the client sent the configured key (always true without one); compared as bytes in
-    constant time, so any byte sequence a client sends is a plain yes or no."""
-    want = services(conn).settings.api_key
-    if want is None:
-        return True
-    expected = want.get_secret_value().encode("utf-8")
-    return any(hmac.compare_digest(given, expected) for given in offered_keys(conn))
+def principal(conn: HTTPConnection) -> Principal:
+    """Who is calling (worked out once per request); Unauthorized when nobody the service knows."""
+    if (who := conn.scope.get("amvad.principal")) is None:
+        who = services(conn).auth.authenticate(offered_keys(conn), conn.cookies.get(SESSION_COOKIE))
+        if who.via == "session":
+            check_origin(conn)
+        conn.scope["amvad.principal"] = who
+    return who
 
 
-async def require_key(conn: HTTPConnection) -> None:
-    if not key_ok(conn):
-        raise HTTPException(401, "missing or wrong API key (X-API-Key header)")
+def check_origin(conn: HTTPConnection) -> None:
+    """A browser sends the session cookie with any request to this host, also one that a page on another
+    port of the same host starts; it says where such a request comes from in ``Origin``. A change (any
+    method but GET/HEAD) or a WebSocket with the cookie must come from this service's own pages."""
+    origin = conn.headers.get("origin")
+    if origin is None or (conn.scope["type"] == "http" and conn.scope["method"] in ("GET", "HEAD")):
+        return
+    if urlsplit(origin).netloc.lower() != conn.headers.get("host", "").lower():
+        raise Forbidden(f"a request from {origin} with this service's login session is refused (use an API key)")
+
+
+def login_url(conn: HTTPConnection) -> str:
+    target = conn.url.path + (f"?{conn.url.query}" if conn.url.query else "")
+    return "/login?next=" + quote(target, safe="")
+
+
+def require_role(role: str, *, page: bool = False):
+    """The dependency of a route that ``role`` (or a higher one) may call: 401 without credentials, 403
+    with a lower role. ``page``: a browser (Accept: text/html) that sent no key is sent to the login page."""
+    async def check(conn: HTTPConnection) -> Principal:
+        try:
+            who = principal(conn)
+        except Unauthorized:
+            if page and not offered_keys(conn) and "text/html" in conn.headers.get("accept", ""):
+                raise HTTPException(303, "log in first", headers={"Location": login_url(conn)}) from None
+            raise
+        if not who.may(role):
+            raise Forbidden(f"this needs the {role} role; {who.name} is a {who.role}")
+        return who
+    check.amvad_role = role
+    return check
+
+
+async def public() -> None:
+    """Anyone: health, readiness, metrics, the login page and login itself."""
+
+
+public.amvad_role = "public"
+
+
+def websocket_role(role: str):
+    """As :func:`require_role`, for a WebSocket, which reports a refusal as a message before it closes:
+    the dependency returns the error instead of raising it."""
+    http_check = require_role(role)
+
+    async def check(conn: HTTPConnection) -> Principal | AmvadError:
+        try:
+            return await http_check(conn)
+        except AmvadError as exc:
+            return exc
+    check.amvad_role = role
+    return check
+
+
+PUBLIC = Depends(public)
+VIEWER = Depends(require_role("viewer"))
+ADMIN = Depends(require_role("admin"))
+VIEWER_PAGE = Depends(require_role("viewer", page=True))
+require_key = require_role("admin")  # the one role there was before users: what an older route meant

@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict
 from ..cameras import UnknownCamera
 from ..event_store import parse_time
 from ..wiring import Services
-from .deps import ready, require_key
+from .deps import VIEWER, ready
 
-router = APIRouter(dependencies=[Depends(require_key)])
+router = APIRouter(dependencies=[VIEWER])
 
 
 class Feedback(BaseModel):

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from .deps import require_key
+from .deps import VIEWER_PAGE
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 PAGE = STATIC / "live.html"
 REVIEW_PAGE = STATIC / "review.html"
-router = APIRouter(dependencies=[Depends(require_key)])
+router = APIRouter(dependencies=[VIEWER_PAGE])
 
 
 @router.get("/", response_class=HTMLResponse, summary="live page")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..fit_jobs import FitRequest
 from ..uploads import receive_upload
 from ..wiring import Services
-from .deps import ready, require_key
+from .deps import ADMIN, ready
 
-router = APIRouter(prefix="/v1/models", dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1/models", dependencies=[ADMIN])
 
 
 @router.get("", summary="bundled and registered models")
@@ -18,9 +19,11 @@ async def list_models(svc: Services = Depends(ready)) -> list[dict]:
     return await run_in_threadpool(svc.models.describe_all)
 
 
-@router.post("", status_code=201, summary="register an exported model (multipart field 'file', e.g. from amvad fit)")
+@router.post("", status_code=201, summary="register an exported model (multipart field 'file', e.g. from amvad "
+             "fit); a registered name gets a new version, current at once")
 async def add_model(request: Request, name: str | None = Query(None, description="default: the file's name"),
                     svc: Services = Depends(ready)) -> dict:
+    """The answer names the ``version`` and the ``cameras`` that moved to it (those on the bare name)."""
     path, filename = await receive_upload(request, svc.settings.paths.uploads,
                                           svc.settings.limits.max_model_mb)
     try:
@@ -50,7 +53,25 @@ async def cancel_fit(job_id: str, svc: Services = Depends(ready)) -> dict:
     return (await run_in_threadpool(svc.fits.cancel, job_id)).status()
 
 
-@router.delete("/{name}", summary="delete a registered model (409 while a camera uses it)")
+@router.get("/{name}", summary="one model; a registered name with its versions (name@N: one version)")
+async def get_model(name: str, svc: Services = Depends(ready)) -> dict:
+    return await run_in_threadpool(svc.models.describe_name, name)
+
+
+@router.get("/{name}/card.md", summary="the model card of a version the service fitted (name: the current one)",
+            response_class=PlainTextResponse)
+def model_card(name: str, svc: Services = Depends(ready)) -> PlainTextResponse:
+    return PlainTextResponse(svc.models.card(name), media_type="text/markdown; charset=utf-8")
+
+
+@router.post("/{name}/rollback", summary="make an older version current again; cameras on the name follow")
+async def rollback_model(name: str, version: int | None = Query(None, ge=1, description="default: the version "
+                         "before the current one; a newer one rolls forward"), svc: Services = Depends(ready)) -> dict:
+    return await run_in_threadpool(svc.models.rollback, name, version)
+
+
+@router.delete("/{name}", summary="delete a registered model, every version (name@N: one version); 409 while a "
+               "camera uses it")
 async def delete_model(name: str, svc: Services = Depends(ready)) -> dict:
-    await run_in_threadpool(svc.cameras.remove_model, name)
-    return {"deleted": name}
+    files = await run_in_threadpool(svc.cameras.remove_model, name)
+    return {"deleted": name, "files": files}

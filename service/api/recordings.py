@@ -7,9 +7,9 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..wiring import Services
-from .deps import ready, require_key
+from .deps import ADMIN, ready
 
-router = APIRouter(prefix="/v1/recordings", dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1/recordings", dependencies=[ADMIN])
 
 
 @router.get("", summary="all recordings")

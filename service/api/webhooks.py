@@ -6,9 +6,9 @@ from fastapi import APIRouter, Depends
 
 from ..config import WebhookConfig
 from ..wiring import Services
-from .deps import ready, require_key
+from .deps import ADMIN, ready
 
-router = APIRouter(prefix="/v1/webhooks", dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1/webhooks", dependencies=[ADMIN])
 
 
 @router.get("", summary="webhooks added through the API (secrets are never shown)")

@@ -150,6 +150,15 @@ class Camera:
             if want == name:
                 self._switch(name, model, threshold, resume=False)
 
+    def follow(self, name: str, model: ExportedModel) -> bool:
+        """``model`` is the new current version of ``name``: if ``name`` runs now (the camera's own model or
+        a profile's), the next frames are scored by it as after a PATCH of the model; whether it switched."""
+        with self._arm_lock:
+            if self.active_model != name or model.sha256 == self.stream.model.sha256:
+                return False
+            self._switch(name, model, self._profile_of(self.in_force)[1], resume=False)
+            return True
+
     def set_threshold(self, threshold: float | None) -> None:
         """The camera's own threshold, or (None) its model's; a profile's threshold wins while in force."""
         with self._arm_lock:
@@ -270,15 +279,10 @@ class Camera:
         for recorder in self._recorders:
             recorder.offer(frame)
 
-    def collect_scores(self, seconds: float) -> list[float]:
-        """The scores of the frames published during the next ``seconds``."""
-        self.require_live("calibrate")
-        tap = self.taps.open()
-        try:
-            self._stop.wait(seconds)
-        finally:
-            self.taps.close(tap)
-        return tap
+    @property
+    def stopped(self) -> bool:
+        """Asked to stop (deleted, or the service stops): a calibration listening to it gives up."""
+        return self._stop.is_set()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -325,7 +329,8 @@ class Camera:
     def status(self) -> dict:
         src = self.source
         since = None if src.last_frame_time is None else round(time.time() - src.last_frame_time, 3)
-        return {"id": self.id, "url": self.url, "model": self.model_name, "state": self.state, "reason": src.reason,
+        return {"id": self.id, "url": self.url, "model": self.model_name, "model_sha256": self.stream.model.sha256,
+                "state": self.state, "reason": src.reason,
                 "fps": round(src.fps, 2), "frames": self.frames, "drops": src.drops, "reconnects": src.reconnects,
                 "replay_fps": self.replay_fps, "masks": self.cfg.masks, "last_frame_time": src.last_frame_time,
                 "seconds_since_last_frame": since, "threshold": self.stream.threshold,

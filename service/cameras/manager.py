@@ -1,6 +1,6 @@
 """The set of running cameras: add (resolving each camera's model and its schedules' models), restore the
-stored ones, change them while they run (``PATCH``, the MQTT arm switch), calibrate, remove; and the model
-deletions that must not strand one."""
+stored ones, change them while they run (``PATCH``, the MQTT arm switch, a new current version of their
+model), calibrate (jobs: ``calibration.py``), remove; and the model deletions that must not strand one."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from ..metrics import Metrics
 from ..model_registry import ModelConflict, ModelRegistry, UnknownModel
 from ..notify import Notifier
 from ..security import UrlError, check_media_path
+from .calibration import Calibrations
 from .camera import Camera, CameraNotLive
 from .store import CameraStore
 
@@ -62,6 +63,8 @@ class CameraManager:
         self.events, self.notifier = events, notifier
         self._cameras: dict[str, Camera] = {}
         self._lock = threading.Lock()
+        self.calibrations = Calibrations(self, settings.limits.max_calibrations)
+        self.registry.listeners.append(self.follow_model)  # a camera on a name runs its current version
         if notifier is not None:
             notifier.on_armed = self.set_armed  # the MQTT switch
 
@@ -183,16 +186,36 @@ class CameraManager:
         """Arm or disarm a camera now (``PATCH {"armed": ...}``, the MQTT switch, the live page)."""
         return self.update(camera_id, CameraPatch(armed=armed))
 
-    def calibrate(self, camera_id: str, seconds: float, false_alarms_per_hour: float,
+    def follow_model(self, name: str) -> list[str]:
+        """``name`` has a new current version (registered, fitted, rolled back): every camera running
+        ``name`` now (its own model or a schedule's profile) scores its next frames with it, as a PATCH of
+        its model would; cameras pinned to a version (``name@N``) stay. The ids of the cameras moved."""
+        followers = [c for c in self.list() if c.active_model == name]
+        if not followers:
+            return []
+        model = self._model(followers[0].id, name)
+        moved = []
+        with self._lock:
+            for cam in followers:
+                if cam.cfg.masks and not model.takes_mask:
+                    log.warning("camera %s stays on its version of %s: it has masks, the new version was exported "
+                                "before masks", cam.id, name)
+                    continue
+                if cam.follow(name, model):
+                    moved.append(cam.id)
+        return moved
+
+    def calibrate(self, camera_id: str, scores: list[float], seconds: float, false_alarms_per_hour: float,
                   allow_below_training: bool = False) -> dict:
-        """Score ``seconds`` of live footage the operator vouches is normal and set the camera's threshold
-        to the lowest at which that footage raises at most ``false_alarms_per_hour`` events per hour; never
-        below the model's training quantile (:func:`training_floor`) unless ``allow_below_training``.
-        A few seconds of footage cannot tell a rate of one alarm an hour, so the floor keeps a short
-        calibration from setting a threshold under what training already knew to be normal."""
+        """Set the camera's threshold from ``scores``, the scores of ``seconds`` of live footage the operator
+        vouches is normal (collected by a calibration job): the lowest at which that footage raises at most
+        ``false_alarms_per_hour`` events per hour; never below the model's training quantile
+        (:func:`training_floor`) unless ``allow_below_training``. A few seconds of footage cannot tell a rate
+        of one alarm an hour, so the floor keeps a short calibration from setting a threshold under what
+        training already knew to be normal."""
         cam = self.get(camera_id)
         before, model = cam.stream.threshold, cam.stream.model
-        scores = np.array(cam.collect_scores(seconds))
+        scores = np.array(scores)
         if len(scores) < MIN_CALIBRATION_FRAMES:
             raise CameraNotLive(f"camera {camera_id!r} scored only {len(scores)} frames in {seconds:g} s (at least "
                                 f"{MIN_CALIBRATION_FRAMES} needed); calibrate once it is live")
@@ -209,17 +232,32 @@ class CameraManager:
                                                                          self.settings.events),
                 "score_max": float(scores.max()), "score_p99": float(np.percentile(scores, 99))}
 
-    def remove_model(self, name: str) -> None:
-        """Delete a registered model unless a camera uses it (checked and done under the cameras' lock)."""
+    def _files_used_by(self, cam: Camera) -> set:
+        """The model files a camera refers to: its own model, the one running now, its schedules'."""
+        used = set()
+        for ref in {cam.model_name, cam.cfg.model, *(s.model for s in cam.cfg.schedules)} - {None}:
+            try:
+                used.add(self.registry.path(ref))
+            except (UnknownModel, FileNotFoundError):  # a profile's model deleted meanwhile: nothing to protect
+                continue
+        return used
+
+    def remove_model(self, ref: str) -> list[str]:
+        """Delete a registered model (every version) or one version (``name@N``) unless a camera uses it:
+        runs it, has it as its model (``name`` uses the current version) or in a schedule. Checked and done
+        under the cameras' lock; the files deleted."""
         with self._lock:
+            doomed = set(self.registry.files(ref))
+            shas = {file_sha256(p) for p in doomed}
             users = sorted(c.id for c in self._cameras.values()
-                           if name in (c.model_name, c.cfg.model, *(s.model for s in c.cfg.schedules)))
+                           if doomed & self._files_used_by(c) or c.stream.model.sha256 in shas)
             if users:
-                raise ModelConflict(f"model {name!r} is used by camera(s) {users} (as their model or in a "
-                                    f"schedule); assign them another first")
-            sha = file_sha256(self.registry.path(name))
-            self.registry.remove(name)
-            self.engine.unload(sha)
+                raise ModelConflict(f"model {ref!r} is used by camera(s) {users} (as their model, the current "
+                                    f"version of it, or in a schedule); assign them another first")
+            removed = self.registry.remove(ref)
+            for sha in shas:
+                self.engine.unload(sha)
+        return [p.name for p in removed]
 
     def list(self) -> list[Camera]:
         return list(self._cameras.values())
@@ -231,6 +269,7 @@ class CameraManager:
                 self.metrics.since_last.labels(cam.id).set(now - cam.last_frame_time)
 
     def stop_all(self) -> None:
+        self.calibrations.shutdown()
         for cam in self.list():
             cam.signal_stop()
         for cam in self.list():

@@ -87,11 +87,13 @@ def test_a_short_calibration_never_goes_below_the_training_quantile(service, rts
     try:
         service.wait_for(lambda: service.http.get("/v1/cameras/calib").json()["state"] == "live", 60, "live")
         model_threshold = service.http.get("/v1/cameras/calib").json()["threshold"]
-        res = service.http.post("/v1/cameras/calib/calibrate", json={"seconds": 5}).json()
+        res = service.http.post("/v1/cameras/calib/calibrate", params={"wait": "true"},
+                                json={"seconds": 5}).json()["result"]
         assert res["threshold"] >= res["floor"] == pytest.approx(model_threshold), res
         assert res["frames"] >= 30 and 4 <= res["footage_seconds"] <= 6, res
         assert res["floored"] == (res["threshold_from_footage"] < res["floor"])
-        low = service.http.post("/v1/cameras/calib/calibrate", json={"seconds": 5, "allow_below_training": True}).json()
+        low = service.http.post("/v1/cameras/calib/calibrate", params={"wait": "true"},
+                                json={"seconds": 5, "allow_below_training": True}).json()["result"]
         assert low["floor"] is None and low["threshold"] == low["threshold_from_footage"]
     finally:
         service.http.delete("/v1/cameras/calib")

@@ -54,10 +54,7 @@ class Registry:
     def __init__(self) -> None:
         self.added: dict[str, bytes] = {}
 
-    def names(self) -> list[str]:
-        return ["ped2", *self.added]
-
-    def add(self, name: str, path: Path) -> dict:
+    def add(self, name: str, path: Path, card: str | None = None) -> dict:
         self.added[name] = path.read_bytes()
         path.unlink()
         return {"name": name}

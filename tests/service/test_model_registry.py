@@ -12,7 +12,7 @@ from models.registry import resolve_model
 from runtime.engine import EngineConfig
 from runtime.errors import Conflict, Invalid, NotFound
 from service.config import ServiceSettings
-from service.model_registry import InvalidModel, ModelConflict, ModelRegistry, UnknownModel
+from service.model_registry import InvalidModel, ModelConflict, ModelRegistry, UnknownModel, upgrade_layout
 from service.state import StatePaths
 from tests.support.model_files import with_metadata
 from tests.support.servers import add_camera, running_service
@@ -57,15 +57,56 @@ def test_a_model_within_bounds_and_budget_is_registered(tiny_model, tmp_path):
     upload = tmp_path / "upload.onnx"
     shutil.copy(tiny_model, upload)
     described = registry.add("lobby", upload)
-    assert described["name"] == "lobby" and registry.registered() == {"lobby": tmp_path / "models" / "lobby.onnx"}
-    assert not upload.exists()
+    assert described["name"] == "lobby" and registry.registered() == {"lobby": tmp_path / "models" / "lobby@1.onnx"}
+    assert described["version"] == 1 and not upload.exists()
+
+
+def test_a_name_keeps_versions_and_a_fit_card_says_which_one_it_became(tiny_model, tiny_model_b, tmp_path):
+    # given a registry that already has version 1 of "gate", and a listener that records new current versions
+    registry = ModelRegistry(StatePaths(tmp_path), "ped2", EngineConfig(device="cpu"))
+    heard = []
+    registry.listeners.append(lambda name: heard.append(name) or [f"cam-on-{name}"])
+    registry.add("gate", shutil.copy(tiny_model, tmp_path / "upload-1.onnx"))
+    # when a fitted model with its card is registered under the same name
+    card = "# gate: comemory model fitted with `amvad fit`\n\nThe service registers it as `gate` when the fit succeeds."
+    second = registry.add("gate", shutil.copy(tiny_model_b, tmp_path / "upload-2.onnx"), card=card)
+    # then it is version 2, current, both files are kept, and the card says it was registered as version 2
+    assert (second["version"], second["ref"], second["cameras"]) == (2, "gate@2", ["cam-on-gate"])
+    assert registry.registered() == {"gate": tmp_path / "models" / "gate@2.onnx"}
+    assert [v.ref for v in registry.versions("gate")] == ["gate@1", "gate@2"] and heard == ["gate", "gate"]
+    text = registry.card("gate")
+    assert text.startswith(card) and "Registered by the service as `gate` version 2** (`gate@2`)" in text
+    assert "rollback` makes version 1 current again" in text and "POST /v1/models`" not in text
+    with pytest.raises(UnknownModel, match="no model card"):
+        registry.card("gate@1")  # uploaded, not fitted
+    # name@N pins a version; rollback makes the older one current again; an unknown version names the known
+    assert registry.path("gate@1") == tmp_path / "models" / "gate@1.onnx"
+    assert registry.rollback("gate")["version"] == 1 and registry.path("gate") == registry.path("gate@1")
+    with pytest.raises(UnknownModel, match=r"'gate' has no version 5; versions: \[1, 2\]"):
+        registry.path("gate@5")
+    # deleting the current version makes the newest left current
+    assert registry.remove("gate@1") == [tmp_path / "models" / "gate@1.onnx"]
+    assert registry.path("gate") == tmp_path / "models" / "gate@2.onnx"
+    with pytest.raises(ModelConflict, match="bundled"):
+        registry.add("ped2", shutil.copy(tiny_model, tmp_path / "upload-3.onnx"))
+
+
+def test_registered_models_of_the_flat_layout_become_version_1(tiny_model, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(tiny_model, models / "lobby.onnx")
+    registry = ModelRegistry(StatePaths(tmp_path), "ped2", EngineConfig(device="cpu"))
+    assert registry.registered() == {"lobby": models / "lobby@1.onnx"} and not (models / "lobby.onnx").exists()
+    assert upgrade_layout(StatePaths(tmp_path)) == []  # once is enough
+    assert registry.describe_name("lobby")["versions"][0]["ref"] == "lobby@1"
 
 
 @pytest.mark.integration
 def test_the_api_refuses_models_that_would_stall_the_engine(tiny_model, tmp_path, tmp_path_factory, sample_mp4):
-    # given a service whose engine gives each model 30 ms per frame (the tiny model takes a few)
+    # given a service whose engine gives each model 30 ms per frame (the tiny model takes a few), on ONNX
+    # Runtime + the PyTorch flow (on OpenVINO bf16, ped2 below takes ~15 ms and would pass)
     home = tmp_path_factory.mktemp("registry_service")
-    with running_service(home, tiny_model, {"engine": {"model_budget_ms": 30}}) as svc:
+    with running_service(home, tiny_model, {"engine": {"model_budget_ms": 30, "backend": "onnxruntime"}}) as svc:
         def register(path, name):
             with open(path, "rb") as fh:
                 return svc.http.post("/v1/models", params={"name": name}, files={"file": (path.name, fh)})

@@ -142,6 +142,11 @@ def test_record_then_fit_then_assign(svc, tmp_path, browser):
         result = svc.wait_for(finished, 180, "the fit job", interval=0.5)
         assert result["state"] == "done", result
         assert result["model"]["name"] == "rec-fitted" and result["model"]["height"] == 32
+        assert result["model"]["version"] == 1
+        # its model card says what the service did, not to upload it
+        card = svc.http.get("/v1/models/rec-fitted/card.md")
+        assert card.status_code == 200 and "Registered by the service as `rec-fitted` version 1" in card.text
+        assert "POST /v1/models`" not in card.text and "nothing to upload" in card.text
         assert "training" in seen or "done" in seen
         assert svc.http.patch("/v1/cameras/rec", json={"model": "rec-fitted"}).json()["model"] == "rec-fitted"
         with connect(ws_url(svc, "rec")) as ws:
@@ -165,16 +170,43 @@ def test_recording_or_calibrating_a_camera_that_is_not_live_is_409(svc, tmp_path
         svc.http.delete("/v1/cameras/dead")
 
 
-def test_calibration_sets_the_threshold_from_live_normal_footage(svc, tmp_path):
+def test_calibration_is_a_job_that_sets_the_threshold_from_live_normal_footage(svc, tmp_path):
     clip = write_mp4(tmp_path / "calm.mp4", render_clip(60, speed=1.0, seed=12))
     add_camera(svc, "calib", clip.as_uri())
     try:
         svc.wait_for(lambda: svc.http.get("/v1/cameras/calib").json()["state"] == "live", 20, "the camera to go live")
+        assert svc.http.get("/v1/cameras/calib/calibration").status_code == 404  # none yet
+        # when a calibration starts: 202 at once with a job, not a request held open for its 5 seconds
+        t0 = time.monotonic()
         r = svc.http.post("/v1/cameras/calib/calibrate", json={"seconds": 5, "false_alarms_per_hour": 1})
-        assert r.status_code == 200, r.text
-        cal = r.json()
+        assert r.status_code == 202 and time.monotonic() - t0 < 2, r.text
+        job = r.json()
+        assert job["state"] == "running" and job["camera"] == "calib" and job["result"] is None
+        # one runs per camera
+        busy = svc.http.post("/v1/cameras/calib/calibrate", json={"seconds": 5})
+        assert busy.status_code == 409 and job["id"] in busy.json()["error"]
+        # then its progress grows while it listens: the fraction of the seconds, frames, seconds of footage
+        running = svc.wait_for(lambda: (lambda j: j if j["state"] == "running" and j["progress"]["frames"] >= 10
+                                        else None)(svc.http.get("/v1/cameras/calib/calibration").json()),
+                               5, "progress")
+        assert 0 < running["progress"]["fraction"] < 1 and running["progress"]["footage_seconds"] > 0
+        done = wait_state(svc, f"/v1/cameras/calib/calibrations/{job['id']}", lambda j: j["state"] != "running",
+                          20, "the calibration")
+        assert done["state"] == "done" and done["progress"]["fraction"] == 1 and done["error"] is None, done
+        cal = done["result"]
         assert cal["frames"] >= 30 and cal["false_alarms_per_hour_on_this_footage"] <= 1
-        assert cal["threshold"] != cal["threshold_before"]
+        assert 4 <= cal["footage_seconds"] <= 6 and cal["threshold"] != cal["threshold_before"]
         assert svc.http.get("/v1/cameras/calib").json()["threshold"] == pytest.approx(cal["threshold"])
+        assert [j["id"] for j in svc.http.get("/v1/cameras/calib/calibrations").json()] == [job["id"]]
+        # a cancelled calibration sets nothing
+        second = svc.http.post("/v1/cameras/calib/calibrate", json={"seconds": 30}).json()
+        cancelled = svc.http.delete(f"/v1/cameras/calib/calibrations/{second['id']}")
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        assert svc.http.get("/v1/cameras/calib").json()["threshold"] == pytest.approx(cal["threshold"])
+        # ?wait=true answers when it ends, with the result (as uploads do)
+        waited = svc.http.post("/v1/cameras/calib/calibrate", params={"wait": "true"}, json={"seconds": 5})
+        assert waited.status_code == 200 and waited.json()["state"] == "done"
+        assert waited.json()["result"]["frames"] >= 30
+        assert svc.http.get("/v1/cameras/nosuch/calibrations/x").status_code == 404
     finally:
         svc.http.delete("/v1/cameras/calib")

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -28,12 +29,15 @@ def free_port() -> int:
 
 
 class Service:
-    """A running ``amvad serve`` subprocess and an httpx client with the API key."""
+    """A running ``amvad serve`` subprocess and an httpx client with the API key. Served over TLS (``ca``:
+    its certificate), the client trusts that certificate and nothing else."""
 
-    def __init__(self, proc: subprocess.Popen, port: int, log: Path) -> None:
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path, ca: Path | None = None) -> None:
         self.proc, self.port, self.log = proc, port, log
-        self.base = f"http://127.0.0.1:{port}"
-        self.http = httpx.Client(base_url=self.base, headers={"X-API-Key": API_KEY}, timeout=60)
+        self.base = f"{'https' if ca else 'http'}://127.0.0.1:{port}"
+        self.ssl = ssl.create_default_context(cafile=str(ca)) if ca else None
+        self.http = httpx.Client(base_url=self.base, headers={"X-API-Key": API_KEY}, timeout=60,
+                                 verify=self.ssl or True)
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
@@ -62,7 +66,7 @@ def start_service(tmp: Path, model: Path, extra: dict | None = None) -> Service:
     proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--config", str(tmp / "service.yaml"),
                              "--port", str(port)], cwd=REPO, env=env, stdout=log.open("wb"),
                             stderr=subprocess.STDOUT)
-    svc = Service(proc, port, log)
+    svc = Service(proc, port, log, Path(cfg["tls_cert"]) if cfg.get("tls_cert") else None)
 
     def is_ready():
         if proc.poll() is not None:

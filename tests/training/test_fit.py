@@ -13,7 +13,7 @@ from models.registry import build_model
 from runtime.exported_model import ExportedModel
 from runtime.fit_job import FitSpec, read_progress, write_request
 from tests.support.synthetic import render_clip, write_clip, write_mp4
-from training.fit import Clip, choose_size, find_footage, split_holdout
+from training.fit import Clip, choose_size, find_footage, model_card, split_holdout
 from training.warm_start import weights_from_exported
 
 
@@ -95,3 +95,16 @@ def test_a_tiny_fit_writes_a_model_and_its_card(tmp_path, capsys, init):
     assert model.meta.training["fit"]["init"] == init
     card = out.with_suffix(".md").read_text()
     assert "400 frames" in card and f"threshold {res['threshold']:.3f}" in card
+
+
+def test_the_card_of_a_fit_the_service_registers_does_not_ask_to_upload_it():
+    result = {"model": "/state/fits/1a2b/model.onnx", "method": "comemory", "date": "2026-12-01", "clips": 1,
+              "frames": 400, "train_frames": 360, "validation_frames": 40, "validation_seconds": 4.0, "height": 32,
+              "width": 40, "base_width": 4, "init": "none", "epochs": 3, "train_seconds": 5.0, "machine": "test",
+              "flow": {"name": "tvl1"}, "smoothing": 5, "threshold": 1.5, "training_quantile_threshold": 1.5,
+              "target_false_alarms_per_hour": 1.0, "validation_false_alarms_per_hour": 0.0, "footage": ["a.mp4"]}
+    by_hand = model_card(result)
+    assert "/v1/models?name=<name>" in by_hand and "Register it" in by_hand
+    by_service = model_card(result, registered_as="gate")
+    assert "The service registers it as `gate`" in by_service and "nothing to upload" in by_service
+    assert "/v1/models" not in by_service and '{"model": "gate"}' in by_service
