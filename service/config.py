@@ -9,12 +9,13 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator,
+                      model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from runtime.engine import EngineConfig
@@ -86,6 +87,11 @@ def check_timezone(name: str | None) -> str | None:
     return name
 
 
+# Checked the same way wherever a camera's time zone and schedules are given (config, POST, PATCH).
+TimeZone = Annotated[str | None, AfterValidator(check_timezone)]
+Schedules = Annotated[list[ScheduleConfig], AfterValidator(check_schedules)]
+
+
 def utc_aware(value: datetime | None) -> datetime | None:
     return value if value is None or value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
@@ -107,9 +113,9 @@ class CameraConfig(BaseModel):
     armed_since: datetime | None = Field(None, description="when `armed` was last changed at run time (PATCH, "
                                          "MQTT, the live page); set by the service. A schedule window that "
                                          "begins later decides again")
-    timezone: str | None = Field(None, max_length=64, description="IANA time zone of the schedules; default "
+    timezone: TimeZone = Field(None, max_length=64, description="IANA time zone of the schedules; default "
                                  "the host's")
-    schedules: list[ScheduleConfig] = Field(default_factory=list, max_length=32, description="weekly windows "
+    schedules: Schedules = Field(default_factory=list, max_length=32, description="weekly windows "
                                             "that arm/disarm the camera or select a profile; the first in force "
                                             "wins")
 
@@ -117,16 +123,6 @@ class CameraConfig(BaseModel):
     @classmethod
     def _check_masks(cls, v: list) -> list:
         return check_polygons(v)
-
-    @field_validator("timezone")
-    @classmethod
-    def _check_timezone(cls, v: str | None) -> str | None:
-        return check_timezone(v)
-
-    @field_validator("schedules")
-    @classmethod
-    def _check_schedules(cls, v: list[ScheduleConfig]) -> list[ScheduleConfig]:
-        return check_schedules(v)
 
     @field_validator("armed_since")
     @classmethod
@@ -151,8 +147,8 @@ class CameraPatch(BaseModel):
     masks: list[list[tuple[float, float]]] | None = Field(None, max_length=32)
     armed: bool | None = Field(None, description="arm (true) or disarm (false) now; holds until a schedule "
                                "window that sets `armed` begins")
-    timezone: str | None = Field(None, max_length=64, description="IANA time zone; null = the host's")
-    schedules: list[ScheduleConfig] | None = Field(None, max_length=32, description="replaces the list; [] "
+    timezone: TimeZone = Field(None, max_length=64, description="IANA time zone; null = the host's")
+    schedules: Schedules | None = Field(None, max_length=32, description="replaces the list; [] "
                                                    "removes them all")
 
     @field_validator("masks")
@@ -166,16 +162,6 @@ class CameraPatch(BaseModel):
         if v is None:
             raise ValueError("must not be null")
         return v
-
-    @field_validator("timezone")
-    @classmethod
-    def _check_timezone(cls, v: str | None) -> str | None:
-        return check_timezone(v)
-
-    @field_validator("schedules")
-    @classmethod
-    def _check_schedules(cls, v: list[ScheduleConfig]) -> list[ScheduleConfig]:
-        return check_schedules(v)
 
 
 class IngestConfig(BaseModel):
