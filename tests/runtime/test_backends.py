@@ -138,3 +138,16 @@ def test_a_clip_scores_the_same_through_the_engine_on_either_backend(tiny_model,
         scores[backend] = np.array([r.score for r in results if r.score is not None])
     assert len(scores["openvino"]) == len(scores["onnxruntime"]) > 10
     np.testing.assert_allclose(scores["openvino"], scores["onnxruntime"], rtol=1e-3, atol=1e-3)
+
+
+@needs_openvino
+def test_openvino_runs_a_batch_row_by_row_on_a_graph_of_batch_one(model_copy):
+    """One input shape whatever the batch: OpenVINO keeps buffers for every shape it has seen (the service's
+    memory grew in steps as cameras met new batch sizes)."""
+    m = ExportedModel(model_copy, device=CPU, threads=1, backend="openvino", precision="fp32")
+    assert all(i.get_partial_shape()[0] == 1 for i in m.backend.compiled.inputs)
+    frames, flows = windows(m, n=3)
+    batch = m.run(frames, flows)
+    rows = [m.run(frames[i:i + 1], flows[i:i + 1]) for i in range(3)]
+    assert batch.components.shape == (3, len(m.meta.components)) and batch.heatmap.shape[0] == 3
+    np.testing.assert_allclose(batch.components, np.concatenate([r.components for r in rows]), rtol=1e-6)
