@@ -34,7 +34,7 @@ _hasher = PasswordHasher()  # argon2id with the library's defaults (RFC 9106's s
 
 
 class UnknownUser(NotFound):
-    pass
+    """A user name that is not in the users file (HTTP 404)."""
 
 
 class BrokenUsersFile(AmvadError):

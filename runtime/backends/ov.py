@@ -112,14 +112,11 @@ class OpenVinoFlow:
 
     def __init__(self, flow: torch.nn.Module, shape: tuple[int, int, int], *, threads: int | None,
                  cache_dir: Path) -> None:
-        self.spec = flow.spec
         channels, height, width = shape
         graph = cache_dir / "flow" / f"{graph_key(flow, channels, height, width)}.onnx"
         if not graph.is_file():
-            graph.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(graph) as tmp:
                 export_flow(flow, channels, height, width, tmp)
-        self.graph = graph
         self._requests = _Requests(_compiled_flow(str(graph), threads, cache_dir))
 
     def __call__(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:

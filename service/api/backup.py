@@ -3,6 +3,7 @@ runs and streamed as it is made, so it is never held whole in memory or on disk.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -51,7 +52,7 @@ class ChunkPipe:
         return len(data)
 
     def flush(self) -> None:
-        pass
+        """tarfile and gzip call this; chunks go out as they fill, and the rest at close."""
 
     def _put(self, item) -> None:
         while True:
@@ -120,10 +121,8 @@ async def _stream(snap: Snapshot) -> AsyncIterator[bytes]:
             log.warning("backup: the client went away; archive not finished")
         except BaseException as exc:
             log.error("backup failed while streaming: %s", exc)
-            try:
+            with contextlib.suppress(Cancelled):  # the client left too: nobody to tell
                 pipe.close(exc)
-            except Cancelled:
-                pass
 
     writer = threading.Thread(target=write, name="backup", daemon=True)
     writer.start()

@@ -171,7 +171,7 @@ def handshake(client: ssl.SSLContext, server: ssl.SSLContext, host: str) -> str:
                 try:
                     side.do_handshake()
                     done[i] = True
-                except ssl.SSLWantReadError:
+                except ssl.SSLWantReadError:  # waits for the other side's next flight; pumped below
                     pass
         s_in.write(c_out.read())
         c_in.write(s_out.read())
