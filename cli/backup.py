@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def _settings(args: argparse.Namespace):
-    from service.config import load_settings
+    from amvad.service.config import load_settings
     return load_settings(args.config, state_dir=args.state_dir)
 
 
@@ -42,8 +42,8 @@ class _Printer:
 
 
 def _backup(args: argparse.Namespace) -> None:
-    from runtime.errors import AmvadError
-    from service.backup import backup_to_file, settings_as_config
+    from amvad.runtime.errors import AmvadError
+    from amvad.service.backup import backup_to_file, settings_as_config
     settings = _settings(args)
     show = _Printer("backup", args.quiet)
     try:
@@ -59,8 +59,8 @@ def _backup(args: argparse.Namespace) -> None:
 
 
 def _restore(args: argparse.Namespace) -> None:
-    from runtime.errors import AmvadError
-    from service.backup import restore
+    from amvad.runtime.errors import AmvadError
+    from amvad.service.backup import restore
     settings = _settings(args)
     show = _Printer("restore", args.quiet)
     try:

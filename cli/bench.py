@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime.engine import EngineConfig
-from service.cameras import Camera
-from service.config import CameraConfig, ServiceSettings, WebSocketConfig
-from service.metrics import Metrics
-from service.wiring import Services
+from amvad.runtime.engine import EngineConfig
+from amvad.service.cameras import Camera
+from amvad.service.config import CameraConfig, ServiceSettings, WebSocketConfig
+from amvad.service.metrics import Metrics
+from amvad.service.wiring import Services
 
 SAMPLE = Path(__file__).resolve().parents[1] / "service" / "samples" / "ped2_test01.mp4"
 
@@ -195,7 +195,7 @@ def compare(model: str, backends: list[str], precisions: list[str], argv: list[s
         for backend in backends:
             for precision in precisions:
                 out = Path(tmp) / f"{backend}-{precision}.json"
-                subprocess.run([sys.executable, "-m", "cli", "bench", "--model", model, "--backend", backend,
+                subprocess.run([sys.executable, "-m", "amvad.cli", "bench", "--model", model, "--backend", backend,
                                 "--precision", precision, "--json", str(out), *argv],
                                check=True, stdout=subprocess.DEVNULL)
                 report = json.loads(out.read_text())

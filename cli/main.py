@@ -17,7 +17,6 @@ from .robustness import add_parsers as add_robustness_parsers
 from .tls import add_parsers as add_tls_parsers
 from .users import add_parsers as add_user_parsers
 
-
 # runtime.backends' names, spelled here so that parsing imports nothing heavy (tests/cli/test_main.py checks
 # that they agree)
 BACKENDS = ("onnxruntime", "openvino")
@@ -29,8 +28,8 @@ class CommandFailed(Exception):
 
 
 def _train(args: argparse.Namespace) -> None:
-    from training.config import load_config
-    from training.train import train
+    from amvad.training.config import load_config
+    from amvad.training.train import train
     overrides = {"data.root": args.data} if args.data else {}
     if args.epochs:
         overrides["optim.epochs"] = args.epochs
@@ -45,15 +44,15 @@ def _fit(args: argparse.Namespace) -> None:
     if args.job is not None:
         if args.footage or args.out:
             raise ValueError("--job DIR takes no footage or --out: the job's request.json names them")
-        from training.fit import run_job
+        from amvad.training.fit import run_job
         res = run_job(args.job)
     else:
         if not args.footage or args.out is None:
             raise ValueError("give the footage and --out PATH.onnx (or --job DIR)")
         from pydantic import ValidationError
 
-        from runtime.fit_job import FitSpec
-        from training.fit import run_fit
+        from amvad.runtime.fit_job import FitSpec
+        from amvad.training.fit import run_fit
         try:
             spec = FitSpec(footage=args.footage, out=args.out, minutes=args.minutes, method=args.method,
                            init=args.init, false_alarms_per_hour=args.false_alarms_per_hour, threads=args.threads,
@@ -66,7 +65,7 @@ def _fit(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from training.export import export, reexport
+    from amvad.training.export import export, reexport
     if (args.checkpoint is None) == (args.onnx is None):
         raise ValueError("give exactly one of --checkpoint (a finished training run) or --onnx (an exported model)")
     meta = export(args.checkpoint, args.out) if args.checkpoint else reexport(args.onnx, args.out)
@@ -75,8 +74,8 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from training.evaluate import evaluate
-    from runtime.engine import EngineConfig
+    from amvad.runtime.engine import EngineConfig
+    from amvad.training.evaluate import evaluate
     res = evaluate(args.model, args.data, split=args.split, json_out=args.json, plot_dir=args.plot,
                    progress=not args.quiet, record=args.record,
                    engine_config=EngineConfig(backend=args.backend, precision=args.precision))
@@ -92,7 +91,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _flow_check(args: argparse.Namespace) -> None:
-    from training.flow_check import run_flow_check
+    from amvad.training.flow_check import run_flow_check
     res = run_flow_check(args.data, size=args.size, pairs=args.pairs, progress=not args.quiet)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
@@ -100,7 +99,7 @@ def _flow_check(args: argparse.Namespace) -> None:
 
 
 def _speed(args: argparse.Namespace) -> None:
-    from training.speed import measure
+    from amvad.training.speed import measure
     for method in args.method:
         for bw in args.base_width:
             print(json.dumps(measure(method, height=args.height, width=args.width, base_width=bw,
@@ -108,8 +107,8 @@ def _speed(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from service.config import load_settings
-    from service.server import ServeError, serve
+    from amvad.service.config import load_settings
+    from amvad.service.server import ServeError, serve
     try:
         serve(load_settings(args.config, host=args.host, port=args.port, model=args.model, tls_cert=args.tls_cert,
                             tls_key=args.tls_key))

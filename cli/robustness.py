@@ -49,8 +49,8 @@ def parse_magnitudes(items: list[str] | None, changes: list[str] | None) -> dict
 def _robustness(args: argparse.Namespace) -> None:
     changes = parse_changes(args.changes)
     magnitudes = parse_magnitudes(args.magnitudes, changes)
-    from service.h264 import H264Writer
-    from training.robustness import run_robustness, table
+    from amvad.service.h264 import H264Writer
+    from amvad.training.robustness import run_robustness, table
     res = run_robustness(args.model, args.data, changes=changes, magnitudes=magnitudes,
                          clips=args.clips, seed=args.seed, writer=H264Writer, normal_split=args.normal_split,
                          test_split=args.test_split, json_out=args.json, plot_dir=args.plot, progress=not args.quiet)

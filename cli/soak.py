@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from service.config import CameraConfig, WebSocketConfig, load_settings
-from service.metrics import Metrics
-from service.wiring import Services
+from amvad.service.config import CameraConfig, WebSocketConfig, load_settings
+from amvad.service.metrics import Metrics
+from amvad.service.wiring import Services
 
 from .bench import SAMPLE, Progress, percentiles
 

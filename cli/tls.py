@@ -10,8 +10,8 @@ from pathlib import Path
 
 
 def _self_signed(args: argparse.Namespace) -> None:
-    from runtime.errors import AmvadError
-    from service.tls import self_signed
+    from amvad.runtime.errors import AmvadError
+    from amvad.service.tls import self_signed
     try:
         made = self_signed(args.out, args.host, days=args.days, force=args.force)
     except AmvadError as exc:

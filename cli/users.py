@@ -14,8 +14,8 @@ ROLES = ("viewer", "admin")
 
 
 def _store(args: argparse.Namespace):
-    from service.config import load_settings
-    from service.users import UserStore
+    from amvad.service.config import load_settings
+    from amvad.service.users import UserStore
     return UserStore(load_settings(args.config, state_dir=args.state_dir).paths.users)
 
 
@@ -36,7 +36,7 @@ def _read_password(args: argparse.Namespace, name: str) -> str:
 
 
 def _run(func, args: argparse.Namespace) -> None:
-    from runtime.errors import AmvadError
+    from amvad.runtime.errors import AmvadError
     try:
         func(args)
     except AmvadError as exc:

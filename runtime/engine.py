@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.registry import resolve_model
+from amvad.models.registry import resolve_model
 
 from .backends import BackendName, PrecisionName
 from .budget import ModelBudget

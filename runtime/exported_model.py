@@ -21,10 +21,10 @@ import onnx
 import torch
 from pydantic import ValidationError
 
-from models.contract import check_metadata
-from models.flow import build_flow
-from models.metadata import METADATA_KEY, ModelMetadata
-from models.registry import resolve_model
+from amvad.models.contract import check_metadata
+from amvad.models.flow import build_flow
+from amvad.models.metadata import METADATA_KEY, ModelMetadata
+from amvad.models.registry import resolve_model
 
 from . import parity
 from .backends import Precision, choose_backend, graph_flow, native_precisions, open_backend

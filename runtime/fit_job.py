@@ -159,7 +159,7 @@ class ProgressWriter:
 
 def worker_command(folder: Path) -> list[str]:
     """The command that runs a job folder's request (``amvad fit --job DIR``) with this interpreter."""
-    return [sys.executable, "-m", "cli", "fit", "--job", str(Path(folder).resolve()), "--quiet"]
+    return [sys.executable, "-m", "amvad.cli", "fit", "--job", str(Path(folder).resolve()), "--quiet"]
 
 
 def write_pid(folder: Path, pid: int) -> None:

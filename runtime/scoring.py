@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.metadata import ComponentStats, ModelMetadata
+from amvad.models.metadata import ComponentStats, ModelMetadata
 
 # Running-stats forgetting per frame judged normal (time constant ~500 frames); the service config's default.
 DEFAULT_FORGET = 0.002

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from runtime.errors import AmvadError
+from amvad.runtime.errors import AmvadError
 
 from .config import ServiceSettings
 from .metrics import Metrics

@@ -36,8 +36,8 @@ from typing import IO, Any
 import yaml
 from pydantic import SecretStr
 
-from runtime.errors import Conflict, Invalid, Unavailable
-from runtime.files import atomic_path, write_atomic
+from amvad.runtime.errors import Conflict, Invalid, Unavailable
+from amvad.runtime.files import atomic_path, write_atomic
 
 from .config import ServiceSettings
 from .state import StatePaths

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import av
 
-from runtime.engine import InferenceEngine
-from runtime.exported_model import ExportedModel
-from runtime.plots import score_plot
-from runtime.errors import Busy, NotFound, TooLarge
-from runtime.stream import Stream, results_in_order
-from runtime.video import DecodeError, ffmpeg_reason, iter_frames, open_source, stream_fps
+from amvad.runtime.engine import InferenceEngine
+from amvad.runtime.errors import Busy, NotFound, TooLarge
+from amvad.runtime.exported_model import ExportedModel
+from amvad.runtime.plots import score_plot
+from amvad.runtime.stream import Stream, results_in_order
+from amvad.runtime.video import DecodeError, ffmpeg_reason, iter_frames, open_source, stream_fps
 
 from .config import ServiceSettings
 from .heatmap import HeatScale

@@ -14,15 +14,23 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from runtime.engine import EngineConfig
-from runtime.events import EventConfig
-from runtime.masks import check_polygons
-from runtime.redact import redact
-from runtime.scoring import DEFAULT_FORGET
+from amvad.runtime.engine import EngineConfig
+from amvad.runtime.events import EventConfig
+from amvad.runtime.masks import check_polygons
+from amvad.runtime.redact import redact
+from amvad.runtime.scoring import DEFAULT_FORGET
 
 from .security import ALLOWED_SCHEMES, validate_url
 from .state import StatePaths

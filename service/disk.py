@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import errno
 
-from runtime.errors import AmvadError, StorageFull, Unavailable
+from amvad.runtime.errors import AmvadError, StorageFull, Unavailable
 
 FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 

@@ -13,8 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from runtime.errors import AmvadError
-from runtime.redact import redact
+from amvad.runtime.errors import AmvadError
+from amvad.runtime.redact import redact
 
 log = logging.getLogger("amvad.service")
 

@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from runtime.errors import Invalid, NotFound, Unavailable
-from runtime.types import AnomalyEvent
+from amvad.runtime.errors import Invalid, NotFound, Unavailable
+from amvad.runtime.types import AnomalyEvent
 
 log = logging.getLogger("amvad.events")
 SCHEMA = """

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.types import AnomalyEvent, Frame
+from amvad.runtime.types import AnomalyEvent, Frame
 
 from .config import CameraEventsConfig
 from .event_store import EventStore, UnknownEvent

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.registry import bundled_models
-from runtime.calibration import check_fit_footage
-from runtime.errors import Busy, Invalid, NotFound, StorageFull, Unavailable
-from runtime.fit_job import (
+from amvad.models.registry import bundled_models
+from amvad.runtime.calibration import check_fit_footage
+from amvad.runtime.errors import Busy, Invalid, NotFound, StorageFull, Unavailable
+from amvad.runtime.fit_job import (
     DEFAULT_BASE_WIDTH,
     DEFAULT_MAX_PIXELS,
     FitError,
@@ -42,7 +42,7 @@ from runtime.fit_job import (
     write_pid,
     write_request,
 )
-from runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, file_path, open_source, stream_fps
+from amvad.runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, file_path, open_source, stream_fps
 
 from .config import ServiceSettings
 from .event_store import EventStore

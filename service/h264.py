@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from runtime.errors import Invalid
+from amvad.runtime.errors import Invalid
 
 log = logging.getLogger("amvad.h264")
 TIME_BASE = Fraction(1, 1000)  # pts in milliseconds of capture time

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from models.registry import bundled_models, resolve_model
-from runtime.budget import check_budget
-from runtime.device import pick_device
-from runtime.engine import EngineConfig, default_threads
-from runtime.errors import Conflict, Invalid, NotFound
-from runtime.exported_model import ExportedModel, file_sha256
-from runtime.files import write_atomic
+from amvad.models.registry import bundled_models, resolve_model
+from amvad.runtime.budget import check_budget
+from amvad.runtime.device import pick_device
+from amvad.runtime.engine import EngineConfig, default_threads
+from amvad.runtime.errors import Conflict, Invalid, NotFound
+from amvad.runtime.exported_model import ExportedModel, file_sha256
+from amvad.runtime.files import write_atomic
 
 from .config import ServiceSettings
 from .state import StatePaths

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import httpx
 
-from runtime.redact import redact
+from amvad.runtime.redact import redact
 
 from .config import MqttConfig, NotifyConfig, WebhookConfig
 from .metrics import Metrics

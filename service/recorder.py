@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.types import Frame
+from amvad.runtime.types import Frame
 
 from .h264 import H264Writer
 

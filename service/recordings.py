@@ -23,8 +23,8 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
-from runtime.errors import Busy, Conflict, NotFound, StorageFull
-from runtime.files import write_atomic
+from amvad.runtime.errors import Busy, Conflict, NotFound, StorageFull
+from amvad.runtime.files import write_atomic
 
 from .config import LimitsConfig
 from .disk import storage_error

@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from runtime.errors import Invalid
-from runtime.redact import redact
+from amvad.runtime.errors import Invalid
+from amvad.runtime.redact import redact
 
 ALLOWED_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
 

@@ -11,7 +11,7 @@ import logging
 import socket
 import ssl
 
-from runtime.redact import redact
+from amvad.runtime.redact import redact
 
 from .config import ServiceSettings
 from .security import RedactingFilter

@@ -10,8 +10,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import Conflict, Invalid
-from runtime.files import write_atomic
+from amvad.runtime.errors import Conflict, Invalid
+from amvad.runtime.files import write_atomic
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from runtime.errors import BadRequest, TooLarge
+from amvad.runtime.errors import BadRequest, TooLarge
 
 # Multipart framing and the other (small) form fields allowed beside the file.
 BODY_OVERHEAD = 2 ** 16

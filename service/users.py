@@ -21,8 +21,8 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from runtime.errors import AmvadError, Conflict, Invalid, NotFound
-from runtime.files import write_atomic
+from amvad.runtime.errors import AmvadError, Conflict, Invalid, NotFound
+from amvad.runtime.files import write_atomic
 
 ROLES = ("viewer", "admin")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")

@@ -15,8 +15,8 @@ import uuid
 
 from pydantic import ValidationError
 
-from runtime.errors import Conflict, NotFound
-from runtime.files import write_atomic
+from amvad.runtime.errors import Conflict, NotFound
+from amvad.runtime.files import write_atomic
 
 from .config import LimitsConfig, WebhookConfig
 from .disk import storage_error

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 
-from runtime.engine import InferenceEngine
-from runtime.redact import redact
+from amvad.runtime.engine import InferenceEngine
+from amvad.runtime.redact import redact
 
 from .auth import Auth
 from .cameras import CameraManager, CameraStore

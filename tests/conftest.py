@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
+from amvad.training.config import load_config
+from amvad.training.export import export
+from amvad.training.train import train
 from tests.support.servers import RtspServer, rtsp_available, running_service
 from tests.support.synthetic import render_clip, tiny_config, write_clip, write_mp4
-from training.config import load_config
-from training.export import export
-from training.train import train
 
 
 @pytest.fixture(scope="session", autouse=True)

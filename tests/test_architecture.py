@@ -23,8 +23,13 @@ ALLOWED = {
 
 
 def module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    """The installed name: each top folder is mapped under the one import name, `amvad` (pyproject.toml)."""
+    parts = ["amvad", *path.relative_to(REPO).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer(module: str) -> str:
+    return module.split(".")[1]
 
 
 def project_modules() -> dict[str, Path]:
@@ -50,7 +55,9 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
         for target in targets:
             while target and target not in modules:  # `import a.b.c` names a.b.c; a symbol names its module
                 target = target.rpartition(".")[0]
-            if target and target.split(".")[0] in PACKAGES and target != name:
+            if target and target.split(".")[0] in PACKAGES:
+                raise AssertionError(f"{path} imports {target} by its folder name; it is installed as amvad.{target}")
+            if target and target.startswith("amvad.") and target != name:
                 found.add(target)
     return found
 
@@ -95,14 +102,16 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_scan_sees_real_imports():
     # guards the scan itself: known edges of the layout must be found, or the checks below prove nothing
     graph = import_graph()
-    assert "runtime.engine" in graph["runtime.stream"] and "runtime.types" in graph["runtime.engine"]
-    assert "service.api.cameras" in graph["service.app"] and "training.train" in graph["cli.main"]
+    assert "amvad.runtime.engine" in graph["amvad.runtime.stream"]
+    assert "amvad.runtime.types" in graph["amvad.runtime.engine"]
+    assert "amvad.service.api.cameras" in graph["amvad.service.app"]
+    assert "amvad.training.train" in graph["amvad.cli.main"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
 def test_layers_only_point_down():
     bad = [f"{src} imports {dst}" for src, targets in import_graph().items() for dst in sorted(targets)
-           if dst.split(".")[0] not in ALLOWED[src.split(".")[0]]]
+           if layer(dst) not in ALLOWED[layer(src)]]
     assert not bad, "imports against the layering:\n" + "\n".join(bad)
 
 
@@ -111,14 +120,22 @@ def test_no_import_circle():
 
 
 def test_shared_types_import_nothing_of_ours():
-    assert import_graph()["runtime.types"] == set()
+    assert import_graph()["amvad.runtime.types"] == set()
 
 
 def test_amvad_help_lists_every_command_of_the_one_cli():
     import tomllib
-    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["amvad"] == "cli.main:main"
-    out = subprocess.run([sys.executable, "-m", "cli", "--help"], cwd=REPO, capture_output=True, text=True,
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["amvad"] == "amvad.cli.main:main"
+    out = subprocess.run([sys.executable, "-m", "amvad.cli", "--help"], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout
     commands = out.split("{", 1)[1].split("}", 1)[0].split(",")
     assert commands == ["train", "fit", "eval", "export", "flow-check", "speed", "serve", "bench", "backup", "restore",
                         "robustness", "user", "tls"]
+
+
+def test_every_package_folder_is_installed_under_the_one_import_name():
+    import tomllib
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {module_name(p.parent / "__init__.py"): p.parent for pkg in PACKAGES for p in (REPO / pkg).rglob("__init__.py")}
+    assert sorted(setuptools["packages"]) == sorted(folders)
+    assert setuptools["package-dir"] == {f"amvad.{pkg}": pkg for pkg in PACKAGES}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.events import EventConfig, replay_events
+from amvad.runtime.events import EventConfig, replay_events
 
 RECALL_TARGET = 0.9  # the operating point that catches this share of anomalous frames
 

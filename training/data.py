@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from runtime.files import atomic_path
-from runtime.flows import compute_flows
-from runtime.preprocess import to_model_frame
-from runtime.types import Frame
-from runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, iter_frames, open_source
-from runtime.windows import scored_frames, window
+from amvad.runtime.files import atomic_path
+from amvad.runtime.flows import compute_flows
+from amvad.runtime.preprocess import to_model_frame
+from amvad.runtime.types import Frame
+from amvad.runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, iter_frames, open_source
+from amvad.runtime.windows import scored_frames, window
 
 
 @dataclass(frozen=True)

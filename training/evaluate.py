@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from runtime import parity
-from runtime.engine import EngineConfig, InferenceEngine
-from runtime.events import EventConfig
-from runtime.plots import score_plot
-from runtime.scoring import min_max_per_clip
-from runtime.stream import Stream, results_in_order
-from runtime.types import Frame
+from amvad.runtime import parity
+from amvad.runtime.engine import EngineConfig, InferenceEngine
+from amvad.runtime.events import EventConfig
+from amvad.runtime.plots import score_plot
+from amvad.runtime.scoring import min_max_per_clip
+from amvad.runtime.stream import Stream, results_in_order
+from amvad.runtime.types import Frame
 
 from .alarms import LabelledScores, alarm_report
 from .data import ClipSource, find_clips, iter_clip_frames, labels_file, load_labels

@@ -10,10 +10,10 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from models.contract import INPUT_NAMES, OUTPUT_NAMES, AnomalyModel
-from models.metadata import METADATA_KEY, ModelMetadata
-from models.registry import build_model, resolve_model
-from runtime.files import atomic_path
+from amvad.models.contract import INPUT_NAMES, OUTPUT_NAMES, AnomalyModel
+from amvad.models.metadata import METADATA_KEY, ModelMetadata
+from amvad.models.registry import build_model, resolve_model
+from amvad.runtime.files import atomic_path
 
 OPSET = 17
 

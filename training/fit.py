@@ -27,20 +27,27 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from models.flow import build_flow
-from models.metadata import METADATA_KEY
-from models.registry import build_model
-from runtime.calibration import FIT_HOLDOUT, check_fit_footage, events_per_hour, pick_threshold
-from runtime.device import pick_device
-from runtime.events import EventConfig
-from runtime.exported_model import ExportedModel
-from runtime.files import atomic_path, write_atomic
-from runtime.fit_job import (DEFAULT_BASE_WIDTH, DEFAULT_MAX_PIXELS, INITS, FitSpec, JobFolder, ProgressWriter,
-                             read_request)
-from runtime.flows import compute_flows
-from runtime.scoring import training_scores
-from runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, open_source, stream_fps
-from runtime.windows import scored_frames, window
+from amvad.models.flow import build_flow
+from amvad.models.metadata import METADATA_KEY
+from amvad.models.registry import build_model
+from amvad.runtime.calibration import FIT_HOLDOUT, check_fit_footage, events_per_hour, pick_threshold
+from amvad.runtime.device import pick_device
+from amvad.runtime.events import EventConfig
+from amvad.runtime.exported_model import ExportedModel
+from amvad.runtime.files import atomic_path, write_atomic
+from amvad.runtime.fit_job import (
+    DEFAULT_BASE_WIDTH,
+    DEFAULT_MAX_PIXELS,
+    INITS,
+    FitSpec,
+    JobFolder,
+    ProgressWriter,
+    read_request,
+)
+from amvad.runtime.flows import compute_flows
+from amvad.runtime.scoring import training_scores
+from amvad.runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, open_source, stream_fps
+from amvad.runtime.windows import scored_frames, window
 
 from .config import DataConfig, ModelConfig, OptimConfig, ScoreConfig, TrainConfig
 from .data import ClipSource, iter_clip_frames, load_clip

@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 import torch
 
-from models.flow import build_flow
-from runtime.backends import available
+from amvad.models.flow import build_flow
+from amvad.runtime.backends import available
 
 MAX_MAGNITUDE = 4.0  # px, largest ground-truth displacement
 MARGIN = 16  # px excluded at each border when computing EPE
@@ -120,8 +120,8 @@ def run_flow_check(data_root: str | Path, *, size: int = 256, pairs: int = 20, s
     use_cuda = torch.cuda.is_available()
     graph = None
     if available("openvino"):
-        from runtime.backends import default_cache_dir
-        from runtime.backends.ov import OpenVinoFlow
+        from amvad.runtime.backends import default_cache_dir
+        from amvad.runtime.backends.ov import OpenVinoFlow
         graph = OpenVinoFlow(tvl1, (1, size, size), threads=CPU_THREADS, cache_dir=default_cache_dir())
 
     methods = (["tvl1", "dis", "dualtvl1"] + (["tvl1_openvino"] if graph else [])

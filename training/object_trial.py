@@ -13,7 +13,7 @@ minimum), and both of ``amvad eval``'s protocols follow: per-clip min-max and th
 
 Measured below the frame-level model (model card ``models/bundled/ped2-amsrc.md``), so the product scores
 whole frames; this module keeps the comparison reproducible:
-``python -m training.object_trial --data <Ped2 root> --out runs/amsrc_objects`` (the command in the card).
+``python -m amvad.training.object_trial --data <Ped2 root> --out runs/amsrc_objects`` (the command in the card).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import cv2
 import numpy as np
 import torch
 
-from models.metadata import ComponentStats
-from models.registry import build_model
-from runtime.device import pick_device
-from runtime.scoring import StreamScorer, min_max_per_clip
-from runtime.windows import scored_frames, window
+from amvad.models.metadata import ComponentStats
+from amvad.models.registry import build_model
+from amvad.runtime.device import pick_device
+from amvad.runtime.scoring import StreamScorer, min_max_per_clip
+from amvad.runtime.windows import scored_frames, window
 
 from .config import load_config
 from .data import ClipDataset, find_clips, load_labels

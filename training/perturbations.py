@@ -23,8 +23,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from runtime.types import Frame
-from runtime.video import iter_frames, open_source
+from amvad.runtime.types import Frame
+from amvad.runtime.video import iter_frames, open_source
 
 Perturbation = Callable[[int, np.ndarray], np.ndarray]
 SWAY_PERIOD_FRAMES = 80      # one slow sway back and forth: 8 s at Ped2's 10 frames/s

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from runtime.engine import EngineConfig, InferenceEngine
-from runtime.events import EventConfig
-from runtime.scoring import min_max_per_clip
-from runtime.video import FRAME_EXTS
+from amvad.runtime.engine import EngineConfig, InferenceEngine
+from amvad.runtime.events import EventConfig
+from amvad.runtime.scoring import min_max_per_clip
+from amvad.runtime.video import FRAME_EXTS
 
 from .alarms import LabelledScores, operating_point
 from .data import ClipSource, find_clips, iter_clip_frames, labels_file, load_labels

@@ -13,8 +13,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from models.flow import build_flow
-from models.registry import build_model
+from amvad.models.flow import build_flow
+from amvad.models.registry import build_model
 
 from .export import export_onnx
 

@@ -16,14 +16,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from models.contract import AnomalyModel
-from models.discriminator import PatchDiscriminator
-from models.flow import build_flow
-from models.metadata import ComponentStats
-from models.registry import build_model
-from runtime.device import pick_device
-from runtime.files import atomic_path
-from runtime.scoring import training_scores
+from amvad.models.contract import AnomalyModel
+from amvad.models.discriminator import PatchDiscriminator
+from amvad.models.flow import build_flow
+from amvad.models.metadata import ComponentStats
+from amvad.models.registry import build_model
+from amvad.runtime.device import pick_device
+from amvad.runtime.files import atomic_path
+from amvad.runtime.scoring import training_scores
 
 from .config import TrainConfig
 from .data import ClipDataset, cached_flows, find_clips, load_clip

@@ -20,9 +20,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from models.contract import AnomalyModel
-from models.metadata import METADATA_KEY, ModelMetadata
-from models.registry import build_model, resolve_model
+from amvad.models.contract import AnomalyModel
+from amvad.models.metadata import METADATA_KEY, ModelMetadata
+from amvad.models.registry import build_model, resolve_model
 
 # Constructor arguments that must agree for weights to fit (the input size need not).
 SHAPE_ARGS = ("clip_len", "channels", "base_width", "num_items", "mem_items", "top_k")

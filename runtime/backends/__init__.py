@@ -87,7 +87,7 @@ def graph_flow(backend: str, flow: torch.nn.Module, shape: tuple[int, int, int],
                cache_dir: Path | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
     """The flow run by ``backend`` as a graph, or None where the backend runs no flow (ONNX Runtime: the
     PyTorch flow is as fast there) or the estimator does not trace (DIS)."""
-    from models.flow.graph import exportable
+    from amvad.models.flow.graph import exportable
     if backend != "openvino" or not exportable(flow):
         return None
     from .ov import OpenVinoFlow

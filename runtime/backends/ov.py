@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.flow.graph import export_flow, graph_key
+from amvad.models.flow.graph import export_flow, graph_key
 
 from ..files import atomic_path
 from .base import Backend

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from runtime.errors import Invalid
+from amvad.runtime.errors import Invalid
 
 from ..auth import SESSION_COOKIE, Principal
 from ..wiring import Services

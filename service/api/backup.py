@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from runtime.errors import Busy
+from amvad.runtime.errors import Busy
 
 from ..backup import CHUNK, Snapshot, settings_as_config
 from ..wiring import Services

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from runtime.errors import AmvadError
+from amvad.runtime.errors import AmvadError
 
 from ..auth import Principal
 from ..config import CameraConfig, CameraPatch

@@ -11,7 +11,7 @@ from urllib.parse import quote, urlsplit
 from fastapi import Depends, HTTPException
 from starlette.requests import HTTPConnection
 
-from runtime.errors import AmvadError
+from amvad.runtime.errors import AmvadError
 
 from ..auth import SESSION_COOKIE, Forbidden, Principal, Unauthorized
 from ..wiring import Services

@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from runtime.errors import Conflict
+from amvad.runtime.errors import Conflict
 
 from ..users import User
 from ..wiring import Services

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from runtime.errors import AmvadError, Conflict, NotFound
+from amvad.runtime.errors import AmvadError, Conflict, NotFound
 
 from .camera import Camera, CameraNotLive
 

@@ -26,13 +26,13 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime, timezone
 
-from runtime.engine import InferenceEngine
-from runtime.errors import Conflict
-from runtime.exported_model import ExportedModel
-from runtime.redact import redact
-from runtime.scoring import RunningStats
-from runtime.stream import Stream
-from runtime.types import Frame, FrameResult
+from amvad.runtime.engine import InferenceEngine
+from amvad.runtime.errors import Conflict
+from amvad.runtime.exported_model import ExportedModel
+from amvad.runtime.redact import redact
+from amvad.runtime.scoring import RunningStats
+from amvad.runtime.stream import Stream
+from amvad.runtime.types import Frame, FrameResult
 
 from ..config import CameraConfig, ScheduleConfig, ServiceSettings
 from ..event_store import EventStore

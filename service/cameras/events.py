@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from runtime.types import AnomalyEvent, FrameResult
+from amvad.runtime.types import AnomalyEvent, FrameResult
 
 from ..event_store import EventStore
 from ..evidence import EventEvidence

@@ -10,11 +10,11 @@ import time
 
 import numpy as np
 
-from runtime.calibration import events_per_hour, pick_threshold
-from runtime.engine import InferenceEngine
-from runtime.errors import Conflict, Invalid, NotFound
-from runtime.exported_model import ExportedModel, file_sha256
-from runtime.video import file_path, is_file_source
+from amvad.runtime.calibration import events_per_hour, pick_threshold
+from amvad.runtime.engine import InferenceEngine
+from amvad.runtime.errors import Conflict, Invalid, NotFound
+from amvad.runtime.exported_model import ExportedModel, file_sha256
+from amvad.runtime.video import file_path, is_file_source
 
 from ..config import CameraConfig, CameraPatch, ScheduleConfig, ServiceSettings
 from ..event_store import EventStore

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from runtime.redact import redact
-from runtime.types import Frame, FrameResult
+from amvad.runtime.redact import redact
+from amvad.runtime.types import Frame, FrameResult
 
 from ..heatmap import HeatScale
 from ..metrics import Metrics

@@ -18,9 +18,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from runtime.redact import redact
-from runtime.types import Frame
-from runtime.video import DecodeError, file_path, is_file_source, iter_frames, open_source, stream_fps
+from amvad.runtime.redact import redact
+from amvad.runtime.types import Frame
+from amvad.runtime.video import DecodeError, file_path, is_file_source, iter_frames, open_source, stream_fps
 
 from ..config import IngestConfig
 from ..metrics import Metrics

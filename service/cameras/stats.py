@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from runtime.exported_model import ExportedModel
-from runtime.files import write_atomic
-from runtime.scoring import RunningStats
-from runtime.stream import Stream
+from amvad.runtime.exported_model import ExportedModel
+from amvad.runtime.files import write_atomic
+from amvad.runtime.scoring import RunningStats
+from amvad.runtime.stream import Stream
 
 from .sinks import Published
 

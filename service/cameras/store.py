@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from runtime.errors import AmvadError
-from runtime.files import write_atomic
+from amvad.runtime.errors import AmvadError
+from amvad.runtime.files import write_atomic
 
 from ..config import CameraConfig
 

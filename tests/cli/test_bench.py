@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from cli.bench import http_bench, percentiles, run_bench
-from cli.main import main
+from amvad.cli.bench import http_bench, percentiles, run_bench
+from amvad.cli.main import main
 from tests.support.servers import API_KEY
 
 STAGES = ("decode", "flow", "model", "score", "heatmap")

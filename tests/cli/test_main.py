@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
+from amvad.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "numpy", "onnxruntime", "pydantic", "matplotlib", "av", "service", "training", "runtime")
@@ -21,7 +21,7 @@ def imported_after(argv: list[str]) -> tuple[int, list[str]]:
     """(exit status, heavy modules imported) of ``main(argv)`` in a fresh interpreter."""
     code = textwrap.dedent(f"""
         import json, sys
-        from cli.main import main
+        from amvad.cli.main import main
         try:
             status = main({argv!r})
         except SystemExit as exc:
@@ -42,7 +42,7 @@ def test_help_and_argument_errors_import_nothing_heavy(argv):
 
 
 def test_python_m_cli_help_prints_the_commands():
-    out = subprocess.run([sys.executable, "-m", "cli", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "amvad.cli", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("usage: amvad")
     for command in ("train", "fit", "eval", "export", "flow-check", "speed", "serve", "bench"):
         assert command in out.stdout

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cli.soak import run_soak
+from amvad.cli.soak import run_soak
 from tests.support.model_files import with_metadata
 
 

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from cli.main import main
-from service.users import UserStore
+from amvad.cli.main import main
+from amvad.service.users import UserStore
 
 
 def run(argv: list[str], capsys, stdin: str = "") -> tuple[int, str, str]:

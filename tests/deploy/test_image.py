@@ -12,12 +12,12 @@ import httpx
 import numpy as np
 import pytest
 
-from runtime.engine import InferenceEngine
+from amvad.runtime.engine import InferenceEngine
+from amvad.training.data import ClipSource
+from amvad.training.evaluate import score_clip
 from tests.support.deploy import REPO
 from tests.support.podman import IMAGE, RUN_FLAGS, build_image, ensure_base_image, podman, why_podman_cannot_run
 from tests.support.servers import API_KEY, free_port
-from training.data import ClipSource
-from training.evaluate import score_clip
 
 pytestmark = [pytest.mark.image, pytest.mark.integration]
 

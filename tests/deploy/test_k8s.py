@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from service.config import load_settings
+from amvad.service.config import load_settings
 from tests.support.deploy import DEPLOY, RULES, load_yaml, load_yaml_all
 
 K8S = DEPLOY / "k8s"

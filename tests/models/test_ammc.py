@@ -6,11 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.ammc import COMMIT_PATCH, AMMCNet, MemPool, commit_map
-from models.contract import patch_max
-from tests.support.models import (assert_bad_shapes_raise, assert_has_grads, assert_losses_backprop,
-                                  assert_onnx_matches_torch, assert_rebuild_scores_equal,
-                                  assert_score_outputs)
+from amvad.models.ammc import COMMIT_PATCH, AMMCNet, MemPool, commit_map
+from amvad.models.contract import patch_max
+from tests.support.models import (
+    assert_bad_shapes_raise,
+    assert_has_grads,
+    assert_losses_backprop,
+    assert_onnx_matches_torch,
+    assert_rebuild_scores_equal,
+    assert_score_outputs,
+)
 
 T, C, H, W = 4, 1, 32, 48
 ARGS = dict(clip_len=T, channels=C, height=H, width=W, base_width=4, mem_items=8, top_k=2)

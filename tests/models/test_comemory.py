@@ -6,10 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.comemory import CoMemoryNet
-from models.memory import Memory
-from tests.support.models import (assert_bad_shapes_raise, assert_losses_backprop, assert_onnx_matches_torch,
-                                  assert_rebuild_scores_equal, assert_score_outputs, train_and_score_squares)
+from amvad.models.comemory import CoMemoryNet
+from amvad.models.memory import Memory
+from tests.support.models import (
+    assert_bad_shapes_raise,
+    assert_losses_backprop,
+    assert_onnx_matches_torch,
+    assert_rebuild_scores_equal,
+    assert_score_outputs,
+    train_and_score_squares,
+)
 
 T, C, H, W = 4, 1, 32, 48
 ARGS = dict(clip_len=T, channels=C, height=H, width=W, base_width=4, num_items=8)

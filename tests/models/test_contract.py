@@ -9,10 +9,10 @@ import json
 import onnx
 import pytest
 
-from models.contract import check_input_size, check_metadata
-from models.flow import MAX_FLOW_WORK, build_flow
-from models.metadata import METADATA_KEY, ModelMetadata
-from models.registry import METHODS, build_model, bundled_models
+from amvad.models.contract import check_input_size, check_metadata
+from amvad.models.flow import MAX_FLOW_WORK, build_flow
+from amvad.models.metadata import METADATA_KEY, ModelMetadata
+from amvad.models.registry import METHODS, build_model, bundled_models
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.flow import FLOW_NAMES, DISFlow, FlowEstimator, TVL1Flow, build_flow
+from amvad.models.flow import FLOW_NAMES, DISFlow, FlowEstimator, TVL1Flow, build_flow
 
 PED2 = (Path(__file__).parents[2] / "../shared/datasets/ped2").resolve()
 SIZE = 96
@@ -209,7 +209,7 @@ def test_tvl1_cuda_matches_cpu(tvl1: FlowEstimator) -> None:
 
 
 def test_flow_check_synthetic_pairs_are_exact() -> None:
-    from training.flow_check import MAX_MAGNITUDE, make_pair, random_flow
+    from amvad.training.flow_check import MAX_MAGNITUDE, make_pair, random_flow
 
     rng = np.random.default_rng(0)
     frame = (texture(5, 64) * 255).astype(np.uint8)
@@ -222,7 +222,7 @@ def test_flow_check_synthetic_pairs_are_exact() -> None:
 
 
 def test_flow_check_missing_data(tmp_path: Path) -> None:
-    from training.flow_check import run_flow_check
+    from amvad.training.flow_check import run_flow_check
 
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         run_flow_check(tmp_path / "nope", progress=False)
@@ -231,7 +231,7 @@ def test_flow_check_missing_data(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.skipif(not PED2.is_dir(), reason=f"Ped2 dataset not found at {PED2}")
 def test_flow_check_on_ped2() -> None:
-    from training.flow_check import run_flow_check
+    from amvad.training.flow_check import run_flow_check
 
     result = run_flow_check(PED2, size=128, pairs=2, progress=False)
     assert {"size", "pairs", "methods", "ratio_default_to_dualtvl1", "threads", "device"} <= set(result)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.flow import build_flow
-from models.flow.graph import exportable, graph_key
-from runtime.backends import available
+from amvad.models.flow import build_flow
+from amvad.models.flow.graph import exportable, graph_key
+from amvad.runtime.backends import available
 
 needs_openvino = pytest.mark.skipif(not available("openvino"), reason="openvino not installed (pip install openvino)")
 
@@ -32,7 +32,7 @@ def test_graph_keys_name_the_estimator_and_the_size():
 
 @needs_openvino
 def test_the_openvino_flow_graph_matches_the_pytorch_flow(tmp_path):
-    from runtime.backends.ov import OpenVinoFlow
+    from amvad.runtime.backends.ov import OpenVinoFlow
     flow = build_flow("default").eval()
     graph = OpenVinoFlow(flow, (1, 32, 48), threads=1, cache_dir=tmp_path)
     prev, nxt = textured_pair(3, 32, 48, (1, 2))  # a batch of pairs runs pair by pair

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.registry import METHODS, build_model
+from amvad.models.registry import METHODS, build_model
 from tests.support.models import moving_squares
 
 
@@ -38,7 +38,7 @@ def test_masked_pixels_weigh_nothing(method, tmp_path):
 
 def test_exported_graph_honours_the_mask(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from training.export import export_onnx
+    from amvad.training.export import export_onnx
     model = build_model("comemory", clip_len=4, channels=1, height=32, width=48, base_width=4).eval()
     frames, flows = moving_squares(2, torch.Generator().manual_seed(2))
     export_onnx(model, frames[:1], flows[:1], str(tmp_path / "m.onnx"))

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.registry import resolve_model
-from runtime import parity
-from runtime.backends import BackendUnavailable, available, choose_backend, native_precisions
-from runtime.engine import EngineConfig, InferenceEngine
-from runtime.exported_model import ExportedModel
-from runtime.stream import Stream, results_in_order
+from amvad.models.registry import resolve_model
+from amvad.runtime import parity
+from amvad.runtime.backends import BackendUnavailable, available, choose_backend, native_precisions
+from amvad.runtime.engine import EngineConfig, InferenceEngine
+from amvad.runtime.exported_model import ExportedModel
+from amvad.runtime.stream import Stream, results_in_order
 
 needs_openvino = pytest.mark.skipif(not available("openvino"), reason="openvino not installed (pip install openvino)")
 CPU = torch.device("cpu")
@@ -56,8 +56,8 @@ def test_auto_picks_openvino_on_a_cpu_when_installed_and_onnxruntime_otherwise()
 
 
 def test_cli_names_agree_with_the_runtime():
-    from cli import main
-    from runtime import backends
+    from amvad.cli import main
+    from amvad.runtime import backends
     assert main.BACKENDS == backends.BACKENDS and main.PRECISIONS == backends.PRECISIONS
 
 
@@ -125,7 +125,7 @@ def test_the_parity_judge_holds_components_and_both_aucs_to_their_tolerances():
 @needs_openvino
 def test_a_clip_scores_the_same_through_the_engine_on_either_backend(tiny_model, sample_mp4):
     """The whole path (decode, flow graph + model on OpenVINO) against ONNX Runtime + the PyTorch flow."""
-    from training.data import ClipSource, iter_clip_frames
+    from amvad.training.data import ClipSource, iter_clip_frames
     scores = {}
     for backend in ("onnxruntime", "openvino"):
         engine = InferenceEngine(tiny_model, EngineConfig(device="cpu", backend=backend, precision="fp32"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.calibration import check_fit_footage, events_per_hour, pick_threshold
+from amvad.runtime.calibration import check_fit_footage, events_per_hour, pick_threshold
 
 
 def test_events_are_counted_like_the_service_raises_them():

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.registry import bundled_models
-from runtime.budget import ModelOverBudget, ModelTooSlow
-from runtime.engine import EngineConfig, InferenceEngine, ModelUnloaded
-from runtime.stream import Stream
-from runtime.types import EngineOutput, Frame
+from amvad.models.registry import bundled_models
+from amvad.runtime.budget import ModelOverBudget, ModelTooSlow
+from amvad.runtime.engine import EngineConfig, InferenceEngine, ModelUnloaded
+from amvad.runtime.stream import Stream
+from amvad.runtime.types import EngineOutput, Frame
 
 
 class RecordingSink:

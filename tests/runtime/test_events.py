@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.events import EventTracker
+from amvad.runtime.events import EventTracker
 
 
 def feed(tracker: EventTracker, scores: list[float | None]) -> list[str | None]:

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.registry import bundled_models, resolve_model
-from runtime.engine import InferenceEngine
-from runtime.errors import Invalid
-from runtime.exported_model import ExportedModel, InvalidModelFile
-from runtime.stream import Stream, results_in_order
-from runtime.video import iter_frames, open_source
-from runtime.windows import scored_frames
+from amvad.models.registry import bundled_models, resolve_model
+from amvad.runtime.engine import InferenceEngine
+from amvad.runtime.errors import Invalid
+from amvad.runtime.exported_model import ExportedModel, InvalidModelFile
+from amvad.runtime.stream import Stream, results_in_order
+from amvad.runtime.video import iter_frames, open_source
+from amvad.runtime.windows import scored_frames
 from tests.support.model_files import with_metadata
 
 

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from runtime.files import atomic_path, write_atomic
+from amvad.runtime.files import atomic_path, write_atomic
 
 
 def test_write_replaces_in_one_step_with_the_given_mode(tmp_path):

@@ -14,8 +14,19 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from runtime.fit_job import (FitError, FitProgress, FitSpec, JobFolder, ProgressWriter, read_progress,
-                             read_request, remove_leftover_jobs, worker_command, write_pid, write_request)
+from amvad.runtime.fit_job import (
+    FitError,
+    FitProgress,
+    FitSpec,
+    JobFolder,
+    ProgressWriter,
+    read_progress,
+    read_request,
+    remove_leftover_jobs,
+    worker_command,
+    write_pid,
+    write_request,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl and /proc are Linux's")
@@ -103,7 +114,7 @@ def test_a_child_started_with_the_helper_dies_when_its_parent_is_killed():
     # given a parent process that starts a sleeping child through child_preexec (nice 5)
     parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import subprocess, sys, time
-        from runtime.fit_job import child_preexec
+        from amvad.runtime.fit_job import child_preexec
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], preexec_fn=child_preexec(5))
         print(child.pid, flush=True)
         time.sleep(60)

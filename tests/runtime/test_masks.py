@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.engine import EngineConfig, InferenceEngine
-from runtime.masks import check_polygons, mask_image
-from runtime.stream import Stream, results_in_order
-from runtime.video import iter_frames, open_source
-from service.config import SAMPLES_DIR
+from amvad.runtime.engine import EngineConfig, InferenceEngine
+from amvad.runtime.masks import check_polygons, mask_image
+from amvad.runtime.stream import Stream, results_in_order
+from amvad.runtime.video import iter_frames, open_source
+from amvad.service.config import SAMPLES_DIR
 
 
 def test_polygons_become_a_mask_at_model_size():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.plots import score_plot
+from amvad.runtime.plots import score_plot
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.metadata import ComponentStats
-from runtime.scoring import StreamScorer, min_max_per_clip
+from amvad.models.metadata import ComponentStats
+from amvad.runtime.scoring import StreamScorer, min_max_per_clip
 
 COMPONENTS = [ComponentStats(name="a", weight=0.5, mean=1.0, std=0.5),
               ComponentStats(name="b", weight=0.5, mean=-30.0, std=2.0)]

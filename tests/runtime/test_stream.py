@@ -7,13 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.engine import EngineConfig, InferenceEngine
-from runtime.preprocess import to_model_frame
-from runtime.stream import Stream, results_in_order
-from runtime.types import LIVE, WARMING_UP, Frame
-from runtime.video import iter_frames, open_source
-from runtime.windows import scored_frames, window
-from service.metrics import Metrics
+from amvad.runtime.engine import EngineConfig, InferenceEngine
+from amvad.runtime.preprocess import to_model_frame
+from amvad.runtime.stream import Stream, results_in_order
+from amvad.runtime.types import LIVE, WARMING_UP, Frame
+from amvad.runtime.video import iter_frames, open_source
+from amvad.runtime.windows import scored_frames, window
+from amvad.service.metrics import Metrics
 from tests.support.synthetic import render_clip
 
 

@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pytest
 
-from runtime.video import DecodeError, iter_frames, open_source
+from amvad.runtime.video import DecodeError, iter_frames, open_source
 
 
 def write_marked_clip(path, rotation: int | None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.windows import scored_frames, window
+from amvad.runtime.windows import scored_frames, window
 
 
 def test_scores_belong_to_the_last_frame_of_each_window():

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
-from runtime.errors import Conflict, Invalid
-from service.api.backup import Cancelled, ChunkPipe
-from service.backup import BadArchive, NotEmpty, Snapshot, backup_to_file, restore
-from service.config import load_settings
-from service.event_store import EventStore
-from service.state import StatePaths
+from amvad.cli.main import main
+from amvad.runtime.errors import Conflict, Invalid
+from amvad.service.api.backup import Cancelled, ChunkPipe
+from amvad.service.backup import BadArchive, NotEmpty, Snapshot, backup_to_file, restore
+from amvad.service.config import load_settings
+from amvad.service.event_store import EventStore
+from amvad.service.state import StatePaths
 from tests.support.servers import running_service
 
 LOW, HIGH = -1e9, 1e9

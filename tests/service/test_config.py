@@ -7,8 +7,8 @@ import logging
 import pytest
 from pydantic import ValidationError
 
-from service.config import CameraConfig, load_settings
-from service.security import RedactingFilter, UrlError, redact, validate_url
+from amvad.service.config import CameraConfig, load_settings
+from amvad.service.security import RedactingFilter, UrlError, redact, validate_url
 
 
 def test_yaml_then_env_then_flags(tmp_path, monkeypatch):
@@ -60,6 +60,6 @@ def test_redact_everywhere(caplog):
 
 
 def test_loopback_detection_for_the_no_key_warning():
-    from service.server import is_loopback
+    from amvad.service.server import is_loopback
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")

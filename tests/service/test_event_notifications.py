@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from service.config import SAMPLES_DIR
+from amvad.service.config import SAMPLES_DIR
 from tests.support.notify import Receiver, Subscriber, mosquitto
 from tests.support.servers import API_KEY, receive, running_service, stop_process, ws_url
 

@@ -9,8 +9,8 @@ from collections import deque
 
 import pytest
 
-from runtime.types import AnomalyEvent
-from service.event_store import EventStore
+from amvad.runtime.types import AnomalyEvent
+from amvad.service.event_store import EventStore
 
 T = 1_764_064_800.0  # 2025-11-25T10:00:00Z
 

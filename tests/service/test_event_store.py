@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from runtime.types import AnomalyEvent
-from service.config import CameraEventsConfig
-from service.event_store import EventStore, UnknownEvent, parse_time
-from service.evidence import EventEvidence
+from amvad.runtime.types import AnomalyEvent
+from amvad.service.config import CameraEventsConfig
+from amvad.service.event_store import EventStore, UnknownEvent, parse_time
+from amvad.service.evidence import EventEvidence
 
 
 def add_event(store: EventStore, camera: str, start: float, end: float | None = None) -> int:

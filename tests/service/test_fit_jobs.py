@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-import service.fit_jobs as fit_jobs
-from runtime.errors import Busy, Invalid, NotFound
-from runtime.fit_job import FitError, JobFolder, read_request, write_pid
-from service.config import ServiceSettings
-from service.fit_jobs import FitBusy, FitJobs, FitRequest, FootageError, UnknownFit
+import amvad.service.fit_jobs as fit_jobs
+from amvad.runtime.errors import Busy, Invalid, NotFound
+from amvad.runtime.fit_job import FitError, JobFolder, read_request, write_pid
+from amvad.service.config import ServiceSettings
+from amvad.service.fit_jobs import FitBusy, FitJobs, FitRequest, FootageError, UnknownFit
 from tests.support.servers import running_service, start_service, stop_process
 from tests.support.synthetic import render_clip, write_clip, write_mp4
 
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 FAKE_WORKER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from runtime.fit_job import JobFolder, ProgressWriter, read_request
+    from amvad.runtime.fit_job import JobFolder, ProgressWriter, read_request
     folder = Path(sys.argv[1])
     spec = read_request(folder)
     progress = ProgressWriter(JobFolder(folder).progress)

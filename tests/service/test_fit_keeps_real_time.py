@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.config import SAMPLES_DIR
+from amvad.service.config import SAMPLES_DIR
 from tests.support.servers import running_service
 from tests.support.synthetic import render_clip, write_mp4
 

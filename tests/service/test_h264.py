@@ -15,8 +15,8 @@ import av
 import numpy as np
 import pytest
 
-from runtime.errors import Invalid
-from service.h264 import H264Writer, playable_frames, probe
+from amvad.runtime.errors import Invalid
+from amvad.service.h264 import H264Writer, playable_frames, probe
 from tests.support.disk import tmpfs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,7 +115,7 @@ def test_a_writer_killed_with_sigkill_leaves_a_playable_file(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         import numpy as np
-        from service.h264 import H264Writer
+        from amvad.service.h264 import H264Writer
         w = H264Writer({str(path)!r})
         for i in range(50):
             img = np.full((48, 64, 3), 90, np.uint8)

@@ -243,9 +243,9 @@ def test_unexpected_errors_are_json_500_with_a_request_id(tmp_path, monkeypatch,
     # given the real app whose readiness check hits a bug (a route failing in a way nobody planned for)
     from fastapi.testclient import TestClient
 
-    from service.api import health
-    from service.app import create_app
-    from service.config import ServiceSettings
+    from amvad.service.api import health
+    from amvad.service.app import create_app
+    from amvad.service.config import ServiceSettings
 
     def broken(conn):
         raise RuntimeError("bug while reading rtsp://admin:hunter2@cam/stream")
@@ -265,7 +265,7 @@ def test_unexpected_errors_are_json_500_with_a_request_id(tmp_path, monkeypatch,
 # -- the service fails fast ----------------------------------------------------------------------------
 def run_serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "cli", "serve", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "amvad.cli", "serve", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 

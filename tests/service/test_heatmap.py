@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.heatmap import HeatScale, overlay_jpeg
+from amvad.service.heatmap import HeatScale, overlay_jpeg
 
 
 def test_overlay_is_a_jpeg_of_the_frame_size():

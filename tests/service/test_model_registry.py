@@ -8,12 +8,12 @@ import shutil
 
 import pytest
 
-from models.registry import resolve_model
-from runtime.engine import EngineConfig
-from runtime.errors import Conflict, Invalid, NotFound
-from service.config import ServiceSettings
-from service.model_registry import InvalidModel, ModelConflict, ModelRegistry, UnknownModel, upgrade_layout
-from service.state import StatePaths
+from amvad.models.registry import resolve_model
+from amvad.runtime.engine import EngineConfig
+from amvad.runtime.errors import Conflict, Invalid, NotFound
+from amvad.service.config import ServiceSettings
+from amvad.service.model_registry import InvalidModel, ModelConflict, ModelRegistry, UnknownModel, upgrade_layout
+from amvad.service.state import StatePaths
 from tests.support.model_files import with_metadata
 from tests.support.servers import add_camera, running_service
 

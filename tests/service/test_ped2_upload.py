@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
+from amvad.training.data import find_clips, load_labels
+from amvad.training.roc import roc_auc
 from tests.support.servers import start_service, stop_process
 from tests.support.synthetic import ped2_or_skip
-from training.data import find_clips, load_labels
-from training.roc import roc_auc
 
 
 def ped2_mp4(folder, out) -> int:

@@ -7,8 +7,8 @@ import asyncio
 import threading
 import time
 
-from service.metrics import Metrics
-from service.publish import Broadcaster
+from amvad.service.metrics import Metrics
+from amvad.service.publish import Broadcaster
 
 
 def test_slow_client_drops_oldest_and_fast_client_gets_all():

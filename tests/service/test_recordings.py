@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import service.recorder as recorder_mod
-from runtime.errors import Busy, Conflict, NotFound, StorageFull
-from runtime.types import Frame
-from service.config import LimitsConfig
-from service.h264 import H264Writer, playable_frames, probe
-from service.recordings import (
+import amvad.service.recorder as recorder_mod
+from amvad.runtime.errors import Busy, Conflict, NotFound, StorageFull
+from amvad.runtime.types import Frame
+from amvad.service.config import LimitsConfig
+from amvad.service.h264 import H264Writer, playable_frames, probe
+from amvad.service.recordings import (
     DONE,
     FAILED,
     RECORDING,
@@ -32,7 +32,7 @@ from service.recordings import (
     TooManyRecordings,
     UnknownRecording,
 )
-from service.state import StatePaths
+from amvad.service.state import StatePaths
 from tests.support.disk import tmpfs
 
 

@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.types import AnomalyEvent
-from service.event_store import EventStore
-from service.h264 import H264Writer
+from amvad.runtime.types import AnomalyEvent
+from amvad.service.event_store import EventStore
+from amvad.service.h264 import H264Writer
 from tests.service.test_live_page import COUNT_COLOUR
 from tests.support.servers import API_KEY, running_service
 from tests.support.synthetic import render_clip

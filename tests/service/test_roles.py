@@ -13,7 +13,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from service.users import UserStore
+from amvad.service.users import UserStore
 from tests.support.servers import running_service
 
 pytestmark = pytest.mark.integration
@@ -71,8 +71,8 @@ def declared_role(route) -> str | None:
 
 
 def app_routes(tmp_path) -> dict[tuple[str, str], str | None]:
-    from service.app import create_app
-    from service.config import ServiceSettings
+    from amvad.service.app import create_app
+    from amvad.service.config import ServiceSettings
     app = create_app(ServiceSettings(model="unused", state_dir=tmp_path), services=object())
     try:
         from fastapi.routing import iter_route_contexts  # FastAPI >= 0.16x includes routers lazily

@@ -25,7 +25,7 @@ PASSWORD = "vic-password-1"
 
 
 def amvad(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", "cli", *args], check=False, cwd=REPO, input=stdin, capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "amvad.cli", *args], check=False, cwd=REPO, input=stdin, capture_output=True, text=True,
                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert res.returncode == 0, res.stderr
     return res
@@ -112,7 +112,7 @@ def test_a_viewer_logs_in_and_uses_the_live_and_review_pages_over_https(world, b
 
 def test_serve_with_a_pair_that_does_not_load_exits_1_with_one_line(tmp_path):
     (tmp_path / "cert.pem").write_text("not a certificate")
-    cmd = [sys.executable, "-m", "cli", "serve", "--port", "0", "--tls-cert", str(tmp_path / "cert.pem"),
+    cmd = [sys.executable, "-m", "amvad.cli", "serve", "--port", "0", "--tls-cert", str(tmp_path / "cert.pem"),
            "--tls-key", str(tmp_path / "key.pem")]
     res = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(REPO), "AMVAD_STATE_DIR": str(tmp_path / "state")})

@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 from fastapi.testclient import TestClient
 
-from service.auth import OPEN, Auth, LoginLimiter, Principal, Sessions, TooManyLogins, Unauthorized
-from service.config import ServiceSettings
-from service.metrics import Metrics
-from service.users import BrokenUsersFile, UserStore
+from amvad.service.auth import OPEN, Auth, LoginLimiter, Principal, Sessions, TooManyLogins, Unauthorized
+from amvad.service.config import ServiceSettings
+from amvad.service.metrics import Metrics
+from amvad.service.users import BrokenUsersFile, UserStore
 
 
 class Clock:
@@ -122,8 +122,8 @@ def test_who_a_request_is(tmp_path):
 
 
 def test_an_api_change_that_would_leave_no_admin_is_refused():
-    from service.api.users import keep_an_admin
-    from service.users import User
+    from amvad.service.api.users import keep_an_admin
+    from amvad.service.users import User
     no_key = SimpleNamespace(auth=SimpleNamespace(admin_key=None))
     keep_an_admin(no_key, [User("ada", "admin")])
     for after in ([User("vic", "viewer")], []):
@@ -135,7 +135,7 @@ def test_an_api_change_that_would_leave_no_admin_is_refused():
 
 def test_without_users_or_a_key_the_service_is_open_and_with_one_it_is_not(tmp_path):
     # given the real app (its model never loads: only who may call matters here)
-    from service.app import create_app
+    from amvad.service.app import create_app
     client = TestClient(create_app(settings(tmp_path)), raise_server_exceptions=False)
     assert client.get("/v1/me").json() == {"name": "anonymous", "role": "admin", "via": "open", "auth": False}
     # when the first user is added (by the CLI, another process), the same running app asks who it is
@@ -147,8 +147,8 @@ def test_without_users_or_a_key_the_service_is_open_and_with_one_it_is_not(tmp_p
 
 
 def test_a_backup_carries_the_users_and_a_restore_puts_them_back_0600(tmp_path):
-    from service.backup import backup_to_file, restore
-    from service.state import StatePaths
+    from amvad.service.backup import backup_to_file, restore
+    from amvad.service.state import StatePaths
     src = StatePaths(tmp_path / "src")
     UserStore(src.users).add("ada", "admin", "password-1")
     backup_to_file(src, tmp_path / "b.tar.gz")
@@ -183,7 +183,7 @@ def handshake(client: ssl.SSLContext, server: ssl.SSLContext, host: str) -> str:
 def test_a_self_signed_certificate_names_its_hosts_and_serves_tls(tmp_path):
     from cryptography import x509
 
-    from service.tls import self_signed
+    from amvad.service.tls import self_signed
     made = self_signed(tmp_path, ["127.0.0.1", "amvad.local"])
     assert stat.S_IMODE(made.key.stat().st_mode) == 0o600
     cert = x509.load_pem_x509_certificate(made.cert.read_bytes())

@@ -10,13 +10,13 @@ import subprocess
 
 import pytest
 
-import service.webhooks as webhooks_mod
-from runtime.errors import Conflict, NotFound, StorageFull, Unavailable
-from service.config import LimitsConfig, NotifyConfig, WebhookConfig
-from service.metrics import Metrics
-from service.notify import Notifier
-from service.state import StatePaths
-from service.webhooks import ApiWebhooks, TooManyWebhooks, UnknownWebhook
+import amvad.service.webhooks as webhooks_mod
+from amvad.runtime.errors import Conflict, NotFound, StorageFull, Unavailable
+from amvad.service.config import LimitsConfig, NotifyConfig, WebhookConfig
+from amvad.service.metrics import Metrics
+from amvad.service.notify import Notifier
+from amvad.service.state import StatePaths
+from amvad.service.webhooks import ApiWebhooks, TooManyWebhooks, UnknownWebhook
 
 HOOK = WebhookConfig(url="http://127.0.0.1:9/hook", secret="s3cret")
 

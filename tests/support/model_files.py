@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 
-from models.metadata import METADATA_KEY
+from amvad.models.metadata import METADATA_KEY
 
 
 def with_metadata(src: Path, dst: Path, *, flow: dict | None = None, **fields) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.contract import INPUT_NAMES, OUTPUT_NAMES, AnomalyModel
+from amvad.models.contract import INPUT_NAMES, OUTPUT_NAMES, AnomalyModel
 
 
 def moving_squares(batch: int, gen: torch.Generator, *, anomaly: bool = False, size: int = 8,
@@ -133,7 +133,7 @@ def assert_onnx_matches_torch(model: AnomalyModel, frames: torch.Tensor, flows: 
     names, dynamic batch) at batch 1, then check ONNX Runtime against PyTorch on the full batch (1e-4).
     Skips when onnxruntime is missing. Puts the model in eval mode; export must leave it there."""
     ort = pytest.importorskip("onnxruntime")
-    from training.export import export_onnx  # imports onnx/onnxruntime itself
+    from amvad.training.export import export_onnx  # imports onnx/onnxruntime itself
 
     model.eval()
     export_onnx(model, frames[:1], flows[:1], str(path))

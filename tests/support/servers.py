@@ -52,7 +52,8 @@ class Service:
         raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def start_service(tmp: Path, model: Path, extra: dict | None = None) -> Service:
+def start_service(tmp: Path, model: Path, extra: dict | None = None, python: str | None = None) -> Service:
+    """``python``: another interpreter whose installed amvad to run (started outside the repository)."""
     port = free_port()
     cfg = {"model": str(model), "api_key": API_KEY, "state_dir": str(tmp / "state"),
            "media_dirs": [str(tmp.parent)],  # pytest's base folder: the sample clips of every test
@@ -62,10 +63,10 @@ def start_service(tmp: Path, model: Path, extra: dict | None = None) -> Service:
            **(extra or {})}
     (tmp / "service.yaml").write_text(yaml.safe_dump(cfg))
     log = tmp / "service.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--config", str(tmp / "service.yaml"),
-                             "--port", str(port)], cwd=REPO, env=env, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({} if python else {"PYTHONPATH": str(REPO)})}
+    proc = subprocess.Popen([python or sys.executable, "-m", "amvad.cli", "serve", "--config",
+                             str(tmp / "service.yaml"), "--port", str(port)], cwd=tmp if python else REPO, env=env,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
     svc = Service(proc, port, log, Path(cfg["tls_cert"]) if cfg.get("tls_cert") else None)
 
     def is_ready():
@@ -85,9 +86,10 @@ def start_service(tmp: Path, model: Path, extra: dict | None = None) -> Service:
 
 
 @contextlib.contextmanager
-def running_service(tmp: Path, model: Path | str, extra: dict | None = None) -> Iterator[Service]:
+def running_service(tmp: Path, model: Path | str, extra: dict | None = None,
+                    python: str | None = None) -> Iterator[Service]:
     """:func:`start_service` for a ``with`` block: the server is stopped whatever happens inside."""
-    svc = start_service(tmp, model, extra)
+    svc = start_service(tmp, model, extra, python)
     try:
         yield svc
     finally:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.events import EventConfig
-from training.alarms import LabelledScores, alarm_report, operating_point, recall_threshold, runs
+from amvad.runtime.events import EventConfig
+from amvad.training.alarms import LabelledScores, alarm_report, operating_point, recall_threshold, runs
 
 FPS = 10.0
 NO_HYSTERESIS = EventConfig(hysteresis=0.0, min_duration_s=0.0, cooldown_s=0.0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from amvad.training.data import ClipDataset, find_clips, load_clip, load_labels
 from tests.support.synthetic import render_clip, write_clip, write_mp4
-from training.data import ClipDataset, find_clips, load_clip, load_labels
 
 
 def test_frame_folders_and_labels(synthetic_dataset):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.exported_model import ExportedModel
+from amvad.runtime.exported_model import ExportedModel
+from amvad.training.evaluate import evaluate
 from tests.support.synthetic import ped2_or_skip, render_clip, write_mp4
-from training.evaluate import evaluate
 
 
 def test_eval_and_upload_give_the_same_scores_for_the_same_clip(service, tiny_model, tmp_path):

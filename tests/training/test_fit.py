@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from cli.main import main
-from models.registry import build_model
-from runtime.exported_model import ExportedModel
-from runtime.fit_job import FitSpec, read_progress, write_request
+from amvad.cli.main import main
+from amvad.models.registry import build_model
+from amvad.runtime.exported_model import ExportedModel
+from amvad.runtime.fit_job import FitSpec, read_progress, write_request
+from amvad.training.fit import Clip, choose_size, find_footage, model_card, split_holdout
+from amvad.training.warm_start import weights_from_exported
 from tests.support.synthetic import render_clip, write_clip, write_mp4
-from training.fit import Clip, choose_size, find_footage, model_card, split_holdout
-from training.warm_start import weights_from_exported
 
 
 @pytest.mark.parametrize("w, h, want", [(360, 240, (128, 192)), (1920, 1080, (112, 200)), (640, 480, (128, 168)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.object_trial import Regions, cut, frame_components, motion_boxes, region_windows
+from amvad.training.object_trial import Regions, cut, frame_components, motion_boxes, region_windows
 
 H, W = 64, 96
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import yaml
 
-from cli.main import main
-from runtime.exported_model import ExportedModel
+from amvad.cli.main import main
+from amvad.runtime.exported_model import ExportedModel
+from amvad.training.config import load_config
+from amvad.training.evaluate import evaluate
+from amvad.training.export import export
+from amvad.training.train import train
 from tests.support.synthetic import tiny_config
-from training.config import load_config
-from training.evaluate import evaluate
-from training.export import export
-from training.train import train
 
 
 def write_config(tmp_path, cfg: dict):

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli.main import main
-from cli.robustness import CHANGES, parse_magnitudes
-from runtime.types import Frame
-from service.h264 import H264Writer
-from training.perturbations import BATTERY, get_change, perturb_clip, shake_offsets
-from training.robustness import pick, run_robustness, table, variants
+from amvad.cli.main import main
+from amvad.cli.robustness import CHANGES, parse_magnitudes
+from amvad.runtime.types import Frame
+from amvad.service.h264 import H264Writer
+from amvad.training.perturbations import BATTERY, get_change, perturb_clip, shake_offsets
+from amvad.training.robustness import pick, run_robustness, table, variants
 
 REPO = Path(__file__).resolve().parents[2]
 PER_FRAME = [c for c in BATTERY.values() if not c.whole_clip]
@@ -170,7 +170,7 @@ def test_benchmark_on_the_tiny_model_reports_every_figure(tiny_model, synthetic_
 
 
 def test_clean_scores_are_those_of_amvad_eval(tiny_model, synthetic_dataset):
-    from training.evaluate import evaluate
+    from amvad.training.evaluate import evaluate
     res = run_robustness(tiny_model, synthetic_dataset, changes=["blur"], magnitudes={"blur": [1.0]},
                          progress=False)
     assert res["rows"][0]["auc_stream"] == pytest.approx(evaluate(tiny_model, synthetic_dataset,
@@ -178,7 +178,7 @@ def test_clean_scores_are_those_of_amvad_eval(tiny_model, synthetic_dataset):
 
 
 def test_the_command_runs_with_a_subset_of_clips(tiny_model, synthetic_dataset, tmp_path, capsys):
-    out = subprocess.run([sys.executable, "-m", "cli", "robustness", "--help"], cwd=REPO, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "amvad.cli", "robustness", "--help"], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout
     assert "--changes" in out and "compression" in out
     # one clip of each split: the Ped2-style labels file of the whole split is cut up by clip lengths

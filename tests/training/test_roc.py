@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.roc import roc_auc, roc_curve
+from amvad.training.roc import roc_auc, roc_curve
 
 
 def test_auc_known_values():

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from training.speed import measure
+from amvad.training.speed import measure
 
 
 def test_speed_measures_real_export_and_flow():

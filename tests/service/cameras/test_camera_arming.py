@@ -10,12 +10,13 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from runtime.engine import EngineConfig, InferenceEngine
-from runtime.types import AnomalyEvent, FrameResult
-from service.cameras import Camera, camera as camera_module
-from service.cameras.events import ArmGate
-from service.config import CameraConfig, ServiceSettings
-from service.metrics import Metrics
+from amvad.runtime.engine import EngineConfig, InferenceEngine
+from amvad.runtime.types import AnomalyEvent, FrameResult
+from amvad.service.cameras import Camera
+from amvad.service.cameras import camera as camera_module
+from amvad.service.cameras.events import ArmGate
+from amvad.service.config import CameraConfig, ServiceSettings
+from amvad.service.metrics import Metrics
 
 
 class Clock:

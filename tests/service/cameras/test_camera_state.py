@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from runtime.engine import EngineConfig, InferenceEngine
-from runtime.types import Frame
-from service.cameras import Camera
-from service.cameras.source import FrameQueue
-from service.config import CameraConfig, ServiceSettings
-from service.metrics import Metrics
+from amvad.runtime.engine import EngineConfig, InferenceEngine
+from amvad.runtime.types import Frame
+from amvad.service.cameras import Camera
+from amvad.service.cameras.source import FrameQueue
+from amvad.service.config import CameraConfig, ServiceSettings
+from amvad.service.metrics import Metrics
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from service.cameras.schedule import in_force, windows_at, zone
-from service.config import ScheduleConfig
+from amvad.service.cameras.schedule import in_force, windows_at, zone
+from amvad.service.config import ScheduleConfig
 
 BERLIN = ZoneInfo("Europe/Berlin")
 UTC = timezone.utc

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.types import Frame, FrameResult
-from service.cameras.sinks import Boundary, Published, ScoreTaps, message
-from service.metrics import Metrics
+from amvad.runtime.types import Frame, FrameResult
+from amvad.service.cameras.sinks import Boundary, Published, ScoreTaps, message
+from amvad.service.metrics import Metrics
 
 
 def published(i: int, score: float | None = 1.0) -> Published:
