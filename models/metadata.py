@@ -17,6 +17,19 @@ class ComponentStats(BaseModel):
     std: float = Field(gt=0)
 
 
+class Conditioning(BaseModel):
+    """How frames are conditioned before flow and model (``amvad.runtime.conditioning``): the training
+    footage's level, and the view the model was fitted on."""
+    model_config = ConfigDict(extra="forbid")
+
+    brightness: float = Field(ge=0, le=1, description="mean grey level of the training frames")
+    contrast: float = Field(gt=0, le=1, description="mean standard deviation of their grey level")
+    stabilise: bool = Field(True, description="align each frame to the reference (shake, sway)")
+    max_shift: float = Field(0.08, gt=0, lt=0.5, description="largest shift undone, as a fraction of the "
+                                                             "frame's shorter side; beyond it the camera moved")
+    reference: str = Field(description="the fitted view: grey PNG at the model's input size, base64")
+
+
 class ModelMetadata(BaseModel):
     """Everything serving needs to reproduce training-time inputs and scores."""
     model_config = ConfigDict(extra="forbid")
@@ -35,6 +48,8 @@ class ModelMetadata(BaseModel):
     threshold: float = Field(description="default anomaly threshold on the causal score")
     smoothing: int = Field(ge=1, description="causal moving-average window of the score, frames")
     training: dict = Field(default_factory=dict, description="data, epochs, time, machine, date")
+    conditioning: Conditioning | None = Field(None, description="level matching and stabilisation; None: "
+                                                                "exported before them, frames are only measured")
 
     def to_json(self) -> str:
         return self.model_dump_json()

@@ -27,9 +27,10 @@ from .engine import InferenceEngine
 from .events import EventConfig, EventTracker
 from .exported_model import ExportedModel
 from .masks import check_polygons, mask_image
+from .conditioning import Conditioner
 from .preprocess import to_model_frame
 from .scoring import DEFAULT_FORGET, RunningStats, StreamScorer
-from .types import LIVE, WARMING_UP, EngineOutput, Frame, FrameResult, Observer
+from .types import LIVE, WARMING_UP, EngineOutput, Frame, FrameCondition, FrameResult, Observer
 
 
 class Stream:
@@ -47,6 +48,7 @@ class Stream:
                                                  forget=forget, stats=stats)
         self.events = EventTracker.from_config(self.scorer.threshold, events or EventConfig(), keep=keep_events)
         self.state = WARMING_UP
+        self.conditioner = Conditioner(meta.conditioning, meta.height, meta.width)
         self._lane = engine.open_lane(self, self.model)
         self.set_masks(masks or [])
         self._last: tuple[int, int] | None = None  # (segment, frame_id) of the previous submitted frame
@@ -77,15 +79,17 @@ class Stream:
         self._last = (frame.segment, frame.frame_id)
         m = self.model.meta
         # "decode" stage: PyAV's decode in the ingest thread (frame.decode_s) plus the conversion to the
-        # model input (resize, grey) here, observed once per frame
+        # model input (resize, grey, level matching, stabilisation) here, observed once per frame
         t0 = time.perf_counter()
-        x = self.engine.to_device(to_model_frame(frame.pixels, height=m.height, width=m.width, channels=m.channels))
+        x, condition = self.conditioner(to_model_frame(frame.pixels, height=m.height, width=m.width,
+                                                       channels=m.channels))
+        x = self.engine.to_device(x)
         if self.observer:
             self.observer.observe("decode", frame.decode_s + time.perf_counter() - t0)
         future: Future = Future()
         self._slots.acquire()
         try:
-            self.engine.submit(self._lane, x, restart=restart, ticket=(frame, future))
+            self.engine.submit(self._lane, x, restart=restart, ticket=(frame, future, condition))
         except BaseException:
             self._slots.release()
             raise
@@ -95,9 +99,9 @@ class Stream:
         """Score one frame and wait for it (no overlap between frames; see :func:`results_in_order`)."""
         return self.submit(frame).result()
 
-    def engine_done(self, ticket: tuple[Frame, Future], out: EngineOutput) -> None:
+    def engine_done(self, ticket: tuple[Frame, Future, FrameCondition], out: EngineOutput) -> None:
         """The engine's output for one frame (in frame order): score, update events, resolve the future."""
-        frame, future = ticket
+        frame, future, condition = ticket
         self._slots.release()
         if self.observer:
             self.observer.observe_latency(out.latency_s)
@@ -105,18 +109,19 @@ class Stream:
             future.set_exception(out.error)
             return
         try:
-            result = self._score(frame, out)
+            result = self._score(frame, out, condition)
         except Exception as exc:
             future.set_exception(exc)
             return
         future.set_result(result)
 
-    def _score(self, frame: Frame, out: EngineOutput) -> FrameResult:
+    def _score(self, frame: Frame, out: EngineOutput, condition: FrameCondition) -> FrameResult:
         if out.restarted:
             self.scorer.reset_window()
         if out.components is None:
             self.state = WARMING_UP
-            return FrameResult(frame.frame_id, frame.timestamp, None, False, WARMING_UP, None, None, None)
+            return FrameResult(frame.frame_id, frame.timestamp, None, False, WARMING_UP, None, None, None,
+                               condition=condition)
         self.state = LIVE
         t0 = time.perf_counter()
         components = out.components.astype(np.float64)
@@ -127,7 +132,7 @@ class Stream:
                 self.observer.observe(stage, seconds)
             self.observer.observe("score", time.perf_counter() - t0)
         return FrameResult(frame.frame_id, frame.timestamp, score, bool(score >= self.scorer.threshold), LIVE,
-                           components, out.heatmap, event, self.events.snapshot(event))
+                           components, out.heatmap, event, self.events.snapshot(event), condition)
 
 
 def results_in_order(stream: Stream, frames: Iterable[Frame]) -> Iterator[tuple[Frame, FrameResult]]:

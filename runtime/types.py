@@ -40,6 +40,18 @@ class AnomalyEvent:
 
 
 @dataclass(frozen=True)
+class FrameCondition:
+    """What one frame says about the camera rather than the scene (``runtime.conditioning``). Without the
+    model's conditioning only the level is measured (the rest None)."""
+    brightness: float                          # mean grey level as the frame came (0-1)
+    contrast: float                            # its standard deviation
+    sharpness: float | None = None             # Laplacian energy against the fitted view's (1 = as fitted)
+    shift: tuple[float, float] | None = None   # (dx, dy) of the view against the fitted one, model pixels
+    alignment: float | None = None             # phase-correlation peak (0-1): how much it looks like that view
+    compensated: bool = False                  # the shift was undone
+
+
+@dataclass(frozen=True)
 class FrameResult:
     """What one frame produced; ``heatmap`` (h, w) at model resolution; score, components and heatmap
     are None while the stream warms up (fewer than ``clip_len`` consecutive frames)."""
@@ -54,6 +66,7 @@ class FrameResult:
     # a copy of the event this frame belongs to (open, or ended on this frame), taken when the frame was
     # scored: whoever publishes the result later reads it here, never the stream's tracker
     event_record: AnomalyEvent | None = None
+    condition: FrameCondition | None = None  # the camera's side of this frame (level, sharpness, shift)
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def test_bundled_model_baked_in_non_root_health_and_state_volume():
     final = [(op, a) for st, op, a in ins if st == "final"]
     wheel_copies = [a for st, op, a in ins if st == "wheel" and op == "COPY"]
     assert "models models" in wheel_copies  # models/bundled/ped2.onnx is package data of the wheel
-    assert "bundled/*.onnx" in PYPROJECT["tool"]["setuptools"]["package-data"]["models"]
+    assert "bundled/*.onnx" in PYPROJECT["tool"]["setuptools"]["package-data"]["amvad.models"]
     ignore = [ln for ln in (REPO / ".dockerignore").read_text().splitlines() if ln and not ln.startswith("#")]
     for needed in ("models/bundled/ped2.onnx", "service/static", "pyproject.toml", "README.md"):
         assert not any(fnmatch.fnmatch(needed, p) or needed.startswith(p.rstrip("/") + "/") for p in ignore), needed
