@@ -68,9 +68,25 @@ def _export(args: argparse.Namespace) -> None:
     from amvad.training.export import export, reexport
     if (args.checkpoint is None) == (args.onnx is None):
         raise ValueError("give exactly one of --checkpoint (a finished training run) or --onnx (an exported model)")
-    meta = export(args.checkpoint, args.out) if args.checkpoint else reexport(args.onnx, args.out)
+    if args.condition_on and not args.onnx:
+        raise ValueError("--condition-on goes with --onnx (a trained model gets its conditioning in training)")
+    if args.checkpoint:
+        meta = export(args.checkpoint, args.out)
+    else:
+        meta = reexport(args.onnx, args.out, conditioning=_conditioning_of(args.onnx, args.condition_on, args.split))
     print(f"exported {meta.method} to {args.out} (threshold {meta.threshold:.3f}, "
           f"components {[c.name for c in meta.components]})")
+
+
+def _conditioning_of(model: str, data: Path | None, split: str):
+    """The conditioning of ``model``'s input size fitted on a split of ``data`` (None without data)."""
+    if data is None:
+        return None
+    from amvad.models.registry import resolve_model
+    from amvad.runtime.exported_model import read_metadata
+    from amvad.training.data import split_conditioning
+    meta = read_metadata(resolve_model(model))
+    return split_conditioning(data, split, height=meta.height, width=meta.width, channels=meta.channels)
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -206,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", type=Path, help="a finished training checkpoint")
     x.add_argument("--onnx", help="an exported model (or bundled name) to write again under the current contract")
     x.add_argument("--out", required=True, type=Path)
+    x.add_argument("--condition-on", type=Path, metavar="DATA",
+                   help="with --onnx: add level matching and stabilisation fitted on the model's training footage "
+                        "(DATA/<split>/...), for models trained before them")
+    x.add_argument("--split", default="training", help="the split of --condition-on (default: training)")
     x.set_defaults(func=_export)
     f = sub.add_parser("flow-check", help="flow accuracy and speed on synthetic warps of real frames")
     f.add_argument("--data", required=True, type=Path)

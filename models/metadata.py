@@ -28,6 +28,8 @@ class Conditioning(BaseModel):
     max_shift: float = Field(0.08, gt=0, lt=0.5, description="largest shift undone, as a fraction of the "
                                                              "frame's shorter side; beyond it the camera moved")
     reference: str = Field(description="the fitted view: grey PNG at the model's input size, base64")
+    sharpness: float | None = Field(None, gt=0, description="mean edge energy of the training frames (the "
+                                                            "measure of runtime.conditioning.sharpness)")
 
 
 class ModelMetadata(BaseModel):

@@ -48,6 +48,15 @@ class ScoreConfig(Strict):
                                       description="default threshold = this quantile of training scores")
 
 
+class ConditioningConfig(Strict):
+    """Level matching and stabilisation (``amvad.runtime.conditioning``): fitted on the training footage,
+    applied to it before its flows are taken, and stored in the model so serving does the same."""
+    enabled: bool = True
+    stabilise: bool = Field(True, description="align frames to the fitted view (undo shake and sway)")
+    max_shift: float = Field(0.08, gt=0, lt=0.5, description="largest shift undone, fraction of the shorter side")
+    sample_frames: int = Field(400, ge=10, description="frames (spread over the footage) the view is taken from")
+
+
 class TrainConfig(Strict):
     seed: int = 0
     out_dir: Path = Path("runs/default")
@@ -60,6 +69,7 @@ class TrainConfig(Strict):
     model: ModelConfig
     optim: OptimConfig = OptimConfig()
     score: ScoreConfig = ScoreConfig()
+    conditioning: ConditioningConfig = ConditioningConfig()
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:

@@ -14,12 +14,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from amvad.models.metadata import Conditioning
+from amvad.runtime.conditioning import Conditioner, fit_conditioning
 from amvad.runtime.files import atomic_path
 from amvad.runtime.flows import compute_flows
 from amvad.runtime.preprocess import to_model_frame
 from amvad.runtime.types import Frame
 from amvad.runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, iter_frames, open_source
 from amvad.runtime.windows import scored_frames, window
+
+from .config import ConditioningConfig
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,28 @@ def load_clip(src: ClipSource, *, height: int, width: int, channels: int) -> np.
     if not out:
         raise ValueError(f"{src.path}: no decodable frames")
     return np.stack(out)
+
+
+def fit_footage_conditioning(clips: list[np.ndarray], cfg: ConditioningConfig) -> Conditioning:
+    """The conditioning of this footage ((N, C, H, W) clips in [0, 1]): its level and its view, from
+    ``cfg.sample_frames`` frames spread evenly over all clips."""
+    total = sum(len(c) for c in clips)
+    step = max(1, total // cfg.sample_frames)
+    sample = [frame for c in clips for frame in c[::step]]
+    return fit_conditioning(np.stack(sample), stabilise=cfg.stabilise, max_shift=cfg.max_shift)
+
+
+def split_conditioning(root: str | Path, split: str, *, height: int, width: int, channels: int,
+                       cfg: ConditioningConfig | None = None) -> Conditioning:
+    """The conditioning of a dataset split at a model's input size (``amvad export --condition-on``)."""
+    clips = [load_clip(src, height=height, width=width, channels=channels) for src in find_clips(root, split)]
+    return fit_footage_conditioning(clips, cfg or ConditioningConfig())
+
+
+def condition_clip(frames: np.ndarray, conditioning: Conditioning) -> np.ndarray:
+    """Every frame of a clip conditioned as :class:`~amvad.runtime.stream.Stream` conditions it."""
+    conditioner = Conditioner(conditioning, frames.shape[2], frames.shape[3])
+    return np.stack([conditioner(f)[0] for f in frames])
 
 
 def labels_file(root: str | Path, split: str) -> Path:

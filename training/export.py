@@ -11,7 +11,7 @@ import onnxruntime as ort
 import torch
 
 from amvad.models.contract import INPUT_NAMES, OUTPUT_NAMES, AnomalyModel
-from amvad.models.metadata import METADATA_KEY, ModelMetadata
+from amvad.models.metadata import METADATA_KEY, Conditioning, ModelMetadata
 from amvad.models.registry import build_model, resolve_model
 from amvad.runtime.files import atomic_path
 
@@ -61,6 +61,7 @@ def build_metadata(model: AnomalyModel, ckpt: dict) -> ModelMetadata:
         channels=model.channels, height=model.height, width=model.width,
         input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, flow=ckpt["flow_spec"],
         components=stats["components"], threshold=stats["threshold"], smoothing=stats["smoothing"],
+        conditioning=ckpt.get("conditioning"),
         training={"data": str(cfg["data"]["root"]), "epochs": ckpt["epoch"],
                   "train_seconds": round(ckpt["train_seconds"], 1), "machine": ckpt["machine"],
                   "config": cfg, "exported": date.today().isoformat()})
@@ -101,10 +102,11 @@ def export(checkpoint: str | Path, out: str | Path, *, atol: float = 1e-4) -> Mo
     return meta
 
 
-def reexport(source: str | Path, out: str | Path, *, atol: float = 1e-4) -> ModelMetadata:
+def reexport(source: str | Path, out: str | Path, *, atol: float = 1e-4,
+             conditioning: Conditioning | None = None) -> ModelMetadata:
     """An exported model (a bundled name or file, e.g. one made before masks) written again under the
-    current contract: same weights (recovered from the graph), same metadata, checked against the old
-    file on random windows (full mask)."""
+    current contract: same weights (recovered from the graph), same metadata (with ``conditioning`` when
+    given: fitted on the model's training footage), checked against the old file on random windows."""
     from .warm_start import exported_metadata, weights_from_exported  # warm_start imports this module
     path = resolve_model(source)
     old = exported_metadata(onnx.load(str(path)), path)
@@ -118,6 +120,7 @@ def reexport(source: str | Path, out: str | Path, *, atol: float = 1e-4) -> Mode
     feed = {"frames": frames.numpy(), "flows": flows.numpy(), "mask": full_mask(frames).numpy()}
     expected = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
     meta = old.model_copy(update={"input_names": INPUT_NAMES, "output_names": OUTPUT_NAMES,
-                                  "training": {**old.training, "reexported": date.today().isoformat()}})
+                                  "training": {**old.training, "reexported": date.today().isoformat()},
+                                  **({"conditioning": conditioning} if conditioning is not None else {})})
     write_exported(model, meta, frames, flows, expected, out, atol)
     return meta

@@ -49,8 +49,8 @@ from amvad.runtime.scoring import training_scores
 from amvad.runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, open_source, stream_fps
 from amvad.runtime.windows import scored_frames, window
 
-from .config import DataConfig, ModelConfig, OptimConfig, ScoreConfig, TrainConfig
-from .data import ClipSource, iter_clip_frames, load_clip
+from .config import ConditioningConfig, DataConfig, ModelConfig, OptimConfig, ScoreConfig, TrainConfig
+from .data import ClipSource, condition_clip, fit_footage_conditioning, iter_clip_frames, load_clip
 from .export import export
 from .train import train
 from .warm_start import weights_from_exported
@@ -161,11 +161,18 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     args = dict(clip_len=CLIP_LEN, channels=1, height=height, width=width, base_width=base_width)
     device = pick_device("auto")
     flow = build_flow("default").to(device).eval()
+    raw = []
+    for i, src in enumerate(tqdm(sources, desc="footage", disable=not progress)):
+        report({"stage": "loading", "fraction": i / (2 * len(sources))})
+        raw.append(load_clip(src, height=height, width=width, channels=1))
+    # the footage's level and view, taken out of every frame before its flow, as serving will
+    conditioning = fit_footage_conditioning(raw, ConditioningConfig())
     clips = []
-    for i, src in enumerate(tqdm(sources, desc="footage + flow", disable=not progress)):
-        report({"stage": "loading", "fraction": i / len(sources)})
-        frames = load_clip(src, height=height, width=width, channels=1)
+    for i, (src, frames) in enumerate(zip(tqdm(sources, desc="conditioning + flow", disable=not progress), raw)):
+        report({"stage": "loading", "fraction": 0.5 + i / (2 * len(sources))})
+        frames = condition_clip(frames, conditioning)
         clips.append(Clip(src.name, frames, compute_flows(flow, frames, device), source_fps(src)))
+    del raw
     parts = [split_holdout(c) for c in clips]
     train_clips, val_clips = [p[0] for p in parts], [p[1] for p in parts if p[1] is not None]
     n_train = sum(len(c.frames) for c in train_clips)
@@ -189,7 +196,7 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
 
         ckpt_path = train(cfg, progress=False, clips=([c.name for c in train_clips],
                                                       [(c.frames, c.flows) for c in train_clips]),
-                          init_state=init_state, on_progress=on_batch)
+                          conditioning=conditioning, init_state=init_state, on_progress=on_batch)
         bar.close()
         report({"stage": "exporting", "fraction": 1.0})
         meta = export(ckpt_path, out)

@@ -113,7 +113,7 @@ def run(data: Path, out: Path, *, epochs: int = 6, regions: Regions = Regions(),
     device = pick_device(cfg.device)
     full = build_model(frame_cfg.model.method, **frame_cfg.model.args)  # the frames' size
     t = full.clip_len
-    _, train_clips = load_split(cfg, full, cfg.data.train_split, device)
+    _, train_clips, _ = load_split(cfg, full, cfg.data.train_split, device)
     train_cubes = [c for frames, flows in train_clips
                    for c in region_windows(frames, flows, t, cfg.data.stride, regions)[0]]
     ckpt = torch.load(train(cfg, clips=([f"region {i}" for i in range(len(train_cubes))], train_cubes)),
@@ -132,7 +132,7 @@ def run(data: Path, out: Path, *, epochs: int = 6, regions: Regions = Regions(),
     train_stats = score_stats(model, [frame_components(*r, floor) for r in scored], cfg)
     stats = [ComponentStats(**c) for c in train_stats["components"]]
     threshold, weights = train_stats["threshold"], np.array([c.weight for c in stats])
-    names, test_clips = load_split(cfg, full, cfg.data.test_split, device)
+    names, test_clips, _ = load_split(cfg, full, cfg.data.test_split, device)
     labels = load_labels(data, cfg.data.test_split, find_clips(data, cfg.data.test_split),
                          [len(f) for f, _ in test_clips])
     comps, paper, stream, lab, per_clip = [], [], [], [], []

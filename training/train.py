@@ -19,31 +19,36 @@ from tqdm import tqdm
 from amvad.models.contract import AnomalyModel
 from amvad.models.discriminator import PatchDiscriminator
 from amvad.models.flow import build_flow
-from amvad.models.metadata import ComponentStats
+from amvad.models.metadata import ComponentStats, Conditioning
 from amvad.models.registry import build_model
 from amvad.runtime.device import pick_device
 from amvad.runtime.files import atomic_path
 from amvad.runtime.scoring import training_scores
 
 from .config import TrainConfig
-from .data import ClipDataset, cached_flows, find_clips, load_clip
+from .data import ClipDataset, cached_flows, condition_clip, find_clips, fit_footage_conditioning, load_clip
 
 CHECKPOINT = "last.pt"
 
 
 def load_split(cfg: TrainConfig, model: AnomalyModel, split: str, device: torch.device,
-               progress: bool = True, max_clips: int | None = None
-               ) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]]]:
-    """Preprocessed frames and cached flows of every clip of a split."""
+               progress: bool = True, max_clips: int | None = None, condition: bool | Conditioning = False
+               ) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]], Conditioning | None]:
+    """Preprocessed frames and cached flows of every clip of a split, and the conditioning they went
+    through: none (``condition=False``), the given one, or (``True``) one fitted on these frames."""
     flow = build_flow(**cfg.flow).to(device).eval()
     sources = find_clips(cfg.data.root, split)[:max_clips]
+    frames = [load_clip(src, height=model.height, width=model.width, channels=model.channels)
+              for src in tqdm(sources, desc=f"loading {split}", disable=not progress)]
+    conditioning = fit_footage_conditioning(frames, cfg.conditioning) if condition is True else condition or None
     clips = []
-    for src in tqdm(sources, desc=f"loading {split} + flow", disable=not progress):
-        frames = load_clip(src, height=model.height, width=model.width, channels=model.channels)
+    for src, f in zip(tqdm(sources, desc=f"{split}: conditioning + flow", disable=not progress), frames):
+        if conditioning is not None:
+            f = condition_clip(f, conditioning)
         with torch.no_grad():
-            flows = cached_flows(src, frames, flow, flow.spec, device, cfg.data.flow_cache)
-        clips.append((frames, flows))
-    return [s.name for s in sources], clips
+            flows = cached_flows(src, f, flow, flow.spec, device, cfg.data.flow_cache)
+        clips.append((f, flows))
+    return [s.name for s in sources], clips, conditioning
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
@@ -88,12 +93,14 @@ def score_stats(model: AnomalyModel, per_clip: list[np.ndarray], cfg: TrainConfi
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
           clips: tuple[list[str], list[tuple[np.ndarray, np.ndarray]]] | None = None,
+          conditioning: Conditioning | None = None,
           init_state: dict | None = None, on_progress: Callable[[dict], None] | None = None) -> Path:
     """Train, save ``<out_dir>/last.pt`` after every epoch, add the training-set score statistics, and
     return the checkpoint path.
 
     ``clips`` (names, [(frames, flows)]) replaces the config's training split (``amvad fit`` passes its
-    footage); ``init_state`` is a state dict to start from (fine-tuning); ``on_progress`` gets a dict after
+    footage, already conditioned by ``conditioning``; else the split is loaded and, unless
+    ``cfg.conditioning.enabled`` is off, conditioned); ``init_state`` is a state dict to start from (fine-tuning); ``on_progress`` gets a dict after
     every batch. With ``optim.time_budget_min`` training stops before an epoch that would not fit."""
     seed_everything(cfg.seed)
     if cfg.threads:
@@ -102,7 +109,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     model = build_model(cfg.model.method, **cfg.model.args).to(device)
     if init_state is not None:
         model.load_state_dict(init_state)
-    names, clips = clips or load_split(cfg, model, cfg.data.train_split, device, progress, cfg.data.max_clips)
+    if clips is None:
+        names, clips, conditioning = load_split(cfg, model, cfg.data.train_split, device, progress,
+                                                cfg.data.max_clips, condition=cfg.conditioning.enabled)
+    else:
+        names, clips = clips
     ds = ClipDataset(clips, model.clip_len, cfg.data.stride, names)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(ds, batch_size=cfg.optim.batch_size, shuffle=True, generator=gen,
@@ -179,6 +190,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
 
     ckpt = _checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen)
     ckpt["stats"] = score_stats(model, clip_components(model, ds, device), cfg)
+    ckpt["conditioning"] = None if conditioning is None else conditioning.model_dump()
     frames, flows = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
     ckpt["verify_inputs"] = {"frames": frames, "flows": flows}
     ckpt["complete"] = True

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from amvad.runtime.conditioning import Conditioner
 from amvad.runtime.engine import EngineConfig, InferenceEngine
 from amvad.runtime.preprocess import to_model_frame
 from amvad.runtime.stream import Stream, results_in_order
@@ -30,10 +31,12 @@ def make_pipeline(engine: InferenceEngine, metrics: Metrics | None = None) -> St
 
 
 def batch_components(engine: InferenceEngine, fs: list[Frame]) -> np.ndarray:
-    """The batch path for the same frames: the whole clip's flows at once, then every window in one
-    model call (runtime/windows.py cuts them)."""
+    """The batch path for the same frames (conditioned as the stream does): the whole clip's flows at once,
+    then every window in one model call (runtime/windows.py cuts them)."""
     m = engine.meta
-    x = np.stack([to_model_frame(f.pixels, height=m.height, width=m.width, channels=m.channels) for f in fs])
+    condition = Conditioner(m.conditioning, m.height, m.width)  # what the stream does to each frame
+    x = np.stack([condition(to_model_frame(f.pixels, height=m.height, width=m.width, channels=m.channels))[0]
+                  for f in fs])
     flows = engine.model.compute_flows(x)
     wins = [window(x, flows, fid, m.clip_len) for fid in scored_frames(len(x), m.clip_len)]
     return engine.model.run(np.stack([w[0] for w in wins]), np.stack([w[1] for w in wins])).components

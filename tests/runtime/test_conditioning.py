@@ -1,0 +1,168 @@
+"""Conditioning: the level matched to the training footage's, the view aligned to the fitted one, each
+frame measured; and through a real stream, a brightened or shaken clip scores like the original."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from amvad.models.metadata import METADATA_KEY, Conditioning
+from amvad.runtime.conditioning import (
+    Conditioner,
+    PhaseCorrelation,
+    decode_reference,
+    encode_reference,
+    fit_conditioning,
+    level,
+    match_level,
+)
+from amvad.runtime.engine import EngineConfig, InferenceEngine
+from amvad.runtime.exported_model import read_metadata
+from amvad.runtime.preprocess import to_model_frame
+from amvad.runtime.stream import Stream, results_in_order
+from amvad.runtime.types import Frame
+
+H, W = 96, 128
+
+
+def textured(seed: int = 0) -> np.ndarray:
+    """A grey scene (H, W) in [0, 1] with structure at several scales, like a street seen from a pole."""
+    rng = np.random.default_rng(seed)
+    fine = cv2.GaussianBlur(rng.random((H, W)).astype(np.float32), (0, 0), 1.5)
+    coarse = cv2.resize(rng.random((H // 8, W // 8)).astype(np.float32), (W, H), interpolation=cv2.INTER_CUBIC)
+    img = 0.5 * fine + 0.5 * coarse
+    return ((img - img.min()) / (img.max() - img.min()) * 0.7 + 0.15).astype(np.float32)
+
+
+def moved(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    m = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+
+
+@pytest.fixture(scope="module")
+def scene() -> tuple[np.ndarray, Conditioning]:
+    img = textured()
+    return img, fit_conditioning(np.stack([img[None]] * 5))
+
+
+@pytest.mark.parametrize("dx,dy", [(0.0, 0.0), (1.5, -0.7), (-3.2, 2.4), (6.0, 0.0)])
+def test_phase_correlation_finds_the_shift_and_gives_the_same_answer_each_time(dx, dy):
+    ref = textured()
+    align = PhaseCorrelation(ref)
+    img = moved(ref, dx, dy) + np.random.default_rng(1).normal(0, 0.01, ref.shape).astype(np.float32)
+    got = [align(img) for _ in range(3)]
+    assert got[0] == got[1] == got[2]
+    (gx, gy, peak) = got[0]
+    assert abs(gx - dx) < 0.15 and abs(gy - dy) < 0.15, got[0]
+    assert peak > 0.2
+
+
+def test_level_matching_takes_out_gain_and_offset(scene):
+    img, spec = scene
+    for gain, offset in [(1.15, 0.0), (0.6, 0.0), (0.8, 0.1)]:
+        changed = np.clip(img * gain + offset, 0, 1)[None]
+        out = match_level(changed, *level(changed[0]), spec.brightness, spec.contrast)
+        assert np.abs(out - img[None]).mean() < 0.01, (gain, offset)
+
+
+def test_the_reference_survives_its_png(scene):
+    img, spec = scene
+    back = decode_reference(spec.reference, H, W)
+    assert np.abs(back - img).max() <= 1 / 255 + 1e-6
+    with pytest.raises(ValueError, match="64x96"):
+        decode_reference(encode_reference(img), 64, 96)
+
+
+def test_a_shaken_and_brightened_frame_comes_back_to_the_fitted_view(scene):
+    img, spec = scene
+    cond = Conditioner(spec, H, W)
+    still, c0 = cond(img[None])
+    # a still camera is measured as such and (near enough) left as it is
+    assert max(abs(v) for v in c0.shift) < 0.1 and c0.alignment > 0.5
+    assert np.abs(still - match_level(img[None], *level(img), spec.brightness, spec.contrast)).mean() < 0.005
+    # a frame moved by (2.5, -1.5) px and brightened by 30 %
+    shaken = np.clip(moved(img, 2.5, -1.5) * 1.3, 0, 1)[None]
+    out, c = cond(shaken)
+    assert c.compensated and abs(c.shift[0] - 2.5) < 0.2 and abs(c.shift[1] + 1.5) < 0.2
+    assert c.brightness > 1.2 * c0.brightness
+    inner = (slice(None), slice(6, -6), slice(6, -6))  # the borders are filled in
+    assert np.abs(out - still)[inner].mean() < 0.015 < np.abs(shaken - still)[inner].mean()
+
+
+def test_a_turned_or_covered_or_defocused_camera_is_measured_not_corrected(scene):
+    img, spec = scene
+    cond = Conditioner(spec, H, W)
+    _, turned = cond(np.roll(img, W // 5, axis=1)[None])  # the view moved by a fifth of the frame
+    assert not turned.compensated and abs(turned.shift[0] - W // 5) < 1
+    _, covered = cond(np.full((1, H, W), 0.03, np.float32))
+    assert covered.contrast < 0.01 and covered.sharpness < 0.05 and covered.alignment < 0.1
+    _, blurred = cond(cv2.GaussianBlur(img, (0, 0), 3)[None])
+    assert blurred.sharpness < 0.5
+    _, fine = cond(img[None])
+    assert 0.8 < fine.sharpness < 1.25 and fine.alignment > 0.5
+
+
+def test_a_model_without_conditioning_is_only_measured():
+    img = textured()[None]
+    out, c = Conditioner(None, H, W)(img)
+    assert out is img and c.shift is None and c.sharpness is None and abs(c.brightness - img.mean()) < 1e-6
+
+
+def test_a_trained_model_carries_its_conditioning(tiny_model):
+    spec = read_metadata(tiny_model).conditioning
+    assert spec is not None and spec.stabilise and 0 < spec.brightness < 1 and 0 < spec.contrast < 1
+
+
+def with_conditioning(src: Path, dst: Path, conditioning: Conditioning | None) -> Path:
+    """The same model file with other conditioning in its metadata (None: a model exported before it)."""
+    proto = onnx.load(str(src))
+    entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
+    entry.value = read_metadata(src).model_copy(update={"conditioning": conditioning}).to_json()
+    onnx.save(proto, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("change", ["flicker", "shake"])
+def test_through_a_stream_a_flickering_or_shaken_clip_scores_like_the_original(tiny_model, tmp_path, change):
+    rng = np.random.default_rng(3)
+    shakes = rng.integers(-3, 4, size=(30, 2))
+    gains = np.where(np.arange(30) % 2, 1.25, 0.8)
+
+    def changed(i: int, f: np.ndarray) -> np.ndarray:
+        if change == "flicker":
+            return np.clip(f * gains[i], 0, 255).astype(np.uint8)
+        m = np.float32([[1, 0, shakes[i][0]], [0, 1, shakes[i][1]]])
+        return cv2.warpAffine(f, m, f.shape[::-1], borderMode=cv2.BORDER_REPLICATE)
+
+    background = (textured(5) * 255).astype(np.uint8)
+
+    def scene(i: int) -> np.ndarray:
+        """A textured street (as a pole camera sees one) and one walker crossing it."""
+        f = background.copy()
+        f[40:52, 10 + 2 * i:18 + 2 * i] = 220
+        return f
+
+    def error(model: Path) -> float:
+        """Mean distance of the changed clip's scores from the clean clip's."""
+        engine = InferenceEngine(model, EngineConfig(device="cpu", flow_threads=1, model_threads=1))
+        try:
+            out = []
+            for fn in (lambda i, f: f, changed):
+                frames = [Frame("c", i, 0, i / 10, fn(i, scene(i))) for i in range(30)]
+                out.append(np.array([r.score for _, r in results_in_order(Stream(engine), frames)
+                                     if r.score is not None]))
+        finally:
+            engine.close()
+        return float(np.abs(out[1] - out[0]).mean())
+
+    # the synthetic training clips each show another scene; a camera's model knows its one view
+    meta = read_metadata(tiny_model)
+    view = np.stack([to_model_frame(scene(i), height=meta.height, width=meta.width, channels=meta.channels)
+                     for i in range(30)])
+    with_it = error(with_conditioning(tiny_model, tmp_path / "fitted.onnx", fit_conditioning(view)))
+    without = error(with_conditioning(tiny_model, tmp_path / "plain.onnx", None))
+    assert with_it < 0.5 * without, (with_it, without)
