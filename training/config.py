@@ -57,6 +57,16 @@ class ConditioningConfig(Strict):
     sample_frames: int = Field(400, ge=10, description="frames (spread over the footage) the view is taken from")
 
 
+class Augment(Strict):
+    """One benign camera change learned as normal: every training clip is also trained on with it (after
+    it, the conditioning; the flows are those of the changed frames), so sensor noise, compression and a
+    soft focus are what the model expects rather than an anomaly. Level changes and shake need none:
+    conditioning takes them out. Each one adds the training set's size again to an epoch."""
+    change: Literal["noise", "jpeg", "blur"] = Field(description="noise: Gaussian σ (grey levels, 0-255); "
+                                                                 "jpeg: quality (1-100); blur: Gaussian σ (px)")
+    magnitude: float = Field(gt=0)
+
+
 class TrainConfig(Strict):
     seed: int = 0
     out_dir: Path = Path("runs/default")
@@ -70,6 +80,7 @@ class TrainConfig(Strict):
     optim: OptimConfig = OptimConfig()
     score: ScoreConfig = ScoreConfig()
     conditioning: ConditioningConfig = ConditioningConfig()
+    augment: list[Augment] = Field(default_factory=list, description="changes learned as normal (training split)")
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:

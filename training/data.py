@@ -23,7 +23,7 @@ from amvad.runtime.types import Frame
 from amvad.runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, iter_frames, open_source
 from amvad.runtime.windows import scored_frames, window
 
-from .config import ConditioningConfig
+from .config import Augment, ConditioningConfig
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,26 @@ def condition_clip(frames: np.ndarray, conditioning: Conditioning) -> np.ndarray
     """Every frame of a clip conditioned as :class:`~amvad.runtime.stream.Stream` conditions it."""
     conditioner = Conditioner(conditioning, frames.shape[2], frames.shape[3])
     return np.stack([conditioner(f)[0] for f in frames])
+
+
+def augmented(frames: np.ndarray, aug: Augment, seed: int) -> np.ndarray:
+    """A clip's model frames ((N, C, H, W) in [0, 1]) with ``aug`` applied at the model's size, seeded."""
+    if aug.change == "noise":
+        rng = np.random.default_rng(seed)
+        return np.clip(frames + rng.normal(0, aug.magnitude / 255, frames.shape), 0, 1).astype(np.float32)
+    out = np.empty_like(frames)
+    for i, f in enumerate(frames):
+        hwc = np.ascontiguousarray(f.transpose(1, 2, 0))
+        if aug.change == "blur":
+            g = cv2.GaussianBlur(hwc, (0, 0), aug.magnitude)
+        else:
+            ok, jpg = cv2.imencode(".jpg", np.rint(hwc * 255).astype(np.uint8),
+                                   [cv2.IMWRITE_JPEG_QUALITY, int(aug.magnitude)])
+            if not ok:
+                raise ValueError(f"could not JPEG-encode a frame at quality {aug.magnitude:g}")
+            g = cv2.imdecode(jpg, cv2.IMREAD_UNCHANGED).astype(np.float32) / 255
+        out[i] = g.reshape(f.shape[1], f.shape[2], -1).transpose(2, 0, 1)
+    return out
 
 
 def labels_file(root: str | Path, split: str) -> Path:

@@ -25,30 +25,37 @@ from amvad.runtime.device import pick_device
 from amvad.runtime.files import atomic_path
 from amvad.runtime.scoring import training_scores
 
-from .config import TrainConfig
-from .data import ClipDataset, cached_flows, condition_clip, find_clips, fit_footage_conditioning, load_clip
+from .config import Augment, TrainConfig
+from .data import ClipDataset, augmented, cached_flows, condition_clip, find_clips, fit_footage_conditioning, load_clip
 
 CHECKPOINT = "last.pt"
 
 
 def load_split(cfg: TrainConfig, model: AnomalyModel, split: str, device: torch.device,
-               progress: bool = True, max_clips: int | None = None, condition: bool | Conditioning = False
+               progress: bool = True, max_clips: int | None = None, condition: bool | Conditioning = False,
+               augment: list[Augment] | None = None
                ) -> tuple[list[str], list[tuple[np.ndarray, np.ndarray]], Conditioning | None]:
-    """Preprocessed frames and cached flows of every clip of a split, and the conditioning they went
-    through: none (``condition=False``), the given one, or (``True``) one fitted on these frames."""
+    """Preprocessed frames and cached flows of every clip of a split (and of its ``augment`` copies), and
+    the conditioning they went through: none (``condition=False``), the given one, or (``True``) one
+    fitted on the unchanged frames."""
     flow = build_flow(**cfg.flow).to(device).eval()
     sources = find_clips(cfg.data.root, split)[:max_clips]
     frames = [load_clip(src, height=model.height, width=model.width, channels=model.channels)
               for src in tqdm(sources, desc=f"loading {split}", disable=not progress)]
     conditioning = fit_footage_conditioning(frames, cfg.conditioning) if condition is True else condition or None
-    clips = []
-    for src, f in zip(tqdm(sources, desc=f"{split}: conditioning + flow", disable=not progress), frames):
+    names, clips = [], []
+    versions = [(None, src, f) for src, f in zip(sources, frames)]
+    versions += [(aug, src, f) for aug in augment or [] for src, f in zip(sources, frames)]
+    for n, (aug, src, f) in enumerate(tqdm(versions, desc=f"{split}: conditioning + flow", disable=not progress)):
+        if aug is not None:
+            f = augmented(f, aug, seed=cfg.seed * 100_003 + n)
         if conditioning is not None:
             f = condition_clip(f, conditioning)
         with torch.no_grad():
             flows = cached_flows(src, f, flow, flow.spec, device, cfg.data.flow_cache)
+        names.append(src.name if aug is None else f"{src.name} + {aug.change} {aug.magnitude:g}")
         clips.append((f, flows))
-    return [s.name for s in sources], clips, conditioning
+    return names, clips, conditioning
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
@@ -111,7 +118,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         model.load_state_dict(init_state)
     if clips is None:
         names, clips, conditioning = load_split(cfg, model, cfg.data.train_split, device, progress,
-                                                cfg.data.max_clips, condition=cfg.conditioning.enabled)
+                                                cfg.data.max_clips, condition=cfg.conditioning.enabled,
+                                                augment=cfg.augment)
     else:
         names, clips = clips
     ds = ClipDataset(clips, model.clip_len, cfg.data.stride, names)

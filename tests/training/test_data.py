@@ -1,12 +1,17 @@
-"""Dataset layouts and their errors: frame folders, video files (PyAV), labels, short clips."""
+"""Dataset layouts and their errors: frame folders, video files (PyAV), labels, short clips; the training
+split conditioned and augmented."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from amvad.training.data import ClipDataset, find_clips, load_clip, load_labels
-from tests.support.synthetic import render_clip, write_clip, write_mp4
+from amvad.models.registry import build_model
+from amvad.training.config import Augment, TrainConfig
+from amvad.training.data import ClipDataset, augmented, find_clips, load_clip, load_labels
+from amvad.training.train import load_split
+from tests.support.synthetic import render_clip, tiny_config, write_clip, write_mp4
 
 
 def test_frame_folders_and_labels(synthetic_dataset):
@@ -65,3 +70,27 @@ def test_windows_carry_explicit_frame_ids():
     assert ds.index == [(0, 3), (0, 4), (0, 5)]
     f, o = ds[1]
     assert f[:, 0, 0, 0].tolist() == [1, 2, 3, 4] and o[:, 0, 0, 0].tolist() == [1, 2, 3]
+
+
+# -- conditioning and augmentation of the training split ---------------------------------------------
+def test_the_training_split_is_conditioned_and_augmented_copies_have_their_own_flows(synthetic_dataset, tmp_path):
+    raw = tiny_config(synthetic_dataset, tmp_path / "run", "comemory")
+    raw["augment"] = [{"change": "noise", "magnitude": 8}, {"change": "jpeg", "magnitude": 20}]
+    cfg = TrainConfig.model_validate(raw)
+    model = build_model(cfg.model.method, **cfg.model.args)
+    names, clips, conditioning = load_split(cfg, model, "training", torch.device("cpu"), progress=False,
+                                            condition=True, augment=cfg.augment)
+    # the clean clips, then each change's copies, each with flows of its own frames
+    assert names == ["01", "02", "01 + noise 8", "02 + noise 8", "01 + jpeg 20", "02 + jpeg 20"]
+    assert conditioning is not None and len(clips) == 6
+    clean, noisy = clips[0], clips[2]
+    assert clean[0].shape == noisy[0].shape and not np.allclose(clean[0], noisy[0])
+    assert not np.allclose(clean[1], noisy[1])
+    # the changes themselves: seeded noise of the asked σ, a lossy JPEG, a blur that smooths
+    frames = clean[0]
+    n1 = augmented(frames, cfg.augment[0], seed=1)
+    assert np.array_equal(n1, augmented(frames, cfg.augment[0], seed=1))
+    assert 6 / 255 < float(np.std(n1 - frames)) < 9 / 255
+    assert 0 < float(np.abs(augmented(frames, cfg.augment[1], seed=0) - frames).mean()) < 0.05
+    blurred = augmented(frames, Augment(change="blur", magnitude=2), seed=0)
+    assert np.abs(np.diff(blurred, axis=-1)).mean() < np.abs(np.diff(frames, axis=-1)).mean()
