@@ -65,15 +65,18 @@ def _fit(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from amvad.training.export import export, reexport
+    from amvad.training.export import export, reexport, rewrite_metadata
     if (args.checkpoint is None) == (args.onnx is None):
         raise ValueError("give exactly one of --checkpoint (a finished training run) or --onnx (an exported model)")
     if args.condition_on and not args.onnx:
         raise ValueError("--condition-on goes with --onnx (a trained model gets its conditioning in training)")
     if args.checkpoint:
         meta = export(args.checkpoint, args.out)
+    elif args.condition_on:
+        meta = rewrite_metadata(args.onnx, args.out, conditioning=_conditioning_of(args.onnx, args.condition_on,
+                                                                                    args.split))
     else:
-        meta = reexport(args.onnx, args.out, conditioning=_conditioning_of(args.onnx, args.condition_on, args.split))
+        meta = reexport(args.onnx, args.out)
     print(f"exported {meta.method} to {args.out} (threshold {meta.threshold:.3f}, "
           f"components {[c.name for c in meta.components]})")
 
@@ -223,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--onnx", help="an exported model (or bundled name) to write again under the current contract")
     x.add_argument("--out", required=True, type=Path)
     x.add_argument("--condition-on", type=Path, metavar="DATA",
-                   help="with --onnx: add level matching and stabilisation fitted on the model's training footage "
-                        "(DATA/<split>/...), for models trained before them")
+                   help="with --onnx: the same graph with level matching and stabilisation fitted on the model's "
+                        "training footage (DATA/<split>/...) added to its metadata, for models trained before them")
     x.add_argument("--split", default="training", help="the split of --condition-on (default: training)")
     x.set_defaults(func=_export)
     f = sub.add_parser("flow-check", help="flow accuracy and speed on synthetic warps of real frames")

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import torch
 
 from amvad.models.contract import INPUT_NAMES, OUTPUT_NAMES, AnomalyModel
-from amvad.models.metadata import METADATA_KEY, Conditioning, ModelMetadata
+from amvad.models.metadata import METADATA_KEY, ModelMetadata
 from amvad.models.registry import build_model, resolve_model
 from amvad.runtime.files import atomic_path
 
@@ -102,11 +102,26 @@ def export(checkpoint: str | Path, out: str | Path, *, atol: float = 1e-4) -> Mo
     return meta
 
 
-def reexport(source: str | Path, out: str | Path, *, atol: float = 1e-4,
-             conditioning: Conditioning | None = None) -> ModelMetadata:
+def rewrite_metadata(source: str | Path, out: str | Path, **update) -> ModelMetadata:
+    """The same graph written to ``out`` (atomically; may be ``source``) with fields of its metadata
+    replaced: nothing is traced again, so nothing can drift (a fit's threshold, an older model's
+    conditioning)."""
+    path = resolve_model(source)
+    proto = onnx.load(str(path))
+    entry = next((p for p in proto.metadata_props if p.key == METADATA_KEY), None)
+    if entry is None:
+        raise ValueError(f"{path.name}: not an amvad model (no {METADATA_KEY!r} metadata)")
+    meta = ModelMetadata.model_validate_json(entry.value).model_copy(update=update)
+    entry.value = meta.to_json()
+    with atomic_path(out) as tmp:
+        onnx.save(proto, str(tmp))
+    return meta
+
+
+def reexport(source: str | Path, out: str | Path, *, atol: float = 1e-4) -> ModelMetadata:
     """An exported model (a bundled name or file, e.g. one made before masks) written again under the
-    current contract: same weights (recovered from the graph), same metadata (with ``conditioning`` when
-    given: fitted on the model's training footage), checked against the old file on random windows."""
+    current contract: same weights (recovered from the graph), same metadata, checked against the old
+    file on random windows (full mask)."""
     from .warm_start import exported_metadata, weights_from_exported  # warm_start imports this module
     path = resolve_model(source)
     old = exported_metadata(onnx.load(str(path)), path)
@@ -120,7 +135,6 @@ def reexport(source: str | Path, out: str | Path, *, atol: float = 1e-4,
     feed = {"frames": frames.numpy(), "flows": flows.numpy(), "mask": full_mask(frames).numpy()}
     expected = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
     meta = old.model_copy(update={"input_names": INPUT_NAMES, "output_names": OUTPUT_NAMES,
-                                  "training": {**old.training, "reexported": date.today().isoformat()},
-                                  **({"conditioning": conditioning} if conditioning is not None else {})})
+                                  "training": {**old.training, "reexported": date.today().isoformat()}})
     write_exported(model, meta, frames, flows, expected, out, atol)
     return meta

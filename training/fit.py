@@ -23,18 +23,16 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from tqdm import tqdm
 
 from amvad.models.flow import build_flow
-from amvad.models.metadata import METADATA_KEY
 from amvad.models.registry import build_model
 from amvad.runtime.calibration import FIT_HOLDOUT, check_fit_footage, events_per_hour, pick_threshold
 from amvad.runtime.device import pick_device
 from amvad.runtime.events import EventConfig
-from amvad.runtime.exported_model import ExportedModel
-from amvad.runtime.files import atomic_path, write_atomic
+from amvad.runtime.exported_model import ExportedModel, read_metadata
+from amvad.runtime.files import write_atomic
 from amvad.runtime.fit_job import (
     DEFAULT_BASE_WIDTH,
     DEFAULT_MAX_PIXELS,
@@ -51,7 +49,7 @@ from amvad.runtime.windows import scored_frames, window
 
 from .config import ConditioningConfig, DataConfig, ModelConfig, OptimConfig, ScoreConfig, TrainConfig
 from .data import ClipSource, condition_clip, fit_footage_conditioning, iter_clip_frames, load_clip
-from .export import export
+from .export import export, rewrite_metadata
 from .train import train
 from .warm_start import weights_from_exported
 
@@ -131,14 +129,8 @@ def holdout_scores(model: ExportedModel, clips: list[Clip]) -> list[np.ndarray]:
 
 def set_threshold(path: Path, threshold: float, training: dict) -> None:
     """Rewrite the exported file's metadata with the chosen threshold and the fit's record."""
-    proto = onnx.load(str(path))
-    entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
-    meta = json.loads(entry.value)
-    meta["threshold"] = threshold
-    meta["training"] = {**meta["training"], **training}
-    entry.value = json.dumps(meta)
-    with atomic_path(path) as tmp:
-        onnx.save(proto, str(tmp))
+    old = read_metadata(path)
+    rewrite_metadata(path, path, threshold=threshold, training={**old.training, **training})
 
 
 def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, method: str = "comemory",
