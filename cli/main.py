@@ -73,23 +73,23 @@ def _export(args: argparse.Namespace) -> None:
     if args.checkpoint:
         meta = export(args.checkpoint, args.out)
     elif args.condition_on:
-        meta = rewrite_metadata(args.onnx, args.out, conditioning=_conditioning_of(args.onnx, args.condition_on,
-                                                                                    args.split))
+        meta = rewrite_metadata(args.onnx, args.out, conditioning=_conditioning_of(
+            args.onnx, args.condition_on, args.split, stabilise=not args.no_stabilise))
     else:
         meta = reexport(args.onnx, args.out)
     print(f"exported {meta.method} to {args.out} (threshold {meta.threshold:.3f}, "
           f"components {[c.name for c in meta.components]})")
 
 
-def _conditioning_of(model: str, data: Path | None, split: str):
-    """The conditioning of ``model``'s input size fitted on a split of ``data`` (None without data)."""
-    if data is None:
-        return None
+def _conditioning_of(model: str, data: Path, split: str, stabilise: bool):
+    """The conditioning of ``model``'s input size fitted on a split of ``data``."""
     from amvad.models.registry import resolve_model
     from amvad.runtime.exported_model import read_metadata
+    from amvad.training.config import ConditioningConfig
     from amvad.training.data import split_conditioning
     meta = read_metadata(resolve_model(model))
-    return split_conditioning(data, split, height=meta.height, width=meta.width, channels=meta.channels)
+    return split_conditioning(data, split, height=meta.height, width=meta.width, channels=meta.channels,
+                              cfg=ConditioningConfig(stabilise=stabilise))
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -229,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --onnx: the same graph with level matching and stabilisation fitted on the model's "
                         "training footage (DATA/<split>/...) added to its metadata, for models trained before them")
     x.add_argument("--split", default="training", help="the split of --condition-on (default: training)")
+    x.add_argument("--no-stabilise", action="store_true", help="with --condition-on: level matching only")
     x.set_defaults(func=_export)
     f = sub.add_parser("flow-check", help="flow accuracy and speed on synthetic warps of real frames")
     f.add_argument("--data", required=True, type=Path)

@@ -85,8 +85,9 @@ class PhaseCorrelation:
         self.reference = np.conj(np.fft.rfft2((reference - reference.mean()) * self.window))
 
     def __call__(self, g: np.ndarray) -> tuple[float, float, float]:
-        """(dx, dy, peak): ``g`` shows the reference moved by (dx, dy) pixels; peak in [0, 1], 1 = the same
-        picture, a still Ped2 frame ~0.5, a covered or far-turned view ~0.1 or less."""
+        """(dx, dy, peak): ``g`` shows the reference moved by (dx, dy) pixels; peak in [0, 1]: 1 the same
+        picture, 0.2-0.25 a Ped2 frame against the median view (people walk, the sensor is noisy), lower
+        for a view that no longer matches."""
         cross = np.fft.rfft2((g - g.mean()) * self.window) * self.reference
         r = np.fft.irfft2(cross / (np.abs(cross) + 1e-12) * self.weight, s=g.shape) / self.perfect
         h, w = r.shape
@@ -100,6 +101,18 @@ def _vertex(left: float, mid: float, right: float) -> float:
     """Offset of the peak of the parabola through three samples from the middle one."""
     curve = left - 2 * mid + right
     return 0.0 if curve >= 0 else float(np.clip(0.5 * (left - right) / curve, -0.5, 0.5))
+
+
+def colourfulness(image: np.ndarray) -> float:
+    """Mean chroma of an RGB uint8 frame (0-1; grey or infrared pictures read ~0), measured on the frame
+    shrunk ``LEVEL_SCALE`` times: a colour camera that switched to infrared for the night shows it here."""
+    if image.ndim == 2:
+        return 0.0
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (max(1, w // LEVEL_SCALE), max(1, h // LEVEL_SCALE)),
+                       interpolation=cv2.INTER_AREA).astype(np.float32)
+    r, g, b = small[..., 0], small[..., 1], small[..., 2]
+    return float((np.abs(r - g) + np.abs(g - b) + np.abs(b - r)).mean() / (3 * 255))
 
 
 def encode_reference(image: np.ndarray) -> str:
@@ -148,11 +161,12 @@ class Conditioner:
             # the footage's own sharpness: the median view is smoother than any one frame (Ped2: 2x)
             self.reference_sharpness = self.spec.sharpness or max(sharpness(reference), 1e-9)
 
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, FrameCondition]:
-        """A model frame (C, H, W) float32 in [0, 1] -> (the conditioned frame, what was measured)."""
+    def __call__(self, x: np.ndarray, colour: float | None = None) -> tuple[np.ndarray, FrameCondition]:
+        """A model frame (C, H, W) float32 in [0, 1] -> (the conditioned frame, what was measured);
+        ``colour``: the source frame's :func:`colourfulness`, passed through to the measurements."""
         mean, contrast = level(grey(x))
         if self.spec is None:
-            return x, FrameCondition(brightness=mean, contrast=contrast)
+            return x, FrameCondition(brightness=mean, contrast=contrast, colour=colour)
         s = self.spec
         x = match_level(x, mean, contrast, s.brightness, s.contrast)
         sharp = sharpness(grey(x)) / self.reference_sharpness  # before any smoothing below
@@ -170,7 +184,8 @@ class Conditioner:
         if compensate:
             x = self._shift(x, -dx, -dy)
         return x, FrameCondition(brightness=mean, contrast=contrast, sharpness=sharp,
-                                 shift=(float(dx), float(dy)), alignment=peak, compensated=bool(compensate))
+                                 shift=(float(dx), float(dy)), alignment=peak, compensated=bool(compensate),
+                                 colour=colour)
 
     def _shift(self, x: np.ndarray, dx: float, dy: float) -> np.ndarray:
         """``x`` moved by (dx, dy), the strip moving in from outside repeated from the edge (filling it

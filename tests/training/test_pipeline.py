@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import yaml
 
 from amvad.cli.main import main
-from amvad.runtime.exported_model import ExportedModel
+from amvad.runtime.exported_model import ExportedModel, read_metadata
 from amvad.training.config import load_config
 from amvad.training.evaluate import evaluate
 from amvad.training.export import export
@@ -83,3 +84,23 @@ def test_cli_reports_bad_config_and_missing_data(tmp_path, capsys, synthetic_dat
     assert "epochz" in capsys.readouterr().err
     assert main(["eval", "--model", "nope.onnx", "--data", str(tmp_path), "--quiet"]) == 2
     assert "nope.onnx" in capsys.readouterr().err
+
+
+def test_condition_on_adds_conditioning_to_the_same_graph(tiny_model, synthetic_dataset, tmp_path):
+    plain = tmp_path / "plain.onnx"
+    proto = onnx.load(str(tiny_model))
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "amvad", read_metadata(tiny_model).model_copy(update={"conditioning": None}).to_json()
+    onnx.save(proto, str(plain))
+    # a model from before conditioning, given it from its training footage, level matching only
+    out = tmp_path / "conditioned.onnx"
+    assert main(["export", "--onnx", str(plain), "--out", str(out), "--condition-on", str(synthetic_dataset),
+                 "--no-stabilise"]) == 0
+    meta = read_metadata(out)
+    assert meta.conditioning is not None and meta.conditioning.stabilise is False
+    assert meta.model_copy(update={"conditioning": None}) == read_metadata(plain)
+    assert onnx.load(str(out)).graph == onnx.load(str(plain)).graph
+    # without a model to add it to, it is refused
+    assert main(["export", "--checkpoint", str(tmp_path / "x.pt"), "--out", str(out), "--condition-on",
+                 str(synthetic_dataset)]) != 0
