@@ -12,15 +12,18 @@ import dataclasses
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from .camera_watch import CameraWatchConfig
 from .types import AnomalyEvent
 
 
 class EventConfig(BaseModel):
-    """How per-frame anomaly flags become events."""
+    """How per-frame anomaly flags become events, and (``camera_watch``) when the camera itself changed."""
     model_config = ConfigDict(extra="forbid")
     hysteresis: float = Field(0.5, ge=0, description="an event ends below threshold - hysteresis")
     min_duration_s: float = Field(0.3, ge=0, description="shorter excursions are not events")
     cooldown_s: float = Field(2.0, ge=0, description="re-crossings within this gap extend the event")
+    camera_watch: CameraWatchConfig = Field(default_factory=CameraWatchConfig,
+                                            description="tamper and scene_change events (runtime/camera_watch.py)")
 
 
 class EventTracker:
@@ -83,6 +86,16 @@ class EventTracker:
         self.open.end, self.open.end_frame = self._below_since
         self.open, self._below_since = None, None
         return "end"
+
+    def hold(self, t: float, frame_id: int) -> str | None:
+        """A frame that says nothing about the scene (the camera is tampered with or its scene changes):
+        an open event ends at it ("end"), a rise that was not an event yet is forgotten."""
+        self._candidate = None
+        if self.open is None:
+            return None
+        if self._below_since is None:
+            self._below_since = (t, frame_id)
+        return self.close()
 
     def snapshot(self, change: str | None) -> AnomalyEvent | None:
         """A copy of the event a frame belongs to: the open one, or (``change == "end"``) the one that

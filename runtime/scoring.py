@@ -86,6 +86,23 @@ class StreamScorer:
         """Forget the smoothing window (after a gap in the stream); keep the learned stats."""
         self._recent.clear()
 
+    def rebaseline(self, components: np.ndarray) -> None:
+        """The camera's scene changed at once (lights, an IR switch): re-baseline on the frames since,
+        (N, K), so the new scene scores as normal from now on instead of alarming until slow forgetting
+        catches up (frames over the threshold are never learned from, so it would not). A light changes a
+        prediction error by a factor (brighter pixels, larger errors), so each positive component's mean and
+        spread are scaled by the ratio of the frames' median to the mean; a component that is not positive
+        only has its mean moved to that median."""
+        components = np.asarray(components, dtype=np.float64)
+        if components.ndim != 2 or not len(components):
+            return
+        median, mean = np.median(components, axis=0), self.stats.mean
+        positive = (median > 0) & (mean > 0)
+        ratio = np.where(positive, median / np.where(positive, mean, 1.0), 1.0)
+        self.stats.mean = np.where(positive, mean * ratio, median)
+        self.stats.var = self.stats.var * ratio ** 2
+        self._recent.clear()
+
 
 def training_scores(components: list[ComponentStats], clip_components: np.ndarray, smoothing: int) -> np.ndarray:
     """Causal scores of one clip under the training statistics alone (no running updates, no threshold):

@@ -39,16 +39,35 @@ class AnomalyEvent:
         return asdict(self)
 
 
+@dataclass
+class CameraEvent:
+    """One camera event of a stream (``runtime.camera_watch``): ``type`` ``tamper`` (``reason`` covered,
+    blinded, defocused, moved) or ``scene_change`` (lighting, contrast); never an anomaly. ``detail``: what
+    was measured when it began, beside the camera's baseline. ``end`` is None while it is open."""
+    id: int
+    type: str
+    reason: str
+    start: float
+    start_frame: int
+    end: float | None = None
+    end_frame: int | None = None
+    detail: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class FrameCondition:
     """What one frame says about the camera rather than the scene (``runtime.conditioning``). Without the
     model's conditioning only the level is measured (the rest None)."""
     brightness: float                          # mean grey level as the frame came (0-1)
-    contrast: float                            # its standard deviation
+    contrast: float                            # std of the frame shrunk 8x (gain moves it, blur/noise not)
     sharpness: float | None = None             # Laplacian energy against the fitted view's (1 = as fitted)
     shift: tuple[float, float] | None = None   # (dx, dy) of the view against the fitted one, model pixels
     alignment: float | None = None             # phase-correlation peak (0-1): how much it looks like that view
     compensated: bool = False                  # the shift was undone
+    colour: float | None = None                # mean chroma of the source frame (0-1; ~0: grey or infrared)
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,11 @@ class FrameResult:
     # scored: whoever publishes the result later reads it here, never the stream's tracker
     event_record: AnomalyEvent | None = None
     condition: FrameCondition | None = None  # the camera's side of this frame (level, sharpness, shift)
+    # a camera event (tamper, scene change) "start"ed or "end"ed on this frame, and a copy of the open one
+    # (or the one that just ended); ``held``: the frame was not scored because of it (score None)
+    camera_event: str | None = None
+    camera_event_record: CameraEvent | None = None
+    held: bool = False
 
 
 @dataclass(frozen=True)

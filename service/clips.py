@@ -1,7 +1,8 @@
 """Uploaded clips: checked synchronously (so bad files get a 4xx at once), then scored as jobs in a
 worker thread through the same pipeline as cameras, with progress, on the service's model or the one the
 upload names (``?model=``: a fitted model tried on a known clip). Results hold one entry per decoded frame,
-in order (``None`` for warm-up frames), and say which model scored them."""
+in order (``None`` for warm-up frames and for frames a camera event held), and say which model scored them;
+``events`` are the anomaly events, ``camera_events`` the tampers and scene changes (never anomalies)."""
 
 from __future__ import annotations
 
@@ -220,12 +221,14 @@ class ClipJobs:
                 job.frames_done, last = len(scores), frame
         if last is not None:
             events.finish(last.timestamp, last.frame_id)
+            stream.watch.finish(last.timestamp, last.frame_id)
         names = [c.name for c in meta.components]
         return {"frames": len(scores), "fps": job.fps, "threshold": meta.threshold, "method": meta.method,
                 "model": job.model.to_dict(),
                 "warmup_frames": meta.clip_len - 1, "scores": scores, "anomaly": flags, "timestamps": times,
                 "components": {n: [None if c is None else c[k] for c in comps] for k, n in enumerate(names)},
                 "events": [e.to_dict() for e in events.events],
+                "camera_events": [e.to_dict() for e in stream.watch.events],
                 "heatmap_frames": sorted(job.heatmap_jpegs)}
 
 

@@ -75,6 +75,34 @@ class ScheduleConfig(BaseModel):
         return self
 
 
+class NightConfig(BaseModel):
+    """A camera's night profile (model, threshold) for a colour camera that switches to infrared in the
+    dark: its picture then turns grey and takes another tone curve, which a model fitted by day reads as
+    an anomaly all night. The camera runs this profile while it detects the infrared mode
+    (``service/cameras/night.py``): mean chroma under ``grey_below`` for ``hold_s``, and back once it is at
+    least ``colour_above`` for ``hold_s``. Two levels and a hold, so a dull scene at dusk does not flap."""
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, max_length=72, description="the model scoring the infrared picture (e.g. "
+                              "one fitted on the camera's night footage); default the camera's own")
+    threshold: float | None = Field(None, allow_inf_nan=False, description="the threshold at night; default the "
+                                    "night model's own (or the camera's, without a model)")
+    detect: Literal["ir"] = Field("ir", description="how night is told: `ir` = the picture lost its colour")
+    grey_below: float = Field(0.01, ge=0, le=1, description="mean chroma (0-1) under this is grey: infrared "
+                              "(a colour street scene reads 0.03-0.15, an infrared picture under 0.005)")
+    colour_above: float = Field(0.02, gt=0, le=1, description="mean chroma at least this is colour: day again")
+    hold_s: float = Field(10.0, ge=0, le=600, description="seconds the picture must stay grey (or colour) "
+                          "before the profile switches")
+
+    @model_validator(mode="after")
+    def _check(self) -> NightConfig:
+        if self.model is None and self.threshold is None:
+            raise ValueError("a night profile must set model or threshold (else it does nothing)")
+        if self.grey_below >= self.colour_above:
+            raise ValueError(f"grey_below ({self.grey_below}) must be below colour_above ({self.colour_above}): "
+                             "the gap between them keeps a dull scene from flapping")
+        return self
+
+
 def check_schedules(schedules: list[ScheduleConfig]) -> list[ScheduleConfig]:
     names = [s.name for s in schedules]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -126,6 +154,8 @@ class CameraConfig(BaseModel):
     schedules: Schedules = Field(default_factory=list, max_length=32, description="weekly windows "
                                             "that arm/disarm the camera or select a profile; the first in force "
                                             "wins")
+    night: NightConfig | None = Field(None, description="a night profile (model, threshold) run while the "
+                                      "camera shows its infrared picture; it wins over a schedule's profile")
 
     @field_validator("masks")
     @classmethod
@@ -158,6 +188,7 @@ class CameraPatch(BaseModel):
     timezone: TimeZone = Field(None, max_length=64, description="IANA time zone; null = the host's")
     schedules: Schedules | None = Field(None, max_length=32, description="replaces the list; [] "
                                                    "removes them all")
+    night: NightConfig | None = Field(None, description="replaces the night profile; null removes it")
 
     @field_validator("masks")
     @classmethod
@@ -243,7 +274,10 @@ class WebhookConfig(BaseModel):
     url: str = Field(max_length=2000, description="http:// or https:// receiver")
     secret: SecretStr | None = Field(None, description="HMAC-SHA256 key of the signature header")
     cameras: list[str] | None = Field(None, description="only these cameras; default all")
-    on: list[Literal["start", "end"]] = Field(default_factory=lambda: ["start", "end"], min_length=1)
+    on: list[Literal["start", "end", "tamper_start", "tamper_end", "scene_change_start", "scene_change_end"]] = Field(
+        default_factory=lambda: ["start", "end", "tamper_start", "tamper_end"], min_length=1,
+        description="start/end: anomaly events; tamper_*, scene_change_*: camera events (scene changes only when "
+                    "asked for: lights going on every evening page nobody)")
 
     @field_validator("url")
     @classmethod

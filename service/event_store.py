@@ -13,6 +13,11 @@ Each event also keeps its score curve (``scores``): the camera's per-frame messa
 before its start until its end (plus the cooldown before the end is known), taken from the camera's ring of
 recent messages (:meth:`follow_scores`) when the event opens and again when it closes, so past events keep
 a curve to review after the ring has moved on. An event longer than the ring has a gap in the middle.
+
+Camera events (``kind`` ``tamper`` or ``scene_change``, runtime/camera_watch.py) live in the same table, so
+one list, filter and retention serve both; an anomaly's row has ``kind`` NULL (rows from before camera
+events) or ``anomaly``. A camera event has a ``reason`` and a ``detail`` (JSON: what was measured), no
+score: its ``peak_score`` is stored as 0 (the column predates it and is NOT NULL) and shown as null.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from amvad.runtime.errors import Invalid, NotFound, Unavailable
-from amvad.runtime.types import AnomalyEvent
+from amvad.runtime.types import AnomalyEvent, CameraEvent
 
 log = logging.getLogger("amvad.events")
 SCHEMA = """
@@ -49,18 +54,26 @@ CREATE TABLE IF NOT EXISTS events (
     evidence_bytes INTEGER NOT NULL DEFAULT 0,
     note TEXT,
     scores TEXT,
-    clip_start REAL
+    clip_start REAL,
+    kind TEXT,
+    reason TEXT,
+    detail TEXT
 );
 CREATE INDEX IF NOT EXISTS events_camera_start ON events (camera, start);
 """
 COLUMNS = ("id", "camera", "model", "threshold", "start", "start_frame", "end", "end_frame", "peak_score",
-           "peak_frame", "feedback", "clip", "snapshot", "evidence_bytes", "note", "scores", "clip_start")
-ADDED_COLUMNS = {"note": "TEXT", "scores": "TEXT", "clip_start": "REAL"}  # columns later than the first schema
+           "peak_frame", "feedback", "clip", "snapshot", "evidence_bytes", "note", "scores", "clip_start", "kind",
+           "reason", "detail")
+ADDED_COLUMNS = {"note": "TEXT", "scores": "TEXT", "clip_start": "REAL",  # columns later than the first schema
+                 "kind": "TEXT", "reason": "TEXT", "detail": "TEXT"}
 FEEDBACK = ("normal", "anomaly")
 # what ``type`` says of an event: still open; ended by the score rules; ended by the service (disarmed,
 # stopped, model changed, interrupted; ``note`` says which)
 TYPES = {"ongoing": "end IS NULL", "ended": "end IS NOT NULL AND note IS NULL",
          "cut": "end IS NOT NULL AND note IS NOT NULL"}
+# what an event is: an anomaly in the scene, or the camera itself changed (``kind``, ``?kind=``)
+KINDS = {"anomaly": "(kind IS NULL OR kind = 'anomaly')", "tamper": "kind = 'tamper'",
+         "scene_change": "kind = 'scene_change'"}
 ScoreSource = Callable[[str], Sequence[dict]]  # camera -> its recent per-frame messages, oldest first
 RETRY_S = 1.0        # how often a refused write is tried again
 BUSY_TIMEOUT_S = 2.0  # how long one statement waits for another process's lock
@@ -73,6 +86,11 @@ class UnknownEvent(NotFound):
 
 class BadFeedback(Invalid):
     """A feedback label that is not one of ``FEEDBACK`` (HTTP 422)."""
+
+
+class NotAnAnomaly(Invalid):
+    """Feedback on a camera event (HTTP 422): feedback says whether an anomaly was real, and clips marked
+    normal become fit footage, which a covered lens must never be."""
 
 
 class StoreUnavailable(Unavailable):
@@ -96,10 +114,16 @@ def parse_time(value: str | None, name: str) -> float | None:
 
 def as_json(row: dict) -> dict:
     """JSON shape of a row: ``start``/``end`` ISO-8601; ``start_ts``/``end_ts`` Unix seconds; ``duration_s``;
-    ``type`` (see ``TYPES``). The score curve is left out (:meth:`EventStore.scores` has it)."""
+    ``type`` (see ``TYPES``); ``kind`` (see ``KINDS``), for camera events ``reason`` and ``detail``. The score
+    curve is left out (:meth:`EventStore.scores` has it)."""
     d = dict(row)
     d.pop("scores", None)
     d.pop("clip_start", None)
+    d["kind"] = d.get("kind") or "anomaly"
+    detail = d.get("detail")
+    d["detail"] = json.loads(detail) if isinstance(detail, str) else detail
+    if d["kind"] != "anomaly":  # no score: the stored 0 is a placeholder for a NOT NULL column
+        d["peak_score"] = d["peak_frame"] = None
     d["start_ts"], d["end_ts"] = d["start"], d["end"]
     d["start"], d["end"] = iso(d["start_ts"]), iso(d["end_ts"])
     d["duration_s"] = None if d["end_ts"] is None else round(d["end_ts"] - d["start_ts"], 3)
@@ -237,6 +261,24 @@ class EventStore:
                 self._following[event_id] = (ring, points)
             self._enqueue("open", (dict(row),))
         return as_json(row)
+
+    def open_camera_event(self, *, camera: str, model: str | None, threshold: float, event: CameraEvent) -> dict:
+        """Record a new tamper or scene change (no score curve: its frames are not scored)."""
+        with self._cv:
+            event_id, self._next_id = self._next_id, self._next_id + 1
+            row = {c: None for c in COLUMNS} | {
+                "id": event_id, "camera": camera, "model": model, "threshold": threshold, "start": event.start,
+                "start_frame": event.start_frame, "peak_score": 0.0, "peak_frame": event.start_frame,
+                "evidence_bytes": 0, "kind": event.type, "reason": event.reason,
+                "detail": json.dumps(event.detail, separators=(",", ":"))}
+            self._unwritten[event_id] = row
+            self._enqueue("open", (dict(row),))
+        return as_json(row)
+
+    def close_camera_event(self, event_id: int, event: CameraEvent, note: str | None = None) -> dict | None:
+        """Record the end of a camera event; returns its JSON shape when this process opened it."""
+        return self.close(event_id, AnomalyEvent(event_id, event.start, event.start_frame, 0.0, event.start_frame,
+                                                 event.end, event.end_frame), note=note)
 
     def _points_now(self, event_id: int, start: float) -> list | None:
         """Under ``_cv``: the curve of an event open here, from its opening up to the ring's newest message."""
@@ -380,7 +422,10 @@ class EventStore:
     def set_feedback(self, camera: str, event_id: int, label: str) -> dict:
         if label not in FEEDBACK:
             raise BadFeedback(f"label must be one of {list(FEEDBACK)}, got {label!r}")
-        self.get(camera, event_id)
+        event = self.get(camera, event_id)
+        if event["kind"] != "anomaly":
+            raise NotAnAnomaly(f"event {event_id} is a {event['kind']} ({event['reason']}), not an anomaly: "
+                               f"feedback is for anomaly events")
         try:
             with self._lock:
                 self._api.execute("UPDATE events SET feedback = ? WHERE id = ?", (label, event_id))
@@ -402,12 +447,15 @@ class EventStore:
 
     @staticmethod
     def _where(camera: str | None, since: float | None, until: float | None, feedback: str | None,
-               kind: str | None) -> tuple[str, list]:
-        """The WHERE clause of the filters; ``feedback="none"``: not given yet; ``kind``: one of ``TYPES``."""
+               kind: str | None, event_kind: str | None = None) -> tuple[str, list]:
+        """The WHERE clause of the filters; ``feedback="none"``: not given yet; ``kind``: one of ``TYPES``
+        (ongoing, ended, cut); ``event_kind``: one of ``KINDS`` (anomaly, tamper, scene_change)."""
         if feedback is not None and feedback not in (*FEEDBACK, "none"):
             raise BadFeedback(f"feedback must be one of {[*FEEDBACK, 'none']}, got {feedback!r}")
         if kind is not None and kind not in TYPES:
             raise Invalid(f"type must be one of {list(TYPES)}, got {kind!r}")
+        if event_kind is not None and event_kind not in KINDS:
+            raise Invalid(f"kind must be one of {list(KINDS)}, got {event_kind!r}")
         where, args = [], []
         for cond, value in (("camera = ?", camera), ("start >= ?", since), ("start <= ?", until),
                             ("feedback = ?", None if feedback == "none" else feedback)):
@@ -418,20 +466,23 @@ class EventStore:
             where.append("feedback IS NULL")
         if kind is not None:
             where.append(TYPES[kind])
+        if event_kind is not None:
+            where.append(KINDS[event_kind])
         return (" WHERE " + " AND ".join(where) if where else ""), args
 
     def query(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
-              limit: int = 100, feedback: str | None = None, kind: str | None = None, offset: int = 0) -> list[dict]:
+              limit: int = 100, feedback: str | None = None, kind: str | None = None, offset: int = 0,
+              event_kind: str | None = None) -> list[dict]:
         """Newest first; ``since``/``until`` bound the start time; ``offset`` skips that many (paging)."""
-        where, args = self._where(camera, since, until, feedback, kind)
+        where, args = self._where(camera, since, until, feedback, kind, event_kind)
         rows = self._read("SELECT * FROM events" + where + " ORDER BY start DESC, id DESC LIMIT ? OFFSET ?",
                           (*args, limit, offset))
         return [as_json(dict(r)) for r in rows]
 
     def count(self, *, camera: str | None = None, since: float | None = None, until: float | None = None,
-              feedback: str | None = None, kind: str | None = None) -> int:
+              feedback: str | None = None, kind: str | None = None, event_kind: str | None = None) -> int:
         """How many events :meth:`query` would list without a limit."""
-        where, args = self._where(camera, since, until, feedback, kind)
+        where, args = self._where(camera, since, until, feedback, kind, event_kind)
         return int(self._read("SELECT COUNT(*) FROM events" + where, tuple(args))[0][0])
 
     def cameras(self) -> list[dict]:

@@ -8,6 +8,9 @@ timestamps (milliseconds), so a clip plays at the real speed whatever the frame 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import logging
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,17 +27,40 @@ FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof",
                   "flush_packets": "1"}  # each fragment reaches the file (the OS) as soon as it is complete
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None (another C library: nothing to do)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give the pages an encoder freed back to the OS. glibc keeps what a thread frees in that thread's
+    arena for later, and the encoders of clips that overlap (different threads, many arenas) free their
+    buffers at different times, so without this a soak's RSS went up in steps at each new peak of clips
+    open at once and never came down (measured: 8 clips closed, 125 MB freed, 0 returned)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class H264Writer:
     """One MP4 file of H.264 frames. ``write(timestamp_s, pixels)`` with RGB uint8 (H, W, 3) pixels; the
     file is opened on the first frame, whose size (cropped to even) every later frame is scaled to.
     ``close()`` flushes the encoder; it is safe to call twice, after an error, or with no frame written.
     Errors from the disk or the encoder propagate (an ``OSError`` for a full or read-only disk); the
-    fragments already written stay playable."""
+    fragments already written stay playable.
+
+    ``threads`` (0: libx264's own choice, 1.5 per core plus lookahead threads) and ``tune`` (e.g.
+    ``zerolatency``: no lookahead, no B-frames) set the encoder's footprint: see ``evidence.CLIP_ENCODER``."""
 
     def __init__(self, path: str | Path, *, crf: int = 23, preset: str = "veryfast",
-                 keyframe_s: float = 1.0) -> None:
+                 keyframe_s: float = 1.0, threads: int = 0, tune: str | None = None) -> None:
         self.path = Path(path)
         self.crf, self.preset, self.keyframe_s = crf, preset, keyframe_s
+        self.threads, self.tune = threads, tune
         self.frames = 0
         self.first_ts: float | None = None  # capture time of the first frame (pts 0)
         self.last_ts: float | None = None
@@ -80,7 +106,10 @@ class H264Writer:
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.time_base = TIME_BASE
             stream.codec_context.time_base = TIME_BASE
-            stream.options = {"preset": self.preset, "crf": str(self.crf)}
+            stream.options = {"preset": self.preset, "crf": str(self.crf),
+                              **({"tune": self.tune} if self.tune else {})}
+            if self.threads:
+                stream.codec_context.thread_count = self.threads
         except BaseException:
             out.close()
             raise
@@ -115,6 +144,8 @@ class H264Writer:
                 out.mux(packet)
         finally:
             out.close()
+            del out, stream
+            release_freed_memory()
 
     def _abandon(self) -> None:
         """After an error: release the file without flushing more into it (its fragments stay)."""
@@ -125,6 +156,8 @@ class H264Writer:
                 out.close()
             except Exception as exc:  # the first error is the one that matters; this one is only logged
                 log.debug("closing %s after an error also failed: %s", self.path, exc)
+            del out
+            release_freed_memory()
 
     def __enter__(self) -> H264Writer:
         return self

@@ -31,6 +31,11 @@ class Metrics:
         self.latency = Histogram("vad_frame_latency_seconds", "Frame handed to the engine -> score out",
                                  registry=r, buckets=(.01, .025, .05, .075, .1, .15, .25, .5, 1, 2.5))
         self.events = Counter("vad_anomaly_events_total", "Anomaly events started", ["camera"], registry=r)
+        self.camera_events = Counter("vad_camera_events_total", "Camera events started (never anomalies): type "
+                                     "tamper (reason covered, blinded, defocused, moved) or scene_change (lighting, "
+                                     "contrast)", ["camera", "type", "reason"], registry=r)
+        self.tampered = Gauge("vad_camera_tampered", "1 while a tamper event of the camera is open (its frames are "
+                              "not scored)", ["camera"], registry=r)
         self.ws_clients = Gauge("vad_ws_clients", "Connected WebSocket clients", ["camera"], registry=r)
         self.threshold = Gauge("vad_anomaly_threshold", "The camera's effective anomaly threshold (its override "
                                "or the model's default); alerts compare vad_anomaly_score with it", ["camera"],
@@ -42,6 +47,8 @@ class Metrics:
         self.sink_errors = Counter("vad_sink_errors_total", "Failures of one of a camera's result sinks (events, "
                                    "evidence, notify, websocket, stats, ...) or frame taps; the camera goes on",
                                    ["camera", "sink"], registry=r)
+        self.night = Gauge("vad_camera_night", "1 while the camera runs its night profile (it shows its infrared "
+                           "picture: service/cameras/night.py), else 0", ["camera"], registry=r)
         self.armed = Gauge("vad_camera_armed", "1 while the camera raises events and notifications, 0 while "
                            "disarmed (it still scores)", ["camera"], registry=r)
         self.store_up = Gauge("vad_event_store_up", "1 while the event database accepts writes", registry=r)
@@ -51,8 +58,10 @@ class Metrics:
                               ["result"], registry=r)
         self.store_up.set(1)
         self._failed_sinks: dict[str, set[str]] = {}
+        self._camera_event_labels: dict[str, set[tuple[str, str]]] = {}
         self._per_camera = (self.score, self.frames, self.up, self.reconnects, self.since_last,
-                            self.events, self.ws_clients, self.threshold, self.armed)
+                            self.events, self.ws_clients, self.threshold, self.armed, self.tampered,
+                            self.night)
 
     @contextlib.contextmanager
     def timed(self, stage: str):
@@ -94,9 +103,17 @@ class Metrics:
         for reason in ("queue_full", "ws_slow_client"):
             with contextlib.suppress(KeyError):
                 self.dropped.remove(camera, reason)
+        for labels in self._camera_event_labels.pop(camera, set()):
+            with contextlib.suppress(KeyError):
+                self.camera_events.remove(camera, *labels)
         for sink in self._failed_sinks.pop(camera, set()):
             with contextlib.suppress(KeyError):
                 self.sink_errors.remove(camera, sink)
+
+    def camera_event(self, camera: str, kind: str, reason: str) -> None:
+        """A camera event started (counted per type and reason)."""
+        self._camera_event_labels.setdefault(camera, set()).add((kind, reason))
+        self.camera_events.labels(camera, kind, reason).inc()
 
     def sink_error(self, camera: str, sink: str) -> None:
         self._failed_sinks.setdefault(camera, set()).add(sink)

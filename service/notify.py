@@ -8,6 +8,12 @@ paho's network thread, so a notification never blocks a camera. Results are coun
 MQTT also carries each camera's arm switch: the retained state ``<prefix>/<camera>/armed`` (ON/OFF) and
 the command topic ``<prefix>/<camera>/armed/set``, announced to Home Assistant as a ``switch``; a command
 is handed to ``on_armed`` (the camera manager), which changes the camera and publishes the new state.
+
+Camera events (tamper, scene change: never anomalies) have their own types, so a receiver that acts on
+anomalies cannot mistake one: webhooks get ``"type": "tamper_start"`` etc. (only the webhooks whose ``on``
+lists it), MQTT gets the body on ``<prefix>/<camera>/camera_event`` and the retained state
+``<prefix>/<camera>/tamper`` and ``.../scene_change`` (ON/OFF), announced to Home Assistant as binary
+sensors ``tamper`` (device class ``tamper``) and ``scene change``.
 """
 
 from __future__ import annotations
@@ -93,8 +99,8 @@ class WebhookSender(threading.Thread):
 
 class MqttPublisher:
     """Events, throttled scores, an availability topic with a last will, each camera's arm switch, and
-    Home Assistant discovery (a binary sensor ``anomaly``, a sensor ``score`` and a switch ``armed`` per
-    camera)."""
+    Home Assistant discovery (binary sensors ``anomaly``, ``tamper`` and ``scene change``, a sensor ``score``
+    and a switch ``armed`` per camera)."""
 
     def __init__(self, cfg: MqttConfig, metrics: Metrics) -> None:
         from paho.mqtt import client as mqtt
@@ -161,6 +167,15 @@ class MqttPublisher:
         self._publish(f"{d}/sensor/amvad_{camera}/score/config", json.dumps({
             **common, "name": "score", "unique_id": f"amvad_{camera}_score", "state_class": "measurement",
             "state_topic": f"{p}/{camera}/score", "value_template": "{{ value_json.score }}"}), retain=True)
+        self._publish(f"{d}/binary_sensor/amvad_{camera}/tamper/config", json.dumps({
+            **common, "name": "tamper", "unique_id": f"amvad_{camera}_tamper", "device_class": "tamper",
+            "state_topic": f"{p}/{camera}/tamper", "payload_on": "ON", "payload_off": "OFF",
+            "json_attributes_topic": f"{p}/{camera}/camera_event",
+            "json_attributes_template": "{{ value_json.event | tojson }}"}), retain=True)
+        self._publish(f"{d}/binary_sensor/amvad_{camera}/scene_change/config", json.dumps({
+            **common, "name": "scene change", "unique_id": f"amvad_{camera}_scene_change",
+            "icon": "mdi:theme-light-dark", "state_topic": f"{p}/{camera}/scene_change", "payload_on": "ON",
+            "payload_off": "OFF"}), retain=True)
         self._publish(f"{d}/switch/amvad_{camera}/armed/config", json.dumps({
             **common, "name": "armed", "unique_id": f"amvad_{camera}_armed", "icon": "mdi:shield-check",
             "state_topic": f"{p}/{camera}/armed", "command_topic": f"{p}/{camera}/armed/set",
@@ -186,6 +201,11 @@ class MqttPublisher:
     def event(self, camera: str, kind: str, body: str) -> None:
         self._publish(f"{self.cfg.topic_prefix}/{camera}/event", body)
         self._publish(f"{self.cfg.topic_prefix}/{camera}/anomaly", "ON" if kind == "start" else "OFF", retain=True)
+
+    def camera_event(self, camera: str, kind: str, change: str, body: str) -> None:
+        """A tamper or scene change started or ended: the body, and the retained ON/OFF of its sensor."""
+        self._publish(f"{self.cfg.topic_prefix}/{camera}/camera_event", body)
+        self._publish(f"{self.cfg.topic_prefix}/{camera}/{kind}", "ON" if change == "start" else "OFF", retain=True)
 
     def score(self, camera: str, score: float, anomaly: bool, threshold: float) -> None:
         """Scores are only worth having now: while the broker is away they are dropped (counted), never
@@ -259,6 +279,19 @@ class Notifier:
                 w.offer(body)
         if self.mqtt:
             self.mqtt.event(camera, kind, body.decode())
+
+    def camera_event(self, camera: str, change: str, event: dict) -> None:
+        """A camera event (``event["kind"]`` tamper or scene_change) "start"ed or "end"ed: type
+        ``<kind>_<change>``; a snapshot link, and the clip's (tamper and scene change keep one too)."""
+        kind = event["kind"]
+        base = f"{self.public_url}/v1/cameras/{camera}/events/{event['id']}"
+        body = json.dumps({"camera": camera, "type": f"{kind}_{change}", "event": event,
+                           "snapshot_url": f"{base}/snapshot.jpg", "clip_url": f"{base}/clip.mp4"}).encode()
+        for w in self.webhooks:
+            if w.wants(camera, f"{kind}_{change}"):
+                w.offer(body)
+        if self.mqtt:
+            self.mqtt.camera_event(camera, kind, change, body.decode())
 
     def score(self, camera: str, score: float, anomaly: bool, threshold: float) -> None:
         if self.mqtt:

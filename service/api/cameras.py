@@ -40,12 +40,12 @@ def get_camera(camera_id: str, svc: Services = Depends(ready)) -> dict:
     return svc.cameras.get(camera_id).status()
 
 
-@router.patch("/{camera_id}", summary="change a camera's model, threshold, replay rate, arming or schedules",
-              dependencies=[ADMIN])
+@router.patch("/{camera_id}", summary="change a camera's model, threshold, replay rate, arming, schedules or "
+              "night profile", dependencies=[ADMIN])
 async def patch_camera(camera_id: str, patch: CameraPatch, svc: Services = Depends(ready)) -> dict:
     """Only this camera changes; with a new model its next frames warm up and are scored by it, starting
-    from the model's own training statistics. ``armed`` and ``schedules`` apply at once; the answer says
-    what is in force and why (``armed_by``, ``armed_why``, ``profile``, ``windows``)."""
+    from the model's own training statistics. ``armed``, ``schedules`` and ``night`` apply at once; the answer
+    says what is in force and why (``armed_by``, ``armed_why``, ``profile``, ``windows``, ``night``)."""
     return (await run_in_threadpool(svc.cameras.update, camera_id, patch)).status()
 
 

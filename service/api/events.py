@@ -1,6 +1,6 @@
-"""Anomaly events from the event store: across cameras (filtered, paged), per camera, one event's clip,
-snapshot and score curve, and the operator's feedback on it. What the review page reads: every route here
-but feedback is read-only."""
+"""Anomaly and camera events (tamper, scene change) from the event store: across cameras (filtered, paged),
+per camera, one event's clip, snapshot and score curve, and the operator's feedback on it. What the review
+page reads: every route here but feedback is read-only."""
 
 from __future__ import annotations
 
@@ -40,13 +40,16 @@ def list_events(response: Response, camera: str | None = None,
                 kind: Literal["ongoing", "ended", "cut"] | None = Query(
                     None, alias="type", description="ongoing; ended by the scores; cut short by the service "
                                                     "(disarmed, stopped, model changed; `note` says why)"),
+                event_kind: Literal["anomaly", "tamper", "scene_change"] | None = Query(
+                    None, alias="kind", description="anomaly (in the scene); tamper or scene_change (the camera "
+                                                    "itself changed: never an anomaly)"),
                 svc: Services = Depends(ready)) -> list[dict]:
     t0, t1 = time_param(since, "since"), time_param(until, "until")
     if t0 is not None and t1 is not None and t1 < t0:
         raise HTTPException(422, f"until: {until} is before since ({since})")
     # times are shown to the millisecond: ``until`` set to an event's shown start includes that event
     filters = {"camera": camera, "since": t0, "until": None if t1 is None else t1 + 0.001, "feedback": feedback,
-               "kind": kind}
+               "kind": kind, "event_kind": event_kind}
     response.headers["X-Total-Count"] = str(svc.events.count(**filters))
     return svc.events.query(**filters, limit=limit, offset=offset)
 
@@ -93,6 +96,7 @@ def event_clip(camera_id: str, event_id: int, svc: Services = Depends(ready)) ->
 
 @router.get("/v1/cameras/{camera_id}/events/{event_id}/snapshot.jpg", summary="the peak frame with its heatmap")
 def event_snapshot(camera_id: str, event_id: int, svc: Services = Depends(ready)) -> FileResponse:
+    """An anomaly's peak frame with its heatmap; a camera event's frame as it began (no heatmap)."""
     return FileResponse(evidence_file(svc, camera_id, event_id, "snapshot"), media_type="image/jpeg")
 
 

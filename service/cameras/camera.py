@@ -9,7 +9,10 @@
 - the **publish** thread (here): takes the results in order and hands each to the sinks (``sinks.py``:
   metrics, events with evidence and notifications, MQTT scores, WebSocket, calibration, running
   statistics), each in its own error boundary; at least every ``RECHECK_S`` it also applies what the
-  schedules put in force (``schedule.py``: armed or not, the profile's model and threshold).
+  schedules put in force (``schedule.py``: armed or not, the profile's model and threshold). It also
+  reads each frame's chroma for the night profile (``night.py``): the infrared picture runs the night
+  profile, which wins over a schedule's profile (a schedule's model and threshold were chosen for the
+  colour picture; a threshold means nothing on another model's scores); schedules still arm and disarm.
 
 A disarmed camera runs all of this; only the events the operator sees are held back (``events.ArmGate``).
 
@@ -34,7 +37,7 @@ from amvad.runtime.scoring import RunningStats
 from amvad.runtime.stream import Stream
 from amvad.runtime.types import Frame, FrameResult
 
-from ..config import CameraConfig, ScheduleConfig, ServiceSettings
+from ..config import CameraConfig, NightConfig, ScheduleConfig, ServiceSettings
 from ..event_store import EventStore
 from ..evidence import EventEvidence
 from ..heatmap import HeatScale
@@ -42,7 +45,9 @@ from ..metrics import Metrics
 from ..notify import Notifier
 from ..publish import Broadcaster
 from ..recordings import Recorder, Recordings
+from .camera_events import CameraEventSink, shown
 from .events import ArmGate, EventSink
+from .night import IrDetector, load_state, save_state, state_path
 from .schedule import InForce, in_force, zone
 from .sinks import Boundary, BroadcastSink, MetricsSink, Published, ScoreNotifySink, ScoreTaps, message
 from .source import STREAMING, CameraSource
@@ -77,6 +82,9 @@ class Camera:
         base = model or engine.model
         self._resolve = resolve_model or (lambda name: base)  # without a manager: only the one model
         self._tz = zone(cfg.timezone)
+        self._night_path = state_path(settings.paths.stats_dir, self.id)
+        self.night: IrDetector | None = (None if cfg.night is None
+                                         else IrDetector(cfg.night, load_state(self._night_path, self.id)))
         self._arm_lock = threading.RLock()  # PATCH, MQTT and the publish thread's re-check take turns
         self.in_force: InForce = self._evaluate()
         self._checked = time.monotonic()
@@ -108,7 +116,12 @@ class Camera:
                                settings.ingest.stats_save_s)
         self.events = (EventSink(self.id, store, self.evidence, notifier, self.boundary, lambda: self.heat_scale)
                        if store is not None else None)
+        self._tamper_when_disarmed = settings.events.camera_watch.tamper_when_disarmed
+        self.camera_events = (CameraEventSink(self.id, store, self.evidence, notifier, metrics, self.boundary,
+                                              lambda: self.heat_scale, self._tamper_when_disarmed)
+                              if store is not None else None)
         self.sinks = [MetricsSink(metrics, lambda: self.heat_scale), *([self.events] if self.events else []),
+                      *([self.camera_events] if self.camera_events else []),
                       *([ScoreNotifySink(notifier)] if notifier is not None else []), self.broadcast, self.taps,
                       self.stats]
         self.source.taps = [("recordings", self._offer_to_recorders),
@@ -118,6 +131,7 @@ class Camera:
                          threading.Thread(target=self._publish_loop, name=f"publish-{self.id}", daemon=True)]
         metrics.init_camera(self.id, self.stream.threshold)
         metrics.armed.labels(self.id).set(int(self.in_force.armed))
+        metrics.night.labels(self.id).set(int(self.night_profile))
         if notifier is not None:
             notifier.camera(self.id)
             notifier.armed(self.id, self.in_force.armed)
@@ -180,6 +194,36 @@ class Camera:
             self._tz = zone(tz)
             return self.reconcile()
 
+    def set_night(self, night: NightConfig | None) -> None:
+        """A new night profile (validated, its model loadable), or None to drop it; in force at once. What
+        the detector learnt (the mode, colour seen) is kept: a profile changed at night runs at once."""
+        with self._arm_lock:
+            self.cfg = self.cfg.model_copy(update={"night": night})
+            state = None if self.night is None else self.night.state
+            self.night = None if night is None else IrDetector(night, state or load_state(self._night_path, self.id))
+            self.metrics.night.labels(self.id).set(int(self.night_profile))
+            self.reconcile()
+
+    @property
+    def night_profile(self) -> bool:
+        """Whether the night profile is in force (the camera shows its infrared picture)."""
+        return self.night is not None and self.night.night
+
+    def _watch_night(self, r: FrameResult) -> None:
+        """On the publish thread, every frame: a switch of the infrared mode applies the profile at once
+        (through :meth:`reconcile`, as a schedule's does) and is saved for the next start."""
+        night = self.night
+        if night is None or r.condition is None:
+            return
+        seen = night.state.colour_seen
+        if night.update(r.timestamp, r.condition.colour):
+            log.info("camera %s: %s", self.id, night.why() if night.night else "colour is back: the day profile")
+            self.metrics.night.labels(self.id).set(int(night.night))
+            self.reconcile()
+        elif night.state.colour_seen == seen:
+            return
+        save_state(self._night_path, night.state)
+
     # -- schedules: what is in force ---------------------------------------------------------------
     def _evaluate(self) -> InForce:
         c = self.cfg
@@ -187,13 +231,18 @@ class Camera:
                         now=utcnow())
 
     def _profile_of(self, f: InForce) -> tuple[str | None, float | None]:
-        """(model name, threshold) in force: the profile's, else the camera's own. A profile that names
-        another model and no threshold takes that model's own threshold (None)."""
-        if f.profile is None:
+        """(model name, threshold) in force: the night profile's while the picture is infrared, else the
+        schedule's profile, else the camera's own. A profile that names another model and no threshold
+        takes that model's own threshold (None)."""
+        if self.night_profile:
+            model, threshold = self.cfg.night.model, self.cfg.night.threshold
+        elif f.profile is not None:
+            model, threshold = f.model, f.threshold
+        else:
             return self.cfg.model, self.cfg.threshold
-        name = self.cfg.model if f.model is None else f.model
-        if f.threshold is not None:
-            return name, f.threshold
+        name = self.cfg.model if model is None else model
+        if threshold is not None:
+            return name, threshold
         return name, self.cfg.threshold if name == self.cfg.model else None
 
     def reconcile(self) -> InForce:
@@ -228,6 +277,8 @@ class Camera:
             return
         if self.events is not None:
             self.events.close_open(note="the camera changed model")
+        if self.camera_events is not None:  # the new model's stream watches afresh
+            self.camera_events.close_open(note="the camera changed model")
         self._stash[self.stream.model.sha256] = self.stream.scorer.stats
         stats = None
         if resume:
@@ -255,6 +306,9 @@ class Camera:
             self.boundary.call("arming", self.reconcile)
         if not self.in_force.armed and self.events is not None:
             self.boundary.call("events", self.events.close_open, "the camera was disarmed")
+        ce = self.camera_events
+        if not self.in_force.armed and ce is not None and not shown(False, ce.record, self._tamper_when_disarmed):
+            self.boundary.call("camera_events", ce.close_open, "the camera was disarmed")
 
     def set_masks(self, masks: list) -> None:
         self.stream.set_masks(masks)
@@ -302,12 +356,15 @@ class Camera:
                 t.join(timeout)
         if self.events is not None:
             self.boundary.call("events", self.events.close_open, "the camera stopped")
+        if self.camera_events is not None:
+            self.boundary.call("camera_events", self.camera_events.close_open, "the camera stopped")
         if self.evidence is not None:
             self.boundary.call("evidence", self.evidence.stop)
         if keep_stats:
             self.boundary.call("stats", self.stats.save)
         else:
             self._stats_path.unlink(missing_ok=True)
+            self._night_path.unlink(missing_ok=True)
         self.metrics.remove_camera(self.id)
 
     @property
@@ -335,19 +392,28 @@ class Camera:
                 "replay_fps": self.replay_fps, "masks": self.cfg.masks, "last_frame_time": src.last_frame_time,
                 "seconds_since_last_frame": since, "threshold": self.stream.threshold,
                 "ws_clients": len(self.broadcaster.clients), "faults": self.faults(),
-                "publish_backlog": self._results.qsize(), **self.arming()}
+                "publish_backlog": self._results.qsize(),
+                "camera_event": None if self.camera_events is None else self.camera_events.status(),
+                "camera_watch": self.stream.watch.status(), **self.arming()}
 
     def arming(self) -> dict:
         """What is in force and why: arming (by whom), the profile, the windows in force."""
-        f, c = self.in_force, self.cfg
-        profile = {"by": f.profile_by, "model": self.model_name, "threshold": self.stream.threshold,
-                   "why": "the camera's own model and threshold" if f.profile is None else f.profile.describe()}
+        f, c, night = self.in_force, self.cfg, self.night
+        if self.night_profile:
+            by, since, why = "ir", night.status()["since"], night.why()
+        elif f.profile is not None:
+            by, since, why = f.profile_by, f.profile.start.isoformat(), f.profile.describe()
+        else:
+            by, since, why = "camera", None, "the camera's own model and threshold"
+        profile = {"by": by, "since": since, "model": self.model_name, "threshold": self.stream.threshold,
+                   "why": why}
         return {"armed": f.armed, "armed_by": f.armed_by,
                 "armed_since": None if c.armed_since is None else c.armed_since.isoformat(),
                 "armed_why": f.why_armed(c.armed_since), "profile": profile,
                 "windows": [{"name": w.name, "start": w.start.isoformat(), "end": w.end.isoformat()}
                             for w in f.windows],
-                "timezone": str(self._tz), "schedules": [s.model_dump() for s in c.schedules]}
+                "timezone": str(self._tz), "schedules": [s.model_dump() for s in c.schedules],
+                "night": None if night is None else night.status()}
 
     def faults(self) -> dict[str, str]:
         """What fails right now and why: the camera's sinks, and the event database they write to."""
@@ -393,10 +459,13 @@ class Camera:
     def _publish(self, frame: Frame, r: FrameResult) -> None:
         self.frames += 1
         self.latest = (frame, r)
+        self.boundary.call("night", self._watch_night, r)
         threshold, armed = self.stream.threshold, self.in_force.armed
         event = self.gate.event(armed, r)
+        ce = r.camera_event_record
+        seen = ce if ce is not None and ce.end is None and shown(armed, ce, self._tamper_when_disarmed) else None
         p = Published(self.id, self.model_name, threshold, frame, r,
-                      message(self.id, self.model_name, threshold, self.state, r, event, armed), armed, event)
+                      message(self.id, self.model_name, threshold, self.state, r, event, armed, seen), armed, event)
         for sink in self.sinks:
             self.boundary.call(sink.name, sink.publish, p)
 

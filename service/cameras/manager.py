@@ -16,7 +16,7 @@ from amvad.runtime.errors import Conflict, Invalid, NotFound
 from amvad.runtime.exported_model import ExportedModel, file_sha256
 from amvad.runtime.video import file_path, is_file_source
 
-from ..config import CameraConfig, CameraPatch, ScheduleConfig, ServiceSettings
+from ..config import CameraConfig, CameraPatch, NightConfig, ScheduleConfig, ServiceSettings
 from ..event_store import EventStore
 from ..metrics import Metrics
 from ..model_registry import ModelConflict, ModelRegistry, UnknownModel
@@ -75,19 +75,21 @@ class CameraManager:
         except (UnknownModel, Invalid) as exc:  # also a model now refused by the engine's bounds or budget
             raise CameraModelError(f"camera {camera_id!r}: {exc.args[0] if exc.args else exc}") from None
 
-    def _check_profiles(self, camera_id: str, schedules: list[ScheduleConfig], masks: list) -> None:
-        """Every model a schedule names loads (so a profile switch at night cannot fail) and takes the
-        camera's masks; raises 422 naming the schedule."""
-        for i, rule in enumerate(schedules):
-            if rule.model is None:
+    def _check_profiles(self, camera_id: str, schedules: list[ScheduleConfig], masks: list,
+                        night: NightConfig | None = None) -> None:
+        """Every model a schedule or the night profile names loads (so a profile switch at night cannot
+        fail) and takes the camera's masks; raises 422 naming the field."""
+        named = [(f"schedules.{i}.model ({rule.name})", rule.model) for i, rule in enumerate(schedules)]
+        for field, name in named + [("night.model", None if night is None else night.model)]:
+            if name is None:
                 continue
             try:
-                model = self._model(camera_id, rule.model)
+                model = self._model(camera_id, name)
             except CameraModelError as exc:
-                raise CameraModelError(f"schedules.{i}.model ({rule.name}): {exc.message}") from None
+                raise CameraModelError(f"{field}: {exc.message}") from None
             if masks and not model.takes_mask:
-                raise CameraModelError(f"schedules.{i}.model ({rule.name}): camera {camera_id!r} has masks; model "
-                                       f"{rule.model!r} was exported before masks")
+                raise CameraModelError(f"{field}: camera {camera_id!r} has masks; model {name!r} was exported "
+                                       "before masks")
 
     def add(self, cfg: CameraConfig, persist: bool = False, start: bool = True) -> Camera:
         """``start=False`` leaves the threads to the caller (``camera.start()``), e.g. to subscribe first."""
@@ -95,7 +97,7 @@ class CameraManager:
         if is_file_source(url):
             check_media_path(file_path(url), self.settings.media_dirs)
         model = self._model(cfg.id, cfg.model)
-        self._check_profiles(cfg.id, cfg.schedules, cfg.masks)
+        self._check_profiles(cfg.id, cfg.schedules, cfg.masks, cfg.night)
         with self._lock:
             if cfg.id in self._cameras:
                 raise DuplicateCamera(f"camera {cfg.id!r} already exists")
@@ -150,9 +152,9 @@ class CameraManager:
             cam.stop(keep_stats=not forget)
 
     def update(self, camera_id: str, patch: CameraPatch) -> Camera:
-        """Change a running camera's model, threshold, replay rate, arming or schedules; the other cameras
-        never notice. An API camera's new settings are stored (a YAML camera's last until the config is
-        read again)."""
+        """Change a running camera's model, threshold, replay rate, arming, schedules or night profile; the
+        other cameras never notice. An API camera's new settings are stored (a YAML camera's last until the
+        config is read again)."""
         given = patch.model_fields_set
         model = self._model(camera_id, patch.model) if "model" in given else None
         with self._lock:
@@ -161,8 +163,10 @@ class CameraManager:
                 raise CameraModelError(f"camera {camera_id!r} has masks; model {patch.model!r} was exported before "
                                        f"masks (re-export it with `amvad export --onnx`)")
             schedules = patch.schedules if "schedules" in given else cam.cfg.schedules
-            if "schedules" in given or patch.masks:
-                self._check_profiles(camera_id, schedules, cam.cfg.masks if patch.masks is None else patch.masks)
+            night = patch.night if "night" in given else cam.cfg.night
+            if "schedules" in given or "night" in given or patch.masks:
+                self._check_profiles(camera_id, schedules, cam.cfg.masks if patch.masks is None else patch.masks,
+                                     night)
             if model is not None:
                 cam.set_model(patch.model, model)
             if patch.masks is not None:
@@ -176,6 +180,8 @@ class CameraManager:
                 cam.set_replay_fps(patch.replay_fps)
             if "schedules" in given or "timezone" in given:
                 cam.set_schedules(schedules, patch.timezone if "timezone" in given else cam.cfg.timezone)
+            if "night" in given:
+                cam.set_night(patch.night)
             if "armed" in given:
                 cam.set_armed(patch.armed)
             if self.store is not None and self.store.has(camera_id):
@@ -212,7 +218,8 @@ class CameraManager:
         ``false_alarms_per_hour`` events per hour; never below the model's training quantile
         (:func:`training_floor`) unless ``allow_below_training``. A few seconds of footage cannot tell a rate
         of one alarm an hour, so the floor keeps a short calibration from setting a threshold under what
-        training already knew to be normal."""
+        training already knew to be normal. While the night profile runs, the scores are its model's: they
+        set ``night.threshold`` (``sets`` in the result says which)."""
         cam = self.get(camera_id)
         before, model = cam.stream.threshold, cam.stream.model
         scores = np.array(scores)
@@ -223,8 +230,12 @@ class CameraManager:
         floor = -np.inf if allow_below_training else training_floor(model)
         picked = pick_threshold([scores], [fps], false_alarms_per_hour, events=self.settings.events)
         threshold = max(picked, floor)
-        self.update(camera_id, CameraPatch(threshold=threshold))
-        return {"camera": camera_id, "seconds": seconds, "frames": len(scores), "fps": round(fps, 2),
+        # at night the scores are the night model's: they set the night profile's threshold, not the day's
+        night = cam.cfg.night if cam.night_profile else None
+        sets = "threshold" if night is None else "night.threshold"
+        self.update(camera_id, CameraPatch(threshold=threshold) if night is None
+                    else CameraPatch(night=night.model_copy(update={"threshold": threshold})))
+        return {"camera": camera_id, "sets": sets, "seconds": seconds, "frames": len(scores), "fps": round(fps, 2),
                 "footage_seconds": round(len(scores) / fps, 1), "threshold_before": before, "threshold": threshold,
                 "threshold_from_footage": picked, "floor": None if allow_below_training else floor,
                 "floored": bool(threshold > picked), "target_false_alarms_per_hour": false_alarms_per_hour,
@@ -233,9 +244,11 @@ class CameraManager:
                 "score_max": float(scores.max()), "score_p99": float(np.percentile(scores, 99))}
 
     def _files_used_by(self, cam: Camera) -> set:
-        """The model files a camera refers to: its own model, the one running now, its schedules'."""
+        """The model files a camera refers to: its own model, the one running now, its schedules', its
+        night profile's."""
         used = set()
-        for ref in {cam.model_name, cam.cfg.model, *(s.model for s in cam.cfg.schedules)} - {None}:
+        night = None if cam.cfg.night is None else cam.cfg.night.model
+        for ref in {cam.model_name, cam.cfg.model, night, *(s.model for s in cam.cfg.schedules)} - {None}:
             try:
                 used.add(self.registry.path(ref))
             except (UnknownModel, FileNotFoundError):  # a profile's model deleted meanwhile: nothing to protect
@@ -244,8 +257,8 @@ class CameraManager:
 
     def remove_model(self, ref: str) -> list[str]:
         """Delete a registered model (every version) or one version (``name@N``) unless a camera uses it:
-        runs it, has it as its model (``name`` uses the current version) or in a schedule. Checked and done
-        under the cameras' lock; the files deleted."""
+        runs it, has it as its model (``name`` uses the current version), in a schedule or in its night
+        profile. Checked and done under the cameras' lock; the files deleted."""
         with self._lock:
             doomed = set(self.registry.files(ref))
             shas = {file_sha256(p) for p in doomed}
@@ -253,7 +266,7 @@ class CameraManager:
                            if doomed & self._files_used_by(c) or c.stream.model.sha256 in shas)
             if users:
                 raise ModelConflict(f"model {ref!r} is used by camera(s) {users} (as their model, the current "
-                                    f"version of it, or in a schedule); assign them another first")
+                                    f"version of it, or in a schedule or night profile); assign them another first")
             removed = self.registry.remove(ref)
             for sha in shas:
                 self.engine.unload(sha)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from amvad.runtime.redact import redact
-from amvad.runtime.types import Frame, FrameResult
+from amvad.runtime.types import CameraEvent, Frame, FrameResult
 
 from ..heatmap import HeatScale
 from ..metrics import Metrics
@@ -169,9 +169,13 @@ class ScoreTaps:
 
 
 def message(p_camera: str, model: str, threshold: float, state: str, r: FrameResult, event: str | None = None,
-            armed: bool = True) -> dict:
-    """The per-frame JSON message of the WebSocket and ``/scores`` (always valid JSON: no NaN)."""
+            armed: bool = True, camera_event: CameraEvent | None = None) -> dict:
+    """The per-frame JSON message of the WebSocket and ``/scores`` (always valid JSON: no NaN).
+    ``camera_event``: the open tamper or scene change the operator sees ({type, reason}); ``held``: the
+    frame was not scored because of one (its score is null)."""
     finite = r.score is not None and math.isfinite(r.score)
     return {"camera": p_camera, "frame_id": r.frame_id, "timestamp": r.timestamp,
             "score": round(r.score, 4) if finite else None, "anomaly": r.anomaly, "state": state,
-            "threshold": threshold, "event": event, "model": model, "armed": armed}
+            "threshold": threshold, "event": event, "model": model, "armed": armed, "held": r.held,
+            "camera_event": None if camera_event is None else {"type": camera_event.type,
+                                                               "reason": camera_event.reason}}

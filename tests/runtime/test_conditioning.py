@@ -14,6 +14,7 @@ from amvad.models.metadata import METADATA_KEY, Conditioning
 from amvad.runtime.conditioning import (
     Conditioner,
     PhaseCorrelation,
+    colourfulness,
     decode_reference,
     encode_reference,
     fit_conditioning,
@@ -166,3 +167,14 @@ def test_through_a_stream_a_flickering_or_shaken_clip_scores_like_the_original(t
     with_it = error(with_conditioning(tiny_model, tmp_path / "fitted.onnx", fit_conditioning(view)))
     without = error(with_conditioning(tiny_model, tmp_path / "plain.onnx", None))
     assert with_it < 0.5 * without, (with_it, without)
+
+
+def test_colourfulness_tells_a_colour_picture_from_a_grey_or_infrared_one():
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    grey_rgb = np.repeat(colour.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
+    assert colourfulness(grey_rgb) == 0.0 and colourfulness(colour[..., 0]) == 0.0
+    tinted = np.clip(grey_rgb.astype(int) + [30, 0, -30], 0, 255).astype(np.uint8)
+    assert colourfulness(tinted) > 0.1
+    _, measured = Conditioner(None, H, W)(textured()[None], colour=0.25)
+    assert measured.colour == 0.25

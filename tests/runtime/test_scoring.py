@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from amvad.models.metadata import ComponentStats
 from amvad.runtime.scoring import StreamScorer, min_max_per_clip
@@ -40,3 +41,20 @@ def test_anomalies_do_not_teach_the_baseline():
 def test_paper_protocol_min_max_per_clip():
     comps = np.array([[0.0, 10.0], [1.0, 20.0], [0.5, 15.0]])
     np.testing.assert_allclose(min_max_per_clip(comps, np.array([0.5, 0.5])), [0.0, 1.0, 0.5])
+
+
+def test_rebaseline_after_a_scene_change_scales_positive_errors_and_moves_the_rest():
+    # given a light that makes the positive error "a" 1.8x larger, and moves "b" (not positive) by +5
+    rng = np.random.default_rng(1)
+    normal = rng.normal([1.0, -30.0], [0.5, 2.0], size=(400, 2))
+    normal[:, 0] = np.abs(normal[:, 0])
+    lit = normal * [1.8, 1.0] + [0.0, 5.0]
+    before = StreamScorer(COMPONENTS, threshold=3.0, smoothing=1, forget=0.0).score_clip(lit[:200])
+    assert before.mean() > 1.0  # without a re-baseline the new light alone looks anomalous
+    s = StreamScorer(COMPONENTS, threshold=3.0, smoothing=1, forget=0.0)
+    s.rebaseline(lit[:30])
+    # then the new light scores like the old one did (mean near 0, same spread), and an anomaly still stands out
+    after = s.score_clip(lit[200:])
+    reference = StreamScorer(COMPONENTS, threshold=3.0, smoothing=1, forget=0.0).score_clip(normal[200:])
+    assert abs(after.mean()) < 0.3 and after.std() == pytest.approx(reference.std(), rel=0.35)
+    assert s.update(np.array([4.0 * 1.8, -20.0])) > 3.0
