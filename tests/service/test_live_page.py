@@ -11,7 +11,9 @@ from tests.support.servers import API_KEY
 pytestmark = pytest.mark.integration
 # pixels of a canvas close to an RGB colour (the chart's strokes are anti-aliased)
 COUNT_COLOUR = """([sel, r, g, b]) => {
-  const c = document.querySelector(sel), d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  const c = document.querySelector(sel);
+  if (c === null) return 0;  // not drawn yet: polled again, not an error that ends the wait
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
   let n = 0;
   for (let i = 0; i < d.length; i += 4)
     if (d[i + 3] > 200 && Math.abs(d[i] - r) + Math.abs(d[i + 1] - g) + Math.abs(d[i + 2] - b) < 60) n++;

@@ -176,6 +176,8 @@ def test_calibration_is_a_job_that_sets_the_threshold_from_live_normal_footage(s
     try:
         svc.wait_for(lambda: svc.http.get("/v1/cameras/calib").json()["state"] == "live", 20, "the camera to go live")
         assert svc.http.get("/v1/cameras/calib/calibration").status_code == 404  # none yet
+        # a threshold no calibration would choose, so the one it sets is seen to be set
+        assert svc.http.patch("/v1/cameras/calib", json={"threshold": 1000}).status_code == 200
         # when a calibration starts: 202 at once with a job, not a request held open for its 5 seconds
         t0 = time.monotonic()
         r = svc.http.post("/v1/cameras/calib/calibrate", json={"seconds": 5, "false_alarms_per_hour": 1})
