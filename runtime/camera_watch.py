@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from .conditioning import GREY_CHROMA
 from .types import CameraEvent, FrameCondition
 
 TAMPER, SCENE_CHANGE = "tamper", "scene_change"
@@ -79,7 +80,7 @@ class CameraWatchConfig(BaseModel):
     hold_after_frames: int = Field(2, ge=1, le=10, description="a condition seen on this many frames in a row "
                                    "holds the scores (one odd frame, e.g. a wrong alignment peak as a bus passes, "
                                    "restarts no window)")
-    grey_colour: float = Field(0.01, ge=0, le=1, description="a frame whose mean chroma (runtime.conditioning."
+    grey_colour: float = Field(GREY_CHROMA, ge=0, le=1, description="a frame whose mean chroma (runtime.conditioning."
                                "colourfulness) is below this is grey: infrared, or a grey camera")
     colour_ratio: float = Field(0.25, gt=0, lt=1, description="a colour camera (baseline chroma at least twice "
                                 "grey_colour) whose chroma falls under this share of it at once switched to "

@@ -103,6 +103,9 @@ def _vertex(left: float, mid: float, right: float) -> float:
     return 0.0 if curve >= 0 else float(np.clip(0.5 * (left - right) / curve, -0.5, 0.5))
 
 
+GREY_CHROMA = 0.01  # a mean chroma below this is a grey picture: infrared, or a grey camera (colour scenes: 0.03-0.15)
+
+
 def colourfulness(image: np.ndarray) -> float:
     """Mean chroma of an RGB uint8 frame (0-1; grey or infrared pictures read ~0), measured on the frame
     shrunk ``LEVEL_SCALE`` times: a colour camera that switched to infrared for the night shows it here."""

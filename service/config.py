@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from amvad.runtime.conditioning import GREY_CHROMA
 from amvad.runtime.engine import EngineConfig
 from amvad.runtime.events import EventConfig
 from amvad.runtime.masks import check_polygons
@@ -87,7 +88,7 @@ class NightConfig(BaseModel):
     threshold: float | None = Field(None, allow_inf_nan=False, description="the threshold at night; default the "
                                     "night model's own (or the camera's, without a model)")
     detect: Literal["ir"] = Field("ir", description="how night is told: `ir` = the picture lost its colour")
-    grey_below: float = Field(0.01, ge=0, le=1, description="mean chroma (0-1) under this is grey: infrared "
+    grey_below: float = Field(GREY_CHROMA, ge=0, le=1, description="mean chroma (0-1) under this is grey: infrared "
                               "(a colour street scene reads 0.03-0.15, an infrared picture under 0.005)")
     colour_above: float = Field(0.02, gt=0, le=1, description="mean chroma at least this is colour: day again")
     hold_s: float = Field(10.0, ge=0, le=600, description="seconds the picture must stay grey (or colour) "

@@ -5,6 +5,7 @@ self-signed certificate."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import stat
@@ -168,11 +169,9 @@ def handshake(client: ssl.SSLContext, server: ssl.SSLContext, host: str) -> str:
     for _ in range(20):
         for i, side in enumerate(sides):
             if not done[i]:
-                try:
+                with contextlib.suppress(ssl.SSLWantReadError):  # waits for the other side's next flight
                     side.do_handshake()
                     done[i] = True
-                except ssl.SSLWantReadError:  # waits for the other side's next flight; pumped below
-                    pass
         s_in.write(c_out.read())
         c_in.write(s_out.read())
         if all(done):
