@@ -7,10 +7,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
 
-from amvad.models.metadata import METADATA_KEY, Conditioning
+from amvad.models.metadata import Conditioning
 from amvad.runtime.conditioning import (
     Conditioner,
     PhaseCorrelation,
@@ -26,6 +25,7 @@ from amvad.runtime.exported_model import read_metadata
 from amvad.runtime.preprocess import to_model_frame
 from amvad.runtime.stream import Stream, results_in_order
 from amvad.runtime.types import Frame
+from tests.support.model_files import with_metadata
 
 H, W = 96, 128
 
@@ -118,15 +118,6 @@ def test_a_trained_model_carries_its_conditioning(tiny_model):
     assert spec is not None and spec.stabilise and 0 < spec.brightness < 1 and 0 < spec.contrast < 1
 
 
-def with_conditioning(src: Path, dst: Path, conditioning: Conditioning | None) -> Path:
-    """The same model file with other conditioning in its metadata (None: a model exported before it)."""
-    proto = onnx.load(str(src))
-    entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
-    entry.value = read_metadata(src).model_copy(update={"conditioning": conditioning}).to_json()
-    onnx.save(proto, str(dst))
-    return dst
-
-
 @pytest.mark.parametrize("change", ["flicker", "shake"])
 def test_through_a_stream_a_flickering_or_shaken_clip_scores_like_the_original(tiny_model, tmp_path, change):
     rng = np.random.default_rng(3)
@@ -164,8 +155,8 @@ def test_through_a_stream_a_flickering_or_shaken_clip_scores_like_the_original(t
     meta = read_metadata(tiny_model)
     view = np.stack([to_model_frame(scene(i), height=meta.height, width=meta.width, channels=meta.channels)
                      for i in range(30)])
-    with_it = error(with_conditioning(tiny_model, tmp_path / "fitted.onnx", fit_conditioning(view)))
-    without = error(with_conditioning(tiny_model, tmp_path / "plain.onnx", None))
+    with_it = error(with_metadata(tiny_model, tmp_path / "fitted.onnx", conditioning=fit_conditioning(view).model_dump()))
+    without = error(with_metadata(tiny_model, tmp_path / "plain.onnx", conditioning=None))  # exported before it
     assert with_it < 0.5 * without, (with_it, without)
 
 

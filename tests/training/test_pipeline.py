@@ -16,6 +16,7 @@ from amvad.training.config import load_config
 from amvad.training.evaluate import evaluate
 from amvad.training.export import export
 from amvad.training.train import train
+from tests.support.model_files import with_metadata
 from tests.support.synthetic import tiny_config
 
 
@@ -87,12 +88,7 @@ def test_cli_reports_bad_config_and_missing_data(tmp_path, capsys, synthetic_dat
 
 
 def test_condition_on_adds_conditioning_to_the_same_graph(tiny_model, synthetic_dataset, tmp_path):
-    plain = tmp_path / "plain.onnx"
-    proto = onnx.load(str(tiny_model))
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "amvad", read_metadata(tiny_model).model_copy(update={"conditioning": None}).to_json()
-    onnx.save(proto, str(plain))
+    plain = with_metadata(tiny_model, tmp_path / "plain.onnx", conditioning=None)
     # a model from before conditioning, given it from its training footage, level matching only
     out = tmp_path / "conditioned.onnx"
     assert main(["export", "--onnx", str(plain), "--out", str(out), "--condition-on", str(synthetic_dataset),
