@@ -108,6 +108,7 @@ class Lane:
         self.mask = mask  # (1, H, W) on the engine's device, 1 = counts; None = every pixel counts
         clip_len = model.meta.clip_len
         self.frames: deque[torch.Tensor] = deque(maxlen=clip_len)
+        self.valids: deque[torch.Tensor | None] = deque(maxlen=clip_len)  # each frame's own picture (Job.valid)
         self.flows: deque[torch.Tensor] = deque(maxlen=clip_len - 1)
         self.prev: torch.Tensor | None = None
         self.broken = False
@@ -120,9 +121,11 @@ class _Job:
     x: torch.Tensor                 # preprocessed frame (C, H, W) on the engine's device
     restart: bool                   # the frame starts a new window
     ticket: Any                     # the stream's own handle for this frame, given back with the output
+    valid: torch.Tensor | None = None  # (1, H, W): 0 where stabilisation filled the frame from its edge
     submitted: float = field(default_factory=time.perf_counter)
     prev: torch.Tensor | None = None                          # the frame before, when in the window
     window: tuple[torch.Tensor, torch.Tensor] | None = None   # (T, C, H, W), (T-1, 2, H, W) when full
+    window_valid: torch.Tensor | None = None  # (1, H, W): where every frame of the window has its own picture
     stage_s: dict[str, float] = field(default_factory=dict)   # seconds each stage took for this job
     error: BaseException | None = None                        # why the frame is dropped without work
 
@@ -133,6 +136,14 @@ def by_model(jobs: list[_Job]) -> dict[ExportedModel, list[_Job]]:
     for job in jobs:
         groups.setdefault(job.lane.model, []).append(job)
     return groups
+
+
+def job_mask(job: _Job, model: ExportedModel) -> torch.Tensor:
+    """(1, H, W): the pixels that count for ``job``'s window: its stream's mask where the window's frames
+    all have their own picture."""
+    mask = job.lane.mask if job.lane.mask is not None else torch.ones(
+        1, model.meta.height, model.meta.width, device=job.window[0].device)
+    return mask if job.window_valid is None else mask * job.window_valid
 
 
 class InferenceEngine:
@@ -240,13 +251,15 @@ class InferenceEngine:
     def to_device(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x).to(self.device, non_blocking=True)
 
-    def submit(self, lane: Lane, x: torch.Tensor, *, restart: bool, ticket: Any) -> None:
-        """Queue one preprocessed frame (C, H, W) of ``lane``'s stream; its output reaches the lane's sink."""
+    def submit(self, lane: Lane, x: torch.Tensor, *, restart: bool, ticket: Any,
+               valid: torch.Tensor | None = None) -> None:
+        """Queue one preprocessed frame (C, H, W) of ``lane``'s stream; its output reaches the lane's sink.
+        ``valid`` (1, H, W): 0 where the frame has no picture of its own (left out of its window's errors)."""
         if self._closed:
             raise RuntimeError("the inference engine is closed")
         if lane.model in self._retired:
             raise ModelUnloaded(f"model {lane.model.path.name} was unloaded")
-        self._flow_q.put(_Job(lane, x, restart, ticket))
+        self._flow_q.put(_Job(lane, x, restart, ticket, valid))
 
     def close(self) -> None:
         """Stop both stages after the work already queued."""
@@ -338,11 +351,15 @@ class InferenceEngine:
             if job.restart:
                 lane.frames.clear()
                 lane.flows.clear()
+                lane.valids.clear()
             if job.prev is not None:
                 lane.flows.append(flow_of[id(job)])
             lane.frames.append(job.x)
+            lane.valids.append(job.valid)
             if len(lane.frames) == lane.frames.maxlen:
                 job.window = (torch.stack(tuple(lane.frames)), torch.stack(tuple(lane.flows)))
+                partial = [v for v in lane.valids if v is not None]
+                job.window_valid = torch.stack(partial).amin(0) if partial else None
             job.stage_s["flow"] = spent
             self._model_q.put(job)
         self._observe("flow", spent, len(pairs))
@@ -357,9 +374,8 @@ class InferenceEngine:
         for model, group in by_model(live).items():
             g0 = self._clock()
             masks = None
-            if any(j.lane.mask is not None for j in group):
-                ones = torch.ones(1, model.meta.height, model.meta.width, device=self.device)
-                masks = torch.stack([ones if j.lane.mask is None else j.lane.mask for j in group])
+            if any(j.lane.mask is not None or j.window_valid is not None for j in group):
+                masks = torch.stack([job_mask(j, model) for j in group])
             out = model.run_tensors(torch.stack([j.window[0] for j in group]),
                                     torch.stack([j.window[1] for j in group]), masks)
             self.budget.account(model, "model", self._clock() - g0, len(group))

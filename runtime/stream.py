@@ -33,7 +33,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from .camera_watch import SCENE_CHANGE, CameraWatch, WatchVerdict
-from .conditioning import Conditioner, colourfulness
+from .conditioning import Conditioner, colourfulness, uncovered
 from .engine import InferenceEngine
 from .events import EventConfig, EventTracker
 from .exported_model import ExportedModel
@@ -100,6 +100,8 @@ class Stream:
         t0 = time.perf_counter()
         x, condition = self.conditioner(to_model_frame(frame.pixels, height=m.height, width=m.width,
                                                        channels=m.channels), colour=colourfulness(frame.pixels))
+        valid = (uncovered(-condition.shift[0], -condition.shift[1], m.height, m.width)
+                 if condition.compensated and self.model.takes_mask else None)
         x = self.engine.to_device(x)
         if self.observer:
             self.observer.observe("decode", frame.decode_s + time.perf_counter() - t0)
@@ -108,7 +110,8 @@ class Stream:
         self._slots.acquire()
         try:
             self.engine.submit(self._lane, x, restart=restart or verdict.restart,
-                               ticket=(frame, future, condition, verdict))
+                               ticket=(frame, future, condition, verdict),
+                               valid=None if valid is None else self.engine.to_device(valid))
         except BaseException:
             self._slots.release()
             raise

@@ -19,6 +19,7 @@ from amvad.runtime.conditioning import (
     fit_conditioning,
     level,
     match_level,
+    uncovered,
 )
 from amvad.runtime.engine import EngineConfig, InferenceEngine
 from amvad.runtime.exported_model import read_metadata
@@ -118,6 +119,48 @@ def test_a_trained_model_carries_its_conditioning(tiny_model):
     assert spec is not None and spec.stabilise and 0 < spec.brightness < 1 and 0 < spec.contrast < 1
 
 
+def street(i: int) -> np.ndarray:
+    """Frame ``i`` of a textured street (as a pole camera sees one) with one walker crossing it, grey uint8."""
+    f = (textured(5) * 255).astype(np.uint8)
+    f[40:52, 10 + 2 * i:18 + 2 * i] = 220
+    return f
+
+
+def fitted_to_street(model: Path, out: Path, **kwargs) -> Path:
+    """``model`` with conditioning fitted on the street's view."""
+    meta = read_metadata(model)
+    view = np.stack([to_model_frame(street(i), height=meta.height, width=meta.width, channels=meta.channels)
+                     for i in range(30)])
+    return with_metadata(model, out, conditioning=fit_conditioning(view, **kwargs).model_dump())
+
+
+def test_uncovered_marks_the_strips_a_shift_fills_from_the_edge():
+    assert uncovered(1.5, -1.9, 20, 30) is None  # small corrections: the repeated edge is left in
+    valid = uncovered(4.2, -2.5, 20, 30)  # content moved right and up: a left and a bottom strip are filled
+    assert valid.shape == (1, 20, 30) and valid.dtype == np.float32
+    assert (valid[0, :, :6] == 0).all() and (valid[0, -4:, :] == 0).all()
+    assert (valid[0, :-4, 6:] == 1).all()
+
+
+def test_through_a_stream_the_strip_a_large_shift_uncovers_does_not_count(tiny_model, tmp_path):
+    """A camera swayed ~4 model px to the right: stabilisation moves the picture back and fills the right
+    edge from its last column; those columns are left out of the model's errors (zero in the heatmap)."""
+    model = fitted_to_street(tiny_model, tmp_path / "fitted.onnx", max_shift=0.2)
+    meta = read_metadata(model)
+    dx = int(np.ceil(4.1 * 128 / meta.width))  # source px for ~4 px at the model's size
+    m = np.float32([[1, 0, dx], [0, 1, 0]])
+    frames = [Frame("c", i, 0, i / 10, cv2.warpAffine(street(i), m, (128, 96), borderMode=cv2.BORDER_REPLICATE))
+              for i in range(12)]
+    engine = InferenceEngine(model, EngineConfig(device="cpu", flow_threads=1, model_threads=1))
+    try:
+        results = [r for _, r in results_in_order(Stream(engine), frames) if r.score is not None]
+    finally:
+        engine.close()
+    assert results and all(r.condition.compensated and r.condition.shift[0] > 3.5 for r in results)
+    for r in results:
+        assert (r.heatmap[:, -5:] == 0).all() and r.heatmap[:, :-6].max() > 0
+
+
 @pytest.mark.parametrize("change", ["flicker", "shake"])
 def test_through_a_stream_a_flickering_or_shaken_clip_scores_like_the_original(tiny_model, tmp_path, change):
     rng = np.random.default_rng(3)
@@ -130,13 +173,6 @@ def test_through_a_stream_a_flickering_or_shaken_clip_scores_like_the_original(t
         m = np.float32([[1, 0, shakes[i][0]], [0, 1, shakes[i][1]]])
         return cv2.warpAffine(f, m, f.shape[::-1], borderMode=cv2.BORDER_REPLICATE)
 
-    background = (textured(5) * 255).astype(np.uint8)
-
-    def scene(i: int) -> np.ndarray:
-        """A textured street (as a pole camera sees one) and one walker crossing it."""
-        f = background.copy()
-        f[40:52, 10 + 2 * i:18 + 2 * i] = 220
-        return f
 
     def error(model: Path) -> float:
         """Mean distance of the changed clip's scores from the clean clip's."""
@@ -144,7 +180,7 @@ def test_through_a_stream_a_flickering_or_shaken_clip_scores_like_the_original(t
         try:
             out = []
             for fn in (lambda i, f: f, changed):
-                frames = [Frame("c", i, 0, i / 10, fn(i, scene(i))) for i in range(30)]
+                frames = [Frame("c", i, 0, i / 10, fn(i, street(i))) for i in range(30)]
                 out.append(np.array([r.score for _, r in results_in_order(Stream(engine), frames)
                                      if r.score is not None]))
         finally:
@@ -152,10 +188,7 @@ def test_through_a_stream_a_flickering_or_shaken_clip_scores_like_the_original(t
         return float(np.abs(out[1] - out[0]).mean())
 
     # the synthetic training clips each show another scene; a camera's model knows its one view
-    meta = read_metadata(tiny_model)
-    view = np.stack([to_model_frame(scene(i), height=meta.height, width=meta.width, channels=meta.channels)
-                     for i in range(30)])
-    with_it = error(with_metadata(tiny_model, tmp_path / "fitted.onnx", conditioning=fit_conditioning(view).model_dump()))
+    with_it = error(fitted_to_street(tiny_model, tmp_path / "fitted.onnx"))
     without = error(with_metadata(tiny_model, tmp_path / "plain.onnx", conditioning=None))  # exported before it
     assert with_it < 0.5 * without, (with_it, without)
 
