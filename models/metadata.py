@@ -30,6 +30,8 @@ class Conditioning(BaseModel):
     reference: str = Field(description="the fitted view: grey PNG at the model's input size, base64")
     sharpness: float | None = Field(None, gt=0, description="mean edge energy of the training frames (the "
                                                             "measure of runtime.conditioning.sharpness)")
+    noise: float | None = Field(None, gt=0, description="mean sensor noise of the level-matched training "
+                                                        "frames, 0-1 grey (runtime.conditioning.noise_level)")
 
 
 class ModelMetadata(BaseModel):

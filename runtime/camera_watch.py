@@ -8,7 +8,8 @@ against a short running baseline of the camera's own picture, and raises two kin
 
 - ``tamper``: the lens is ``covered`` (dark and flat, or dark and blurred: a hand), ``blinded`` (bright
   and flat: a torch, a floodlight, overexposure), the picture ``defocused`` (sharpness collapsed: sprayed,
-  fogged, focus turned), or the camera ``moved`` (the view shifted beyond what stabilisation undoes, or
+  fogged, focus turned), the picture too ``noisy`` to judge (its sensor noise, after level matching, many
+  times the training footage's: a dark scene at high gain), or the camera ``moved`` (the view shifted beyond what stabilisation undoes, or
   no longer looks like the view its model was fitted on). It starts once the condition has held for
   ``tamper_hold_s`` and ends once it has been gone for ``clear_hold_s``.
 - ``scene_change``: the brightness jumped at once (``lighting``: lights switched), or a colour picture
@@ -26,7 +27,9 @@ Which rules run depends on what was measured: without the model's conditioning (
 it) only the level and chroma are, so only ``covered``, ``blinded`` and ``scene_change``; ``moved`` also needs the
 camera to show the view its model was fitted on while the watch learns its baseline (alignment at least
 ``view_alignment``, the shift within what stabilisation undoes): a model used on another camera's view
-(the bundled one on your street) cannot tell a turned camera, and does not try.
+(the bundled one on your street) cannot tell a turned camera, and does not try; ``noisy`` needs the
+training footage's noise in the conditioning (fitted by `amvad train`, `amvad fit` and `amvad export
+--condition-on` since it was added).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from .conditioning import GREY_CHROMA
 from .types import CameraEvent, FrameCondition
 
 TAMPER, SCENE_CHANGE = "tamper", "scene_change"
-COVERED, BLINDED, DEFOCUSED, MOVED = "covered", "blinded", "defocused", "moved"
+COVERED, BLINDED, DEFOCUSED, NOISY, MOVED = "covered", "blinded", "defocused", "noisy", "moved"
 LIGHTING, INFRARED, DAYLIGHT = "lighting", "infrared", "daylight"
 DARK, BRIGHT = 0.2, 0.8  # a flat picture this dark or this bright is covered or blinded whatever the baseline
 VIEW_SHARE = 0.9  # share of the learning frames whose shift must be within max_shift for 'moved' to run
@@ -67,6 +70,10 @@ class CameraWatchConfig(BaseModel):
                               "baseline's (a dimmed scene keeps its ratio; a covered or blinded lens does not)")
     defocus_ratio: float = Field(0.15, gt=0, lt=1, description="sharpness below this share of the baseline's is "
                                  "defocused (Gaussian blur sigma 3 px at 360x240: 0.25-0.28; sigma 6: 0.05-0.07)")
+    noisy_ratio: float = Field(4.0, gt=1, description="sensor noise after level matching this many times the "
+                               "training footage's is too noisy to judge (Ped2 at x0.3 light with its gain noise: "
+                               "4.1-4.8, where the causal AUC falls to 0.42; x0.5: 1.5-2.1; sigma 8 noise: 1.7-2.3; "
+                               "normal: 0.8-1.4); it ends under 0.75 of this")
     view_alignment: float = Field(0.08, ge=0, le=1, description="'moved' runs only on a camera whose alignment "
                                   "with the model's fitted view was at least this while learning (Ped2: 0.14-0.24; "
                                   "another view: 0.03-0.05)")
@@ -181,6 +188,9 @@ class CameraWatch:
             return TAMPER, BLINDED if bright else COVERED
         if blurred:
             return TAMPER, COVERED if darker else DEFOCUSED
+        noisy_limit = cfg.noisy_ratio * (0.75 if self.open is not None and self.open.reason == NOISY else 1.0)
+        if c.noise is not None and c.noise >= noisy_limit:
+            return TAMPER, NOISY
         if b is None:
             return None
         if self._moved(c, sharp_ratio):
@@ -304,7 +314,7 @@ class CameraWatch:
             return None if v is None else round(v, 4)
         b = self.baseline
         out = {"brightness": r(c.brightness), "contrast": r(c.contrast), "sharpness": r(c.sharpness),
-               "colour": r(c.colour),
+               "colour": r(c.colour), "noise": r(c.noise),
                "alignment": r(c.alignment), "shift": None if c.shift is None else [r(v) for v in c.shift]}
         if b is not None:
             out["baseline"] = {"brightness": r(b.brightness), "contrast": r(b.contrast), "texture": r(b.texture),

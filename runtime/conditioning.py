@@ -16,7 +16,9 @@ on, so they need no retraining and training, evaluation and serving compute the 
 
 The parameters travel in the model's metadata (:class:`amvad.models.metadata.Conditioning`); a model
 without them (exported before) is only measured. Each frame's measurements (:class:`FrameCondition`) let
-the camera watch tell a changed or tampered camera from an anomaly in the scene.
+the camera watch tell a changed or tampered camera from an anomaly in the scene; among them the sensor
+noise after level matching against the training footage's, since a picture many times noisier (a dark
+scene at high gain) is too poor to judge and is better told as such than scored.
 """
 
 from __future__ import annotations
@@ -67,6 +69,18 @@ def sharpness(g: np.ndarray) -> float:
     """Energy of the Laplacian of a grey image at half size: falls when the picture is defocused, sprayed
     or fogged; at half size it sees edges rather than sensor noise or a sub-pixel resampling."""
     return float(cv2.Laplacian(cv2.pyrDown(g), cv2.CV_32F, ksize=3).var())
+
+
+_NOISE_MASK = np.float32([[1, -2, 1], [-2, 4, -2], [1, -2, 1]])
+
+
+def noise_level(g: np.ndarray) -> float:
+    """Standard deviation of the sensor noise of a grey image (0-1 scale): the mean absolute response to a
+    mask that cancels smooth image structure, sigma = sqrt(pi / 2) / 6 * mean |g * N| (Immerkær, "Fast
+    noise variance estimation", 1996). Fine texture reads as a little noise, as it does on the training
+    frames this is compared with."""
+    r = cv2.filter2D(g, cv2.CV_32F, _NOISE_MASK)[1:-1, 1:-1]
+    return float(np.sqrt(np.pi / 2) / 6 * np.abs(r).mean())
 
 
 class PhaseCorrelation:
@@ -147,7 +161,8 @@ def fit_conditioning(frames: np.ndarray, *, max_shift: float = 0.08, stabilise: 
     reference = np.median(np.stack(matched), axis=0).astype(np.float32)
     return Conditioning(brightness=brightness, contrast=contrast, stabilise=stabilise, max_shift=max_shift,
                         reference=encode_reference(reference),
-                        sharpness=max(float(np.mean([sharpness(m) for m in matched])), 1e-9))
+                        sharpness=max(float(np.mean([sharpness(m) for m in matched])), 1e-9),
+                        noise=max(float(np.mean([noise_level(m) for m in matched])), 1e-6))
 
 
 def _strip(shift: float) -> int:
@@ -198,7 +213,9 @@ class Conditioner:
             return x, FrameCondition(brightness=mean, contrast=contrast, colour=colour)
         s = self.spec
         x = match_level(x, mean, contrast, s.brightness, s.contrast)
-        sharp = sharpness(grey(x)) / self.reference_sharpness  # before any smoothing below
+        g = grey(x)  # before any smoothing below
+        sharp = sharpness(g) / self.reference_sharpness
+        noise = noise_level(g) / s.noise if s.noise else None
         gain = gain_of(contrast, s.contrast)
         if gain > NOISY_GAIN:  # a dark frame brought up: its noise would come up with it
             sigma = min(0.5 * (gain - 1), 1.5)
@@ -214,7 +231,7 @@ class Conditioner:
             x = self._shift(x, -dx, -dy)
         return x, FrameCondition(brightness=mean, contrast=contrast, sharpness=sharp,
                                  shift=(float(dx), float(dy)), alignment=peak, compensated=bool(compensate),
-                                 colour=colour)
+                                 colour=colour, noise=noise)
 
     def _shift(self, x: np.ndarray, dx: float, dy: float) -> np.ndarray:
         """``x`` moved by (dx, dy), the strip moving in from outside repeated from the edge (filling it

@@ -42,7 +42,7 @@ class AnomalyEvent:
 @dataclass
 class CameraEvent:
     """One camera event of a stream (``runtime.camera_watch``): ``type`` ``tamper`` (``reason`` covered,
-    blinded, defocused, moved) or ``scene_change`` (lighting, contrast); never an anomaly. ``detail``: what
+    blinded, defocused, noisy, moved) or ``scene_change`` (lighting, contrast); never an anomaly. ``detail``: what
     was measured when it began, beside the camera's baseline. ``end`` is None while it is open."""
     id: int
     type: str
@@ -68,6 +68,7 @@ class FrameCondition:
     alignment: float | None = None             # phase-correlation peak (0-1): how much it looks like that view
     compensated: bool = False                  # the shift was undone
     colour: float | None = None                # mean chroma of the source frame (0-1; ~0: grey or infrared)
+    noise: float | None = None                 # sensor noise after level matching, against the footage's (1 = as fitted)
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ class Metrics:
                                  registry=r, buckets=(.01, .025, .05, .075, .1, .15, .25, .5, 1, 2.5))
         self.events = Counter("vad_anomaly_events_total", "Anomaly events started", ["camera"], registry=r)
         self.camera_events = Counter("vad_camera_events_total", "Camera events started (never anomalies): type "
-                                     "tamper (reason covered, blinded, defocused, moved) or scene_change (lighting, "
-                                     "contrast)", ["camera", "type", "reason"], registry=r)
+                                     "tamper (reason covered, blinded, defocused, noisy, moved) or scene_change "
+                                     "(lighting, infrared, daylight)", ["camera", "type", "reason"], registry=r)
         self.tampered = Gauge("vad_camera_tampered", "1 while a tamper event of the camera is open (its frames are "
                               "not scored)", ["camera"], registry=r)
         self.ws_clients = Gauge("vad_ws_clients", "Connected WebSocket clients", ["camera"], registry=r)

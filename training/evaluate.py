@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -49,6 +49,8 @@ class ClipScores:
     timestamps: np.ndarray
     components: np.ndarray
     stream: np.ndarray
+    held_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))      # frames the camera
+    held_timestamps: np.ndarray = field(default_factory=lambda: np.empty(0))        # watch held (not scored)
 
 
 def score_clip(engine: InferenceEngine, src: ClipSource) -> ClipScores:
@@ -58,15 +60,19 @@ def score_clip(engine: InferenceEngine, src: ClipSource) -> ClipScores:
 
 def score_frames(engine: InferenceEngine, name: str, frames: Iterable[Frame]) -> ClipScores:
     """:func:`score_clip` for frames from anywhere (e.g. a perturbed clip, training/robustness.py)."""
-    ids, times, comps, scores, n = [], [], [], [], 0
+    ids, times, comps, scores, held, n = [], [], [], [], [], 0
     for frame, r in results_in_order(Stream(engine), frames):
         n += 1
         if r.score is not None:
             ids.append(frame.frame_id), times.append(frame.timestamp), comps.append(r.components)
             scores.append(r.score)
-    if not ids:
+        elif r.held:
+            held.append((frame.frame_id, frame.timestamp))
+    if not ids and not held:
         raise ValueError(f"clip {name}: {n} frames, fewer than the model's clip length {engine.meta.clip_len}")
-    return ClipScores(name, n, np.array(ids), np.array(times), np.stack(comps), np.array(scores))
+    k = len(engine.meta.components)
+    return ClipScores(name, n, np.array(ids, np.int64), np.array(times), np.stack(comps) if comps else np.empty((0, k)),
+                      np.array(scores), np.array([i for i, _ in held], np.int64), np.array([t for _, t in held]))
 
 
 def score_clips(model: str | Path, data: str | Path, split: str, engine_config: EngineConfig | None,

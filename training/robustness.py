@@ -8,8 +8,9 @@ Each clip is decoded once, then scored clean and under every (change, magnitude)
 
 - on normal footage (the ``normal_split``, the dataset's normal training clips): the events the service's
   rules raise (:func:`runtime.events.replay_events` on the stream's causal scores, the tracker every stream
-  runs), per 10 minutes and over clean, and the share of frames whose causal score is at or above the
-  model's threshold;
+  runs), per 10 minutes and over clean, the share of frames whose causal score is at or above the
+  model's threshold, and the share the camera watch held as a camera event (tamper, scene change: the
+  service scores them not at all, so they count as not flagged);
 - on the labelled ``test_split``: frame-level ROC AUC of the causal score (``auc_stream``) and of the papers'
   per-clip min-max protocol (``auc_paper``), false alarms per hour of its normal frames and events caught
   at the model's threshold (:mod:`training.alarms`).
@@ -112,26 +113,40 @@ def label(change: Change | None, magnitude: float | None) -> str:
     return "clean" if change is None else f"{change.name} {magnitude:g}"
 
 
+def with_held(clip: ClipScores, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frame ids, ``scores``, timestamps) of every frame with a full window, in order: the scored ones and
+    those the camera watch held, which score -inf (the service raises nothing on them, so an anomaly there
+    is missed and a held normal frame is no false alarm)."""
+    ids = np.concatenate([clip.frame_ids, clip.held_ids])
+    order = np.argsort(ids, kind="stable")
+    return (ids[order], np.concatenate([scores, np.full(len(clip.held_ids), -np.inf)])[order],
+            np.concatenate([clip.timestamps, clip.held_timestamps])[order])
+
+
 def normal_figures(clips: list[ClipScores], threshold: float, events: EventConfig) -> dict:
-    """Events and flagged frames on footage that is all normal."""
-    scored = [LabelledScores(c.frame_ids, c.stream, np.zeros(len(c.stream), np.int64), c.timestamps) for c in clips]
+    """Events and flagged (and held) frames on footage that is all normal."""
+    merged = [with_held(c, c.stream) for c in clips]
+    scored = [LabelledScores(ids, s, np.zeros(len(s), np.int64), t) for ids, s, t in merged]
     point = operating_point(scored, threshold, events)  # with no anomalous frame, every event is a false one
     minutes = point["normal_hours"] * 60
-    flagged = np.concatenate([c.stream >= threshold for c in clips])
+    flagged = np.concatenate([s >= threshold for _, s, _ in merged])
+    held = sum(len(c.held_ids) for c in clips)
     return {"events": point["false_alarms"], "minutes": round(minutes, 3),
             "events_per_10min": round(point["false_alarms"] / minutes * 10, 3) if minutes else None,
-            "frames_flagged": round(float(flagged.mean()), 4)}
+            "frames_flagged": round(float(flagged.mean()), 4), "frames_held": round(held / len(flagged), 4)}
 
 
 def labelled_figures(clips: list[ClipScores], labels: list[np.ndarray], threshold: float, weights: np.ndarray,
                  events: EventConfig) -> dict:
-    """Both protocols' AUC and the stream's operating point at the model's threshold on labelled clips."""
-    lab = [lab[c.frame_ids] for c, lab in zip(clips, labels)]
-    stream = [LabelledScores(c.frame_ids, c.stream, y, c.timestamps) for c, y in zip(clips, lab)]
+    """Both protocols' AUC and the stream's operating point at the model's threshold on labelled clips
+    (frames the camera watch held count as not flagged: :func:`with_held`)."""
+    stream = [with_held(c, c.stream) for c in clips]
+    paper = [with_held(c, min_max_per_clip(c.components, weights) if len(c.stream) else c.stream) for c in clips]
+    lab = [lab[ids] for (ids, _, _), lab in zip(stream, labels)]
     pooled = np.concatenate(lab)
-    point = operating_point(stream, threshold, events)
-    return {"auc_stream": roc_auc(pooled, np.concatenate([c.stream for c in clips])),
-            "auc_paper": roc_auc(pooled, np.concatenate([min_max_per_clip(c.components, weights) for c in clips])),
+    point = operating_point([LabelledScores(ids, s, y, t) for (ids, s, t), y in zip(stream, lab)], threshold, events)
+    return {"auc_stream": roc_auc(pooled, np.concatenate([s for _, s, _ in stream])),
+            "auc_paper": roc_auc(pooled, np.concatenate([s for _, s, _ in paper])),
             "test_false_alarms_per_hour": point["false_alarms_per_hour"],
             "test_events_caught": point["events_caught"], "test_events_total": point["events_total"]}
 
@@ -212,12 +227,12 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def table(result: dict) -> str:
     """The rows as a Markdown table (what README shows)."""
-    lines = ["| change | magnitude | events / 10 min (Δ clean) | frames flagged | auc_stream | auc_paper | "
-             "test false alarms / h | events caught | targets |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| change | magnitude | events / 10 min (Δ clean) | frames flagged | frames held | auc_stream | "
+             "auc_paper | test false alarms / h | events caught | targets |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         mag = "" if r["magnitude"] is None else f"{r['magnitude']:g} ({r['unit']})"
         lines.append(f"| {r['change']} | {mag} | {_fmt(r['events_per_10min'], '.2f')} "
-                     f"({r['events_per_10min_over_clean']:+.2f}) | {r['frames_flagged']:.1%} | "
+                     f"({r['events_per_10min_over_clean']:+.2f}) | {r['frames_flagged']:.1%} | {r['frames_held']:.1%} | "
                      f"{_fmt(r['auc_stream'], '.3f')} | {_fmt(r['auc_paper'], '.3f')} | "
                      f"{_fmt(r['test_false_alarms_per_hour'], '.0f')} | "
                      f"{r['test_events_caught']} / {r['test_events_total']} | "

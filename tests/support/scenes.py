@@ -7,6 +7,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from amvad.training.perturbations import low_light
+
 SCENE_SIZE = (96, 144)  # (H, W) of the frames on disk; the tiny models see them at 32x48
 
 
@@ -40,6 +42,12 @@ def blinded(img: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarr
 def blurred(img: np.ndarray, sigma: float = 6.0) -> np.ndarray:
     """Sprayed, fogged or the focus turned: a hard Gaussian blur (sigma in the frame's pixels)."""
     return cv2.GaussianBlur(img, (0, 0), sigma)
+
+
+def dark_and_noisy(img: np.ndarray, i: int, level: float) -> np.ndarray:
+    """Dusk or a badly lit corner: the battery's ``low_light`` (brightness x ``level`` and the gain noise
+    that comes with it), frame ``i``."""
+    return low_light(level, 1)(i, img)
 
 
 def shifted(img: np.ndarray, fraction: float = 0.2) -> np.ndarray:

@@ -17,7 +17,9 @@ from amvad.cli.robustness import CHANGES, parse_magnitudes
 from amvad.runtime.types import Frame
 from amvad.service.h264 import H264Writer
 from amvad.training.perturbations import BATTERY, get_change, perturb_clip, shake_offsets
-from amvad.training.robustness import pick, run_robustness, table, variants
+from amvad.runtime.events import EventConfig
+from amvad.training.evaluate import ClipScores
+from amvad.training.robustness import labelled_figures, normal_figures, pick, run_robustness, table, variants
 
 REPO = Path(__file__).resolve().parents[2]
 PER_FRAME = [c for c in BATTERY.values() if not c.whole_clip]
@@ -167,6 +169,21 @@ def test_benchmark_on_the_tiny_model_reports_every_figure(tiny_model, synthetic_
     assert json.loads((tmp_path / "r.json").read_text())["rows"] == rows
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["lighting_step.png", "noise.png"]
     assert table(res).count("\n") == 2 + len(rows) - 1
+
+
+def test_frames_the_camera_watch_held_count_as_not_flagged_and_their_anomalies_as_missed():
+    # clip a: 4 scored frames (two over the threshold), then 2 held; clip b: held from its first full window
+    a = ClipScores("a", 10, np.arange(4, 8), np.arange(4, 8) / 10, np.ones((4, 2)), np.array([0.0, 3, 3, 0]),
+                   np.array([8, 9]), np.array([0.8, 0.9]))
+    b = ClipScores("b", 10, np.empty(0, np.int64), np.empty(0), np.empty((0, 2)), np.empty(0),
+                   np.arange(4, 10), np.arange(4, 10) / 10)
+    normal = normal_figures([a, b], 1.0, EventConfig())
+    assert normal["frames_flagged"] == round(2 / 12, 4) and normal["frames_held"] == round(8 / 12, 4)
+    labels = [np.array([0] * 4 + [0, 1, 1, 0, 1, 1]), np.array([0] * 4 + [1] * 6)]
+    got = labelled_figures([a, b], labels, 1.0, np.ones(2), EventConfig())
+    # 10 anomalous frames, 2 normal ones (score 0): the 2 scored at 3 outrank both, the 8 held rank below
+    assert got["auc_stream"] == pytest.approx(4 / 20)
+    assert got["test_events_total"] == 3 and got["test_events_caught"] == 1  # the held ones are missed
 
 
 def test_clean_scores_are_those_of_amvad_eval(tiny_model, synthetic_dataset):
