@@ -65,7 +65,7 @@ def _fit(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from amvad.training.export import export, reexport, rewrite_metadata
+    from amvad.training.export import export, reexport
     if (args.checkpoint is None) == (args.onnx is None):
         raise ValueError("give exactly one of --checkpoint (a finished training run) or --onnx (an exported model)")
     if args.condition_on and not args.onnx:
@@ -73,23 +73,12 @@ def _export(args: argparse.Namespace) -> None:
     if args.checkpoint:
         meta = export(args.checkpoint, args.out)
     elif args.condition_on:
-        meta = rewrite_metadata(args.onnx, args.out, conditioning=_conditioning_of(
-            args.onnx, args.condition_on, args.split, stabilise=not args.no_stabilise))
+        from amvad.training.condition import add_conditioning
+        meta = add_conditioning(args.onnx, args.out, args.condition_on, args.split, stabilise=not args.no_stabilise)
     else:
         meta = reexport(args.onnx, args.out)
     print(f"exported {meta.method} to {args.out} (threshold {meta.threshold:.3f}, "
           f"components {[c.name for c in meta.components]})")
-
-
-def _conditioning_of(model: str, data: Path, split: str, stabilise: bool):
-    """The conditioning of ``model``'s input size fitted on a split of ``data``."""
-    from amvad.models.registry import resolve_model
-    from amvad.runtime.exported_model import read_metadata
-    from amvad.training.config import ConditioningConfig
-    from amvad.training.data import split_conditioning
-    meta = read_metadata(resolve_model(model))
-    return split_conditioning(data, split, height=meta.height, width=meta.width, channels=meta.channels,
-                              cfg=ConditioningConfig(stabilise=stabilise))
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -227,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, type=Path)
     x.add_argument("--condition-on", type=Path, metavar="DATA",
                    help="with --onnx: the same graph with level matching and stabilisation fitted on the model's "
-                        "training footage (DATA/<split>/...) added to its metadata, for models trained before them")
+                        "training footage (DATA/<split>/...) added to its metadata, and its score statistics "
+                        "taken again from that footage as now served, for models trained before them")
     x.add_argument("--split", default="training", help="the split of --condition-on (default: training)")
     x.add_argument("--no-stabilise", action="store_true", help="with --condition-on: level matching only")
     x.set_defaults(func=_export)

@@ -111,7 +111,7 @@ def rewrite_metadata(source: str | Path, out: str | Path, **update) -> ModelMeta
     entry = next((p for p in proto.metadata_props if p.key == METADATA_KEY), None)
     if entry is None:
         raise ValueError(f"{path.name}: not an amvad model (no {METADATA_KEY!r} metadata)")
-    meta = ModelMetadata.model_validate_json(entry.value).model_copy(update=update)
+    meta = ModelMetadata.model_validate({**ModelMetadata.model_validate_json(entry.value).model_dump(), **update})
     entry.value = meta.to_json()
     with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))

@@ -227,8 +227,9 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def table(result: dict) -> str:
     """The rows as a Markdown table (what README shows)."""
-    lines = ["| change | magnitude | events / 10 min (Δ clean) | frames flagged | frames held | auc_stream | "
-             "auc_paper | test false alarms / h | events caught | targets |", "|---|---|---|---|---|---|---|---|---|---|"]
+    header = ("| change | magnitude | events / 10 min (Δ clean) | frames flagged | frames held | auc_stream | "
+              "auc_paper | test false alarms / h | events caught | targets |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         mag = "" if r["magnitude"] is None else f"{r['magnitude']:g} ({r['unit']})"
         lines.append(f"| {r['change']} | {mag} | {_fmt(r['events_per_10min'], '.2f')} "

@@ -82,20 +82,24 @@ def clip_components(model: AnomalyModel, ds: ClipDataset, device: torch.device,
 
 
 def score_stats(model: AnomalyModel, per_clip: list[np.ndarray], cfg: TrainConfig) -> dict:
-    """Statistics of each component over normal clips' components ((N, K) per clip) and the default
-    threshold: the configured quantile of the causal scores (no running updates, so the threshold does
-    not chase itself)."""
-    allc = np.concatenate(per_clip)
+    """:func:`statistics` of a model being trained, with the config's weights, smoothing and quantile."""
     weights = cfg.score.weights or list(model.default_weights)
     if len(weights) != len(model.component_names):
         raise ValueError(f"score.weights has {len(weights)} values for components {model.component_names}")
+    return statistics(model.component_names, weights, per_clip, cfg.score.smoothing, cfg.score.threshold_quantile)
+
+
+def statistics(names: list[str], weights: list[float], per_clip: list[np.ndarray], smoothing: int,
+               quantile: float) -> dict:
+    """Statistics of each component over normal clips' components ((N, K) per clip) and the default
+    threshold: the ``quantile`` of the causal scores (no running updates, so the threshold does not chase
+    itself). The metadata fields ``components``, ``smoothing`` and ``threshold``."""
+    allc = np.concatenate(per_clip)
     comps = [ComponentStats(name=n, weight=w, mean=float(m), std=max(float(s), 1e-6))
-             for n, w, m, s in zip(model.component_names, weights, allc.mean(0), allc.std(0))]
-    scores = np.concatenate([
-        training_scores(comps, c, cfg.score.smoothing)
-        for c in per_clip])
-    return {"components": [c.model_dump() for c in comps], "smoothing": cfg.score.smoothing,
-            "threshold": float(np.quantile(scores, cfg.score.threshold_quantile))}
+             for n, w, m, s in zip(names, weights, allc.mean(0), allc.std(0))]
+    scores = np.concatenate([training_scores(comps, c, smoothing) for c in per_clip])
+    return {"components": [c.model_dump() for c in comps], "smoothing": smoothing,
+            "threshold": float(np.quantile(scores, quantile))}
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,

@@ -93,10 +93,15 @@ def test_condition_on_adds_conditioning_to_the_same_graph(tiny_model, synthetic_
     out = tmp_path / "conditioned.onnx"
     assert main(["export", "--onnx", str(plain), "--out", str(out), "--condition-on", str(synthetic_dataset),
                  "--no-stabilise"]) == 0
-    meta = read_metadata(out)
-    assert meta.conditioning is not None and meta.conditioning.stabilise is False
-    assert meta.model_copy(update={"conditioning": None}) == read_metadata(plain)
+    meta, before = read_metadata(out), read_metadata(plain)
+    assert meta.conditioning is not None and meta.conditioning.stabilise is False and meta.conditioning.noise > 0
     assert onnx.load(str(out)).graph == onnx.load(str(plain)).graph
+    # the score statistics are those of the training footage as it is now served: conditioned
+    assert [c.name for c in meta.components] == [c.name for c in before.components]
+    assert [c.mean for c in meta.components] != [c.mean for c in before.components] and meta.threshold > 0
+    assert "conditioned" in meta.training["statistics"]
+    same = {"conditioning", "components", "threshold", "training"}
+    assert meta.model_dump(exclude=same) == before.model_dump(exclude=same)
     # without a model to add it to, it is refused
     assert main(["export", "--checkpoint", str(tmp_path / "x.pt"), "--out", str(out), "--condition-on",
                  str(synthetic_dataset)]) != 0

@@ -14,11 +14,11 @@ import pytest
 
 from amvad.cli.main import main
 from amvad.cli.robustness import CHANGES, parse_magnitudes
+from amvad.runtime.events import EventConfig
 from amvad.runtime.types import Frame
 from amvad.service.h264 import H264Writer
-from amvad.training.perturbations import BATTERY, get_change, perturb_clip, shake_offsets
-from amvad.runtime.events import EventConfig
 from amvad.training.evaluate import ClipScores
+from amvad.training.perturbations import BATTERY, get_change, perturb_clip, shake_offsets
 from amvad.training.robustness import labelled_figures, normal_figures, pick, run_robustness, table, variants
 
 REPO = Path(__file__).resolve().parents[2]
