@@ -9,9 +9,9 @@ against a short running baseline of the camera's own picture, and raises two kin
 - ``tamper``: the lens is ``covered`` (dark and flat, or dark and blurred: a hand), ``blinded`` (bright
   and flat: a torch, a floodlight, overexposure), the picture ``defocused`` (sharpness collapsed: sprayed,
   fogged, focus turned), the picture too ``noisy`` to judge (its sensor noise, after level matching, many
-  times the training footage's: a dark scene at high gain), or the camera ``moved`` (the view shifted beyond what stabilisation undoes, or
-  no longer looks like the view its model was fitted on). It starts once the condition has held for
-  ``tamper_hold_s`` and ends once it has been gone for ``clear_hold_s``.
+  times the training footage's: a dark scene at high gain), or the camera ``moved`` (the view shifted
+  beyond what stabilisation undoes, or no longer looks like the view its model was fitted on). It starts
+  once the condition has held for ``tamper_hold_s`` and ends once it has been gone for ``clear_hold_s``.
 - ``scene_change``: the brightness jumped at once (``lighting``: lights switched), or a colour picture
   turned grey (``infrared``: the camera switched to its night mode) or back (``daylight``). It ends once
   the level has been steady for ``settle_s`` (at most ``max_settle_s``); the baseline then takes the new

@@ -68,7 +68,7 @@ class FrameCondition:
     alignment: float | None = None             # phase-correlation peak (0-1): how much it looks like that view
     compensated: bool = False                  # the shift was undone
     colour: float | None = None                # mean chroma of the source frame (0-1; ~0: grey or infrared)
-    noise: float | None = None                 # sensor noise after level matching, against the footage's (1 = as fitted)
+    noise: float | None = None                 # sensor noise after level matching / the footage's (1 = as fitted)
 
 
 @dataclass(frozen=True)

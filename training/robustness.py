@@ -233,7 +233,8 @@ def table(result: dict) -> str:
     for r in result["rows"]:
         mag = "" if r["magnitude"] is None else f"{r['magnitude']:g} ({r['unit']})"
         lines.append(f"| {r['change']} | {mag} | {_fmt(r['events_per_10min'], '.2f')} "
-                     f"({r['events_per_10min_over_clean']:+.2f}) | {r['frames_flagged']:.1%} | {r['frames_held']:.1%} | "
+                     f"({r['events_per_10min_over_clean']:+.2f}) | {r['frames_flagged']:.1%} | "
+                     f"{r['frames_held']:.1%} | "
                      f"{_fmt(r['auc_stream'], '.3f')} | {_fmt(r['auc_paper'], '.3f')} | "
                      f"{_fmt(r['test_false_alarms_per_hour'], '.0f')} | "
                      f"{r['test_events_caught']} / {r['test_events_total']} | "
