@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -145,8 +146,10 @@ def test_a_model_over_the_budget_is_refused_at_load(tiny_model, tiny_model_b):
 
 
 def frames_of(n: int, seed: int) -> list[Frame]:
+    """A textured view panning by a pixel a frame (pure per-frame noise would be a 'noisy' camera, held)."""
     rng = np.random.default_rng(seed)
-    return [Frame("s", i, 0, i / 10, rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for i in range(n)]
+    view = cv2.GaussianBlur(rng.integers(0, 255, (48, 96, 3), dtype=np.uint8), (0, 0), 2)
+    return [Frame("s", i, 0, i / 10, np.ascontiguousarray(view[:, i % 32:i % 32 + 64])) for i in range(n)]
 
 
 def feed(stream: Stream, frames: list[Frame], fps: float, out: list[dict]) -> None:
