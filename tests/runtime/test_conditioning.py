@@ -19,6 +19,7 @@ from amvad.runtime.conditioning import (
     fit_conditioning,
     level,
     match_level,
+    noise_level,
     uncovered,
 )
 from amvad.runtime.engine import EngineConfig, InferenceEngine
@@ -132,6 +133,14 @@ def fitted_to_street(model: Path, out: Path, **kwargs) -> Path:
     view = np.stack([to_model_frame(street(i), height=meta.height, width=meta.width, channels=meta.channels)
                      for i in range(30)])
     return with_metadata(model, out, conditioning=fit_conditioning(view, **kwargs).model_dump())
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.03, 0.1])
+def test_noise_level_reads_the_sensor_noise_and_not_the_scene(sigma):
+    img = textured()
+    noisy = img + np.random.default_rng(2).normal(0, sigma, img.shape).astype(np.float32)
+    assert noise_level(img) < 0.005  # the scene's own structure reads as little noise
+    assert noise_level(noisy) == pytest.approx(sigma, rel=0.15)
 
 
 def test_uncovered_marks_the_strips_a_shift_fills_from_the_edge():
