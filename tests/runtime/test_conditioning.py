@@ -182,7 +182,6 @@ def test_through_a_stream_a_flickering_or_shaken_clip_scores_like_the_original(t
         m = np.float32([[1, 0, shakes[i][0]], [0, 1, shakes[i][1]]])
         return cv2.warpAffine(f, m, f.shape[::-1], borderMode=cv2.BORDER_REPLICATE)
 
-
     def error(model: Path) -> float:
         """Mean distance of the changed clip's scores from the clean clip's."""
         engine = InferenceEngine(model, EngineConfig(device="cpu", flow_threads=1, model_threads=1))
