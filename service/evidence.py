@@ -150,28 +150,33 @@ class EventEvidence:
         view it was turned to; no heatmap, its frames are not scored)."""
         if not self.cfg.clips:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(shrink(pixels), cv2.COLOR_RGB2BGR))
         if not ok:
             raise ValueError(f"could not encode the snapshot of event {event_id}")
-        path = self.folder / f"{event_id}.jpg"
-        path.write_bytes(jpeg.tobytes())
-        self.store.set_evidence(event_id, snapshot=path.name, add_bytes=path.stat().st_size)
-        self._on_bytes()
+        self._save_snapshot(event_id, jpeg.tobytes())
 
-    def on_end(self, event_id: int, end: float, scale: HeatScale) -> None:
-        """Publish thread: the clip runs on for the post-roll; the snapshot is written now."""
+    def end_clip(self, event_id: int, end: float) -> None:
+        """Publish thread: the event's clip runs on for the post-roll after ``end``."""
         with self._lock:
             writer = self._writers.get(event_id)
         if writer is not None:
             writer.until = end + self.cfg.post_roll_s
+
+    def on_end(self, event_id: int, end: float, scale: HeatScale) -> None:
+        """Publish thread, an anomaly event's end: the clip runs on for the post-roll; the snapshot of its
+        peak frame with the heatmap is written now."""
+        self.end_clip(event_id, end)
         if self._peak is not None and self.cfg.clips:
             _, pixels, heat = self._peak
-            path = self.folder / f"{event_id}.jpg"
-            path.write_bytes(scale.overlay(pixels, heat))
-            self.store.set_evidence(event_id, snapshot=path.name, add_bytes=path.stat().st_size)
-            self._on_bytes()
+            self._save_snapshot(event_id, scale.overlay(pixels, heat))
         self._peak = None
+
+    def _save_snapshot(self, event_id: int, jpeg: bytes) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{event_id}.jpg"
+        path.write_bytes(jpeg)
+        self.store.set_evidence(event_id, snapshot=path.name, add_bytes=path.stat().st_size)
+        self._on_bytes()
 
     def _clip_done(self, event_id: int, writer: ClipWriter, frames: int, error: BaseException | None) -> None:
         """The clip's thread, at its end: record the clip, then keep the camera's evidence within bounds."""

@@ -118,7 +118,7 @@ class Camera:
                        if store is not None else None)
         self._tamper_when_disarmed = settings.events.camera_watch.tamper_when_disarmed
         self.camera_events = (CameraEventSink(self.id, store, self.evidence, notifier, metrics, self.boundary,
-                                              lambda: self.heat_scale, self._tamper_when_disarmed)
+                                              self._tamper_when_disarmed)
                               if store is not None else None)
         self.sinks = [MetricsSink(metrics, lambda: self.heat_scale), *([self.events] if self.events else []),
                       *([self.camera_events] if self.camera_events else []),

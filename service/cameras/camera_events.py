@@ -11,14 +11,12 @@ must not tell). A camera event going on when it becomes shown (armed again) star
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 from amvad.runtime.camera_watch import TAMPER
 from amvad.runtime.types import CameraEvent
 
 from ..event_store import EventStore
 from ..evidence import EventEvidence
-from ..heatmap import HeatScale
 from ..metrics import Metrics
 from ..notify import Notifier
 from .sinks import Boundary, Published
@@ -33,10 +31,9 @@ class CameraEventSink:
     name = "camera_events"
 
     def __init__(self, camera: str, store: EventStore, evidence: EventEvidence | None, notifier: Notifier | None,
-                 metrics: Metrics, boundary: Boundary, heat_scale: Callable[[], HeatScale],
-                 tamper_when_disarmed: bool = True) -> None:
+                 metrics: Metrics, boundary: Boundary, tamper_when_disarmed: bool = True) -> None:
         self.camera, self.store, self.evidence, self.notifier = camera, store, evidence, notifier
-        self.metrics, self.boundary, self._heat_scale = metrics, boundary, heat_scale
+        self.metrics, self.boundary = metrics, boundary
         self.tamper_when_disarmed = tamper_when_disarmed
         self.open_id: int | None = None
         self.record: CameraEvent | None = None  # the open one as stored (its start may be a re-arm's)
@@ -74,7 +71,7 @@ class CameraEventSink:
             self.metrics.tampered.labels(self.camera).set(0)
         row = self.store.close_camera_event(event_id, record, note=note)
         if self.evidence is not None:
-            self.boundary.call("evidence", self.evidence.on_end, event_id, record.end, self._heat_scale())
+            self.boundary.call("evidence", self.evidence.end_clip, event_id, record.end)
         if row is not None:
             self._notify("end", row)
 

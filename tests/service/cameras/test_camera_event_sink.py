@@ -13,7 +13,6 @@ from amvad.service.cameras.sinks import Boundary, Published, message
 from amvad.service.config import CameraEventsConfig
 from amvad.service.event_store import EventStore
 from amvad.service.evidence import EventEvidence
-from amvad.service.heatmap import HeatScale
 from amvad.service.metrics import Metrics
 
 T0 = 1_764_064_800.0
@@ -27,7 +26,7 @@ class Camera:
         cfg = CameraEventsConfig(clips=True, pre_roll_s=0.5, post_roll_s=0.5)
         self.evidence = EventEvidence("cam", tmp / "events" / "cam", self.store, cfg, lambda: None)
         self.boundary = Boundary("cam", self.metrics)
-        self.sink = CameraEventSink("cam", self.store, self.evidence, None, self.metrics, self.boundary, HeatScale,
+        self.sink = CameraEventSink("cam", self.store, self.evidence, None, self.metrics, self.boundary,
                                     tamper_when_disarmed)
         self.i = 0
 
