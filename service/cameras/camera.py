@@ -204,6 +204,10 @@ class Camera:
             self.metrics.night.labels(self.id).set(int(self.night_profile))
             self.reconcile()
 
+    def _event_sinks(self) -> list[EventSink | CameraEventSink]:
+        """The sinks that keep an open event in the store (anomalies, camera events)."""
+        return [s for s in (self.events, self.camera_events) if s is not None]
+
     @property
     def night_profile(self) -> bool:
         """Whether the night profile is in force (the camera shows its infrared picture)."""
@@ -275,10 +279,8 @@ class Camera:
             self.active_model = name
             self._apply_threshold(threshold)
             return
-        if self.events is not None:
-            self.events.close_open(note="the camera changed model")
-        if self.camera_events is not None:  # the new model's stream watches afresh
-            self.camera_events.close_open(note="the camera changed model")
+        for sink in self._event_sinks():  # the new model's stream tracks and watches afresh
+            sink.close_open(note="the camera changed model")
         self._stash[self.stream.model.sha256] = self.stream.scorer.stats
         stats = None
         if resume:
@@ -354,10 +356,8 @@ class Camera:
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout)
-        if self.events is not None:
-            self.boundary.call("events", self.events.close_open, "the camera stopped")
-        if self.camera_events is not None:
-            self.boundary.call("camera_events", self.camera_events.close_open, "the camera stopped")
+        for sink in self._event_sinks():
+            self.boundary.call(sink.name, sink.close_open, "the camera stopped")
         if self.evidence is not None:
             self.boundary.call("evidence", self.evidence.stop)
         if keep_stats:
