@@ -62,8 +62,9 @@ class Augment(Strict):
     it, the conditioning; the flows are those of the changed frames), so sensor noise, compression and a
     soft focus are what the model expects rather than an anomaly. Level changes and shake need none:
     conditioning takes them out. Each one adds the training set's size again to an epoch."""
-    change: Literal["noise", "jpeg", "blur"] = Field(description="noise: Gaussian σ (grey levels, 0-255); "
-                                                                 "jpeg: quality (1-100); blur: Gaussian σ (px)")
+    change: Literal["noise", "jpeg", "h264", "blur"] = Field(
+        description="noise: Gaussian σ (grey levels, 0-255); jpeg: quality (1-100); h264: the whole clip "
+                    "through libx264 at this CRF (0-51), block and motion artefacts both; blur: Gaussian σ (px)")
     magnitude: float = Field(gt=0)
 
 

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import torch
@@ -103,11 +105,37 @@ def condition_clip(frames: np.ndarray, conditioning: Conditioning) -> np.ndarray
     return np.stack([conditioner(f)[0] for f in frames])
 
 
+def h264_round_trip(frames: np.ndarray, crf: int, fps: float = FRAME_FOLDER_FPS) -> np.ndarray:
+    """Model frames ((N, C, H, W) in [0, 1], C = 1 or 3, even H and W) encoded as one H.264 stream at
+    ``crf`` and decoded again, in memory. One encoder thread, so the same frames give the same result."""
+    grey = frames.shape[1] == 1
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=round(fps))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[3], frames.shape[2], "yuv420p"
+        stream.options = {"crf": str(int(crf)), "preset": "veryfast", "threads": "1"}
+        for f in frames:
+            rgb = np.rint(f.transpose(1, 2, 0) * 255).astype(np.uint8)
+            rgb = np.repeat(rgb, 3, axis=2) if grey else rgb
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
+        out.mux(stream.encode())
+    with av.open(io.BytesIO(buf.getvalue()), format="h264") as inp:
+        decoded = [f.to_ndarray(format="gray" if grey else "rgb24") for f in inp.decode(video=0)]
+    if len(decoded) != len(frames):
+        raise ValueError(f"H.264 at crf {crf}: {len(decoded)} frames decoded of {len(frames)} written")
+    out_frames = np.stack(decoded).astype(np.float32) / 255
+    return out_frames[:, None] if grey else out_frames.transpose(0, 3, 1, 2)
+
+
 def augmented(frames: np.ndarray, aug: Augment, seed: int) -> np.ndarray:
-    """A clip's model frames ((N, C, H, W) in [0, 1]) with ``aug`` applied at the model's size, seeded."""
+    """A clip's model frames ((N, C, H, W) in [0, 1]) with ``aug`` applied at the model's size, seeded.
+    H.264 at the model's size is harsher than at the camera's: CRF 35 at 192 x 128 leaves Ped2 about as far
+    from the original (PSNR 30.8 dB) as CRF 42 at the camera's 360 x 240 does once scaled down."""
     if aug.change == "noise":
         rng = np.random.default_rng(seed)
         return np.clip(frames + rng.normal(0, aug.magnitude / 255, frames.shape), 0, 1).astype(np.float32)
+    if aug.change == "h264":
+        return h264_round_trip(frames, int(aug.magnitude))
     out = np.empty_like(frames)
     for i, f in enumerate(frames):
         hwc = np.ascontiguousarray(f.transpose(1, 2, 0))

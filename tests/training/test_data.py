@@ -94,3 +94,16 @@ def test_the_training_split_is_conditioned_and_augmented_copies_have_their_own_f
     assert 0 < float(np.abs(augmented(frames, cfg.augment[1], seed=0) - frames).mean()) < 0.05
     blurred = augmented(frames, Augment(change="blur", magnitude=2), seed=0)
     assert np.abs(np.diff(blurred, axis=-1)).mean() < np.abs(np.diff(frames, axis=-1)).mean()
+
+
+def test_an_h264_copy_has_the_codecs_block_and_motion_losses_and_is_the_same_each_time(synthetic_dataset):
+    frames = load_clip(find_clips(synthetic_dataset, "training")[0], height=32, width=48, channels=1)
+    aug = Augment(change="h264", magnitude=40)
+    coded = augmented(frames, aug, seed=0)
+    assert coded.shape == frames.shape and coded.dtype == np.float32
+    assert np.array_equal(coded, augmented(frames, aug, seed=5))  # one encoder thread: reproducible
+    loss = float(np.abs(coded - frames).mean())
+    assert 0 < loss < 0.1
+    assert float(np.abs(augmented(frames, Augment(change="h264", magnitude=20), seed=0) - frames).mean()) < loss
+    colour = np.repeat(frames, 3, axis=1)
+    assert augmented(colour, aug, seed=0).shape == colour.shape
