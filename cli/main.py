@@ -56,7 +56,8 @@ def _fit(args: argparse.Namespace) -> None:
         try:
             spec = FitSpec(footage=args.footage, out=args.out, minutes=args.minutes, method=args.method,
                            init=args.init, false_alarms_per_hour=args.false_alarms_per_hour, threads=args.threads,
-                           seed=args.seed, base_width=args.base_width, max_pixels=args.max_pixels)
+                           seed=args.seed, base_width=args.base_width, max_pixels=args.max_pixels,
+                           augment=args.augment)
         except ValidationError as exc:
             raise ValueError("; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}"
                                        for e in exc.errors(include_input=False))) from None
@@ -190,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="input size budget, height x width (default 24576, the bundled model's: real time on 2 cores)")
     fi.add_argument("--threads", type=int, help="torch CPU threads (default all cores)")
     fi.add_argument("--seed", type=int, default=0)
+    fi.add_argument("--no-augment", dest="augment", action="store_false",
+                    help="train on the footage only, without its noisy and compressed copies (faster to load)")
     fi.add_argument("--progress-json", type=Path, help="keep the latest progress (stage, fraction, epoch; the "
                     "result or the error at the end) in this JSON file (runtime/fit_job.py: FitProgress)")
     fi.add_argument("--job", type=Path, metavar="DIR", help="run the fit a job folder's request.json asks for, "

@@ -47,8 +47,8 @@ from amvad.runtime.scoring import training_scores
 from amvad.runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, open_source, stream_fps
 from amvad.runtime.windows import scored_frames, window
 
-from .config import ConditioningConfig, DataConfig, ModelConfig, OptimConfig, ScoreConfig, TrainConfig
-from .data import ClipSource, condition_clip, fit_footage_conditioning, iter_clip_frames, load_clip
+from .config import ROBUST_AUGMENT, ConditioningConfig, DataConfig, ModelConfig, OptimConfig, ScoreConfig, TrainConfig
+from .data import ClipSource, augmented, condition_clip, fit_footage_conditioning, iter_clip_frames, load_clip
 from .export import export, rewrite_metadata
 from .train import train
 from .warm_start import weights_from_exported
@@ -135,7 +135,7 @@ def set_threshold(path: Path, threshold: float, training: dict) -> None:
 
 def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, method: str = "comemory",
         init: str = "none", false_alarms_per_hour: float = 1.0, threads: int | None = None, seed: int = 0,
-        base_width: int = BASE_WIDTH, max_pixels: int = BUDGET_PIXELS, progress: bool = True,
+        base_width: int = BASE_WIDTH, max_pixels: int = BUDGET_PIXELS, augment: bool = True, progress: bool = True,
         on_progress: Callable[[dict], None] | None = None, registered_as: str | None = None) -> dict:
     """Fit, export to ``out`` and write the model card ``out`` with ``.md``; returns the fit's report.
     ``registered_as``: the name the service registers the result under (the card then says so instead of
@@ -153,21 +153,31 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     args = dict(clip_len=CLIP_LEN, channels=1, height=height, width=width, base_width=base_width)
     device = pick_device("auto")
     flow = build_flow("default").to(device).eval()
+    changes = ROBUST_AUGMENT if augment else ()
+    steps = len(sources) * (2 + len(changes))  # loading: read, then condition + flow each version
     raw = []
     for i, src in enumerate(tqdm(sources, desc="footage", disable=not progress)):
-        report({"stage": "loading", "fraction": i / (2 * len(sources))})
+        report({"stage": "loading", "fraction": i / steps})
         raw.append(load_clip(src, height=height, width=width, channels=1))
     # the footage's level and view, taken out of every frame before its flow, as serving will
     conditioning = fit_footage_conditioning(raw, ConditioningConfig())
     clips = []
     for i, (src, frames) in enumerate(zip(tqdm(sources, desc="conditioning + flow", disable=not progress), raw)):
-        report({"stage": "loading", "fraction": 0.5 + i / (2 * len(sources))})
+        report({"stage": "loading", "fraction": (len(sources) + i) / steps})
         frames = condition_clip(frames, conditioning)
         clips.append(Clip(src.name, frames, compute_flows(flow, frames, device), source_fps(src)))
-    del raw
     parts = [split_holdout(c) for c in clips]
     train_clips, val_clips = [p[0] for p in parts], [p[1] for p in parts if p[1] is not None]
     n_train = sum(len(c.frames) for c in train_clips)
+    # the training part of every clip again with each change learned as normal (the held-out end stays as
+    # filmed: the threshold is set on the camera's own picture)
+    copies = [(aug, raw_frames, part) for aug in changes for raw_frames, part in zip(raw, train_clips)]
+    for n, (aug, raw_frames, part) in enumerate(tqdm(copies, desc="changes learned as normal", disable=not progress)):
+        report({"stage": "loading", "fraction": (2 * len(sources) + n) / steps})
+        frames = condition_clip(augmented(raw_frames[:len(part.frames)], aug, seed=seed * 100_003 + n), conditioning)
+        train_clips.append(Clip(f"{part.name} + {aug.change} {aug.magnitude:g}", frames,
+                                compute_flows(flow, frames, device), part.fps))
+    del raw
     check_fit_footage(sum(len(c.frames) for c in clips) if val_clips else 0, clips[0].fps)
     model = build_model(method, **args)
     init_state = weights_from_exported(model, init) if init != "none" else None
@@ -203,6 +213,7 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
         "model": str(out), "method": method, "init": init, "height": height, "width": width, "base_width": base_width,
         "footage": [str(s.path.resolve()) for s in sources], "clips": len(clips), "frames": sum(len(c.frames) for c in clips),
         "train_frames": n_train, "validation_frames": val_frames,
+        "augment": [f"{a.change} {a.magnitude:g}" for a in changes],
         "validation_seconds": round(sum(len(c.frames) / c.fps for c in val_clips), 1),
         "epochs": ckpt["epoch"], "train_seconds": round(ckpt["train_seconds"], 1),
         "threshold": threshold, "training_quantile_threshold": meta.threshold,
@@ -212,7 +223,7 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
         "machine": f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} threads, {device}",
         "date": date.today().isoformat(),
     }
-    set_threshold(out, threshold, {"fit": {k: result[k] for k in ("footage", "init", "epochs", "train_frames",
+    set_threshold(out, threshold, {"fit": {k: result[k] for k in ("footage", "init", "epochs", "train_frames", "augment",
                                                                   "validation_frames", "target_false_alarms_per_hour",
                                                                   "validation_false_alarms_per_hour",
                                                                   "training_quantile_threshold")}})
@@ -259,6 +270,12 @@ def next_steps(name: str | None) -> str:
             f"(`POST /v1/cameras/<id>/calibrate`).")
 
 
+def _changes(augment: list[str] | None) -> str:
+    if not augment:
+        return "the footage as filmed only (`--no-augment`)"
+    return f"the footage as filmed, and its training part again with each of: {', '.join(augment)} (training/config.py)"
+
+
 def model_card(r: dict, registered_as: str | None = None) -> str:
     """The model card written beside the exported file; ``registered_as``: see :func:`next_steps`."""
     footage = "\n".join(f"- `{f}`" for f in r["footage"])
@@ -271,6 +288,7 @@ def model_card(r: dict, registered_as: str | None = None) -> str:
 | input | {r['height']}x{r['width']} grey, clip length {CLIP_LEN}, base width {r['base_width']} |
 | start | {'the bundled ' + r['init'] + ' weights (batch-norm statistics kept fixed)' if r['init'] != 'none' else 'random weights'} |
 | training | {r['epochs']} epochs in {r['train_seconds']} s ({r['machine']}) |
+| learned as normal | {_changes(r.get('augment'))} |
 | flow | `{json.dumps(r['flow'])}` (the serving flow) |
 | score | causal, smoothing {r['smoothing']} frames; threshold {r['threshold']:.3f} (training 99th percentile \
 {r['training_quantile_threshold']:.3f}) |
