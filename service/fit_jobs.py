@@ -74,6 +74,7 @@ class FitRequest(BaseModel):
     false_alarms_per_hour: float = Field(1.0, gt=0)
     base_width: int = Field(DEFAULT_BASE_WIDTH, ge=2, le=64)
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=32 * 32, le=1024 * 1024)
+    augment: bool = Field(True, description="also train on a noisy and a compressed copy of the footage")
 
 
 class FootageError(Invalid):
@@ -189,7 +190,8 @@ class FitJobs:
             job = FitJob(job_id, req, self.dir / job_id)
             spec = FitSpec(footage=paths, out=job.folder / MODEL_FILE, minutes=req.minutes, init=req.init,
                            false_alarms_per_hour=req.false_alarms_per_hour, base_width=req.base_width,
-                           max_pixels=req.max_pixels, threads=self.settings.fit.threads, registered_as=req.name)
+                           max_pixels=req.max_pixels, augment=req.augment, threads=self.settings.fit.threads,
+                           registered_as=req.name)
             try:
                 job.folder.mkdir(parents=True)
                 write_request(job.folder, spec)
