@@ -3,12 +3,14 @@ split conditioned and augmented."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from amvad.models.registry import build_model
-from amvad.training.config import Augment, TrainConfig
+from amvad.training.config import ROBUST_AUGMENT, Augment, TrainConfig, load_config
 from amvad.training.data import ClipDataset, augmented, find_clips, load_clip, load_labels
 from amvad.training.train import load_split
 from tests.support.synthetic import render_clip, tiny_config, write_clip, write_mp4
@@ -107,3 +109,8 @@ def test_an_h264_copy_has_the_codecs_block_and_motion_losses_and_is_the_same_eac
     assert float(np.abs(augmented(frames, Augment(change="h264", magnitude=20), seed=0) - frames).mean()) < loss
     colour = np.repeat(frames, 3, axis=1)
     assert augmented(colour, aug, seed=0).shape == colour.shape
+
+
+def test_amvad_fit_learns_the_same_changes_as_the_default_models_recipe():
+    recipe = load_config(Path(__file__).parents[2] / "training" / "configs" / "ped2_comemory_robust.yaml")
+    assert tuple(recipe.augment) == ROBUST_AUGMENT
