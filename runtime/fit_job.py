@@ -47,8 +47,8 @@ class FitSpec(BaseModel):
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=32 * 32, le=1024 * 1024, description="input height x width")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: all cores)")
     seed: int = 0
-    augment: bool = Field(True, description="also train on a noisy and a compressed copy of the footage, as the "
-                                            "default model's recipe does (noise and compression are normal)")
+    augment: bool = Field(False, description="also train on a noisy and a compressed copy of the footage, as the "
+                                             "default model's recipe does (costs accuracy in a short fit: README)")
     registered_as: str | None = Field(None, max_length=64, description="the name the service registers the model "
                                       "under when the fit succeeds (its card says so); None: the user registers it")
 

@@ -74,7 +74,7 @@ class FitRequest(BaseModel):
     false_alarms_per_hour: float = Field(1.0, gt=0)
     base_width: int = Field(DEFAULT_BASE_WIDTH, ge=2, le=64)
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=32 * 32, le=1024 * 1024)
-    augment: bool = Field(True, description="also train on a noisy and a compressed copy of the footage")
+    augment: bool = Field(False, description="also train on a noisy and a compressed copy of the footage")
 
 
 class FootageError(Invalid):

@@ -69,7 +69,7 @@ class Augment(Strict):
 
 
 # The camera changes the default model's recipe (configs/ped2_comemory_robust.yaml) learns as normal, and
-# ``amvad fit`` with it: a little sensor noise and a lossy codec, which every camera's picture has some of.
+# ``amvad fit --augment``: a little sensor noise and a lossy codec, which every camera's picture has some of.
 ROBUST_AUGMENT = (Augment(change="noise", magnitude=3), Augment(change="jpeg", magnitude=25))
 
 

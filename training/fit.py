@@ -135,7 +135,7 @@ def set_threshold(path: Path, threshold: float, training: dict) -> None:
 
 def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, method: str = "comemory",
         init: str = "none", false_alarms_per_hour: float = 1.0, threads: int | None = None, seed: int = 0,
-        base_width: int = BASE_WIDTH, max_pixels: int = BUDGET_PIXELS, augment: bool = True, progress: bool = True,
+        base_width: int = BASE_WIDTH, max_pixels: int = BUDGET_PIXELS, augment: bool = False, progress: bool = True,
         on_progress: Callable[[dict], None] | None = None, registered_as: str | None = None) -> dict:
     """Fit, export to ``out`` and write the model card ``out`` with ``.md``; returns the fit's report.
     ``registered_as``: the name the service registers the result under (the card then says so instead of
@@ -272,7 +272,7 @@ def next_steps(name: str | None) -> str:
 
 def _changes(augment: list[str] | None) -> str:
     if not augment:
-        return "the footage as filmed only (`--no-augment`)"
+        return "the footage as filmed only (no `--augment`)"
     return f"the footage as filmed, and its training part again with each of: {', '.join(augment)} (training/config.py)"
 
 

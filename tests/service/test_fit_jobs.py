@@ -94,11 +94,11 @@ def request(footage: Path, name: str = "gate", **kw) -> FitRequest:
 
 def test_a_job_writes_its_request_reads_progress_and_registers_the_model(tmp_path, monkeypatch, footage):
     jobs = make_jobs(tmp_path, monkeypatch, "sleep1")
-    job = jobs.submit(request(footage, init="ped2", augment=False))
+    job = jobs.submit(request(footage, init="ped2", augment=True))
     # the worker got the request through the contract, and its pid is recorded for a restart's clean-up
     spec = read_request(job.folder)
     assert spec.footage == [footage] and spec.out == job.folder / "model.onnx" and spec.init == "ped2"
-    assert (spec.minutes, spec.base_width, spec.max_pixels, spec.threads, spec.augment) == (0.5, 4, 1536, 1, False)
+    assert (spec.minutes, spec.base_width, spec.max_pixels, spec.threads, spec.augment) == (0.5, 4, 1536, 1, True)
     assert int(JobFolder(job.folder).pid.read_text()) == job.proc.pid
     assert job.status()["state"] == "running"
     # a second fit while one runs is refused

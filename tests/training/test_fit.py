@@ -81,7 +81,7 @@ def test_a_tiny_fit_writes_a_model_and_its_card(tmp_path, capsys, init):
     clips = [write_mp4(tmp_path / f"cam{i}.mp4", render_clip(200, speed=1.0, seed=i)) for i in range(2)]
     out = tmp_path / "cam.onnx"
     width = "12" if init == "ped2" else "4"
-    augment = [] if init == "ped2" else ["--no-augment"]  # both ways, the default (augmented) once
+    augment = ["--augment"] if init == "ped2" else []  # both ways
     assert main(["fit", *map(str, clips), "--out", str(out), "--minutes", "0.05", "--max-pixels", "1536",
                  "--base-width", width, "--init", init, "--threads", "1", "--quiet", *augment,
                  "--progress-json", str(tmp_path / "progress.json")]) == 0
@@ -96,8 +96,8 @@ def test_a_tiny_fit_writes_a_model_and_its_card(tmp_path, capsys, init):
     assert model.meta.training["fit"]["init"] == init
     card = out.with_suffix(".md").read_text()
     assert "400 frames" in card and f"threshold {res['threshold']:.3f}" in card
-    # noise and a codec's losses learned as normal by default: the training part again, changed
-    learned = [] if augment else ["noise 3", "jpeg 25"]
+    # with --augment, noise and a codec's losses learned as normal: the training part again, changed
+    learned = ["noise 3", "jpeg 25"] if augment else []
     assert res["augment"] == learned and model.meta.training["fit"]["augment"] == learned
     assert res["train_frames"] == 400 - 40  # the footage's own frames; the copies come on top
     assert ("noise 3, jpeg 25" in card) if learned else ("as filmed only" in card)
