@@ -4,6 +4,7 @@ clip, a running ``amvad serve`` and a GStreamer RTSP server. Plain helpers live 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import yaml
 from amvad.training.config import load_config
 from amvad.training.export import export
 from amvad.training.train import train
+from tests.support.processes import kill_descendants
 from tests.support.servers import RtspServer, rtsp_available, running_service
 from tests.support.synthetic import render_clip, tiny_config, write_clip, write_mp4
 
@@ -109,4 +111,11 @@ def browser():
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, env={**os.environ, "LANG": "C"})
         yield b
-        b.close()
+        # A Chromium that does not answer would hang ``close`` (and the run) for ever: after 30 s kill it,
+        # which ends the close.
+        watchdog = threading.Timer(30, kill_descendants, args=("chrom",))
+        watchdog.start()
+        try:
+            b.close()
+        finally:
+            watchdog.cancel()

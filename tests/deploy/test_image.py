@@ -19,7 +19,7 @@ from tests.support.deploy import REPO
 from tests.support.podman import IMAGE, RUN_FLAGS, build_image, ensure_base_image, podman, why_podman_cannot_run
 from tests.support.servers import API_KEY, free_port
 
-pytestmark = [pytest.mark.image, pytest.mark.integration]
+pytestmark = [pytest.mark.image, pytest.mark.integration, pytest.mark.timeout(2400)]  # builds a base image
 
 SAMPLE = REPO / "service" / "samples" / "ped2_test01.mp4"
 
