@@ -144,7 +144,8 @@ def test_noise_level_reads_the_sensor_noise_and_not_the_scene(sigma):
 
 
 def test_uncovered_marks_the_strips_a_shift_fills_from_the_edge():
-    assert uncovered(1.5, -1.9, 20, 30) is None  # small corrections: the repeated edge is left in
+    assert uncovered(0.6, -0.9, 20, 30) is None  # sub-pixel corrections: the repeated edge is left in
+    assert (uncovered(1.5, 0.0, 20, 30)[0].sum(axis=0) == 0).sum() == 3  # 1.5 px: 2 columns and the kernel's one
     valid = uncovered(4.2, -2.5, 20, 30)  # content moved right and up: a left and a bottom strip are filled
     assert valid.shape == (1, 20, 30) and valid.dtype == np.float32
     assert (valid[0, :, :6] == 0).all() and (valid[0, -4:, :] == 0).all()
@@ -173,7 +174,9 @@ def test_through_a_stream_the_strip_a_large_shift_uncovers_does_not_count(tiny_m
 @pytest.mark.parametrize("change", ["flicker", "shake"])
 def test_through_a_stream_a_flickering_or_shaken_clip_scores_like_the_original(tiny_model, tmp_path, change):
     rng = np.random.default_rng(3)
-    shakes = rng.integers(-3, 4, size=(30, 2))
+    # up to ±2 source px, ±0.75 at the tiny model's 48x32: under MIN_UNCOVERED, so the compensation alone is
+    # tried here (a larger shift also leaves its uncovered strip out of the errors: the test above)
+    shakes = rng.integers(-2, 3, size=(30, 2))
     gains = np.where(np.arange(30) % 2, 1.25, 0.8)
 
     def changed(i: int, f: np.ndarray) -> np.ndarray:
