@@ -108,14 +108,17 @@ def browser():
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, env={**os.environ, "LANG": "C"})
-        yield b
-        # A Chromium that does not answer would hang ``close`` (and the run) for ever: after 30 s kill it,
-        # which ends the close.
-        watchdog = threading.Timer(30, kill_descendants, args=("chrom",))
-        watchdog.start()
-        try:
+    # A Chromium that does not answer would hang ``close`` (and the run) for ever: after 30 s it is killed,
+    # which ends the close, and after 60 s Playwright's driver too, which ends the driver's stop.
+    watchdogs = [threading.Timer(30, kill_descendants, args=("chrom",)),
+                 threading.Timer(60, kill_descendants, args=("node",))]
+    try:
+        with sync_api.sync_playwright() as p:
+            b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, env={**os.environ, "LANG": "C"})
+            yield b
+            for w in watchdogs:
+                w.start()
             b.close()
-        finally:
-            watchdog.cancel()
+    finally:
+        for w in watchdogs:
+            w.cancel()
