@@ -20,6 +20,7 @@ from amvad.runtime.conditioning import (
     level,
     match_level,
     noise_level,
+    still_factor,
     uncovered,
 )
 from amvad.runtime.engine import EngineConfig, InferenceEngine
@@ -213,3 +214,11 @@ def test_colourfulness_tells_a_colour_picture_from_a_grey_or_infrared_one():
     assert colourfulness(tinted) > 0.1
     _, measured = Conditioner(None, H, W)(textured()[None], colour=0.25)
     assert measured.colour == 0.25
+
+
+def test_a_still_cameras_sub_pixel_wobble_is_left_alone_and_a_shake_undone():
+    assert still_factor(0.0, 0.0) == 0.0
+    assert still_factor(0.05, 0.05) < 0.1  # the estimate's own wobble on a still Ped2 camera
+    assert still_factor(0.5, 0.0) > 0.98 and still_factor(0.0, -1.0) > 0.999999
+    steps = [still_factor(r, 0.0) for r in np.linspace(0, 1, 101)]
+    assert all(b >= a for a, b in zip(steps, steps[1:])) and max(np.diff(steps)) < 0.05  # no step to switch across
