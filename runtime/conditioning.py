@@ -10,8 +10,8 @@ on, so they need no retraining and training, evaluation and serving compute the 
   flicker) does not look like motion to the flow or like a new appearance to the model. A dark frame
   brought up by more than 1.5x is smoothed as much as it is stretched, or its sensor noise would be too.
 - **Stabilisation**: the view is aligned to the one the model was fitted on (phase correlation of the frame
-  against the model's reference image, translation only) and the shift undone, so shake and slow sway are
-  not motion; the strip the shift uncovers is left out of the model's errors. A shift beyond
+  against the model's reference image, translation only) and the shift undone (all but a still camera's
+  sub-pixel wobble: :func:`still_factor`), so shake and slow sway are not motion; the strip the shift uncovers is left out of the model's errors. A shift beyond
   ``max_shift`` of the frame is not corrected: the camera was moved.
 
 The parameters travel in the model's metadata (:class:`amvad.models.metadata.Conditioning`); a model
@@ -234,9 +234,9 @@ class Conditioner:
         g = grey(x)
         dx, dy, peak = self._align(g)
         limit = s.max_shift * min(self.height, self.width)
-        # every trusted shift is undone, however small: a dead zone would switch a camera that sits near
-        # its edge between moved and not moved from frame to frame (measured: ±1 px shake flagged 1.8 %
-        # of normal frames with a 0.25 px dead zone, none without)
+        # every trusted shift is undone but for its still part (still_factor), with no hard dead zone: one
+        # would switch a camera that sits near its edge between moved and not moved from frame to frame
+        # (measured: ±1 px shake flagged 1.8 % of normal frames with a 0.25 px hard dead zone)
         compensate = s.stabilise and peak >= MIN_RESPONSE and np.hypot(dx, dy) <= limit
         if compensate:
             f = still_factor(dx, dy)
