@@ -11,8 +11,9 @@ on, so they need no retraining and training, evaluation and serving compute the 
   brought up by more than 1.5x is smoothed as much as it is stretched, or its sensor noise would be too.
 - **Stabilisation**: the view is aligned to the one the model was fitted on (phase correlation of the frame
   against the model's reference image, translation only) and the shift undone (all but a still camera's
-  sub-pixel wobble: :func:`still_factor`), so shake and slow sway are not motion; the strip the shift uncovers is left out of the model's errors. A shift beyond
-  ``max_shift`` of the frame is not corrected: the camera was moved.
+  sub-pixel wobble: :func:`still_factor`), so shake and slow sway are not motion; the strip the shift
+  uncovers is left out of the model's errors. A shift beyond ``max_shift`` of the frame is not corrected:
+  the camera was moved.
 
 The parameters travel in the model's metadata (:class:`amvad.models.metadata.Conditioning`); a model
 without them (exported before) is only measured. Each frame's measurements (:class:`FrameCondition`) let
