@@ -10,21 +10,18 @@ from pathlib import Path
 
 def descendants(pid: int | None = None) -> list[tuple[int, str]]:
     """(pid, command name) of every process below ``pid`` (default: this one)."""
-    parent: dict[int, int] = {}
-    names: dict[int, str] = {}
+    children: dict[int, list[tuple[int, str]]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
-            text = stat.read_text()
             # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split at the last ")"
-            head, _, rest = text.rpartition(")")
-            child = int(head.split(" (", 1)[0])
-            names[child], parent[child] = head.split(" (", 1)[1], int(rest.split()[1])
+            head, _, rest = stat.read_text().rpartition(")")
+            child, name = head.split(" (", 1)
+            children.setdefault(int(rest.split()[1]), []).append((int(child), name))
     found, todo = [], [os.getpid() if pid is None else pid]
     while todo:
-        below = [c for c, p in parent.items() if p == todo[-1]]
-        todo.pop()
-        found += [(c, names[c]) for c in below]
-        todo += below
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += [c for c, _ in below]
     return found
 
 
