@@ -39,6 +39,8 @@ class OptimConfig(Strict):
     time_budget_min: float | None = Field(None, gt=0, description="stop before an epoch that would end past "
                                           "this many minutes of training (epochs is then the most)")
     freeze_bn: bool = Field(False, description="keep batch-norm statistics fixed (fine-tuning on little data)")
+    ema: float | None = Field(None, gt=0, lt=1, description="decay of a moving average of the weights after "
+                              "every step; the finished model is the average (training.ema)")
 
 
 class ScoreConfig(Strict):

@@ -27,6 +27,7 @@ from amvad.runtime.scoring import training_scores
 
 from .config import Augment, TrainConfig
 from .data import ClipDataset, augmented, cached_flows, condition_clip, find_clips, fit_footage_conditioning, load_clip
+from .ema import WeightAverage
 
 CHECKPOINT = "last.pt"
 
@@ -134,6 +135,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     adv_weight = float(getattr(model, "adversarial_weight", 0.0))
     disc = PatchDiscriminator(channels=model.channels).to(device) if adv_weight > 0 else None
     disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.optim.disc_lr) if disc else None
+    ema = WeightAverage(model, cfg.optim.ema) if cfg.optim.ema else None
 
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +145,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ckpt["method"] != cfg.model.method or ckpt["model_args"] != model.model_args():
             raise ValueError(f"{ckpt_path}: checkpoint is for a different model; refusing to resume")
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
+        if ema is not None and ckpt.get("ema"):
+            ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         if disc and ckpt.get("discriminator"):
             disc.load_state_dict(ckpt["discriminator"])
@@ -184,6 +188,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             if cfg.optim.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             opt.step()
+            if ema is not None:
+                ema.update(model)
             if disc is not None and stage == 2:
                 with autocast:
                     real = ((disc(out["target"]) - 1) ** 2).mean()
@@ -198,9 +204,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                              "loss": loss.item()})
         elapsed += time.time() - t0
         epochs_done = epoch + 1
-        save_checkpoint(_checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen), ckpt_path)
+        save_checkpoint(_checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen, ema), ckpt_path)
 
-    ckpt = _checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen)
+    ckpt = _checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen, ema)
+    if ema is not None:  # the finished model is the average; the raw weights stay for a resumed run
+        ckpt["train_model"] = {k: v.clone() for k, v in ckpt["model"].items()}  # state_dict() shares storage
+        model.load_state_dict(ema.averaged())
+        ckpt["model"] = model.state_dict()
     ckpt["stats"] = score_stats(model, clip_components(model, ds, device), cfg)
     ckpt["conditioning"] = None if conditioning is None else conditioning.model_dump()
     frames, flows = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
@@ -211,14 +221,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
 
 
 def _checkpoint(cfg: TrainConfig, model: AnomalyModel, opt, disc, disc_opt, epoch: int,
-                elapsed: float, gen: torch.Generator) -> dict:
+                elapsed: float, gen: torch.Generator, ema: WeightAverage | None = None) -> dict:
     return {
         "method": model.method, "model_args": model.model_args(), "model": model.state_dict(),
         "config": cfg.model_dump(mode="json"), "optimizer": opt.state_dict(),
         "discriminator": disc.state_dict() if disc else None,
         "disc_optimizer": disc_opt.state_dict() if disc_opt else None,
         "flow_spec": build_flow(**cfg.flow).spec, "epoch": epoch, "train_seconds": elapsed, "loader_rng": gen.get_state(),
-        "torch_rng": torch.get_rng_state(), "complete": False,
+        "torch_rng": torch.get_rng_state(), "complete": False, "ema": ema.state_dict() if ema else None,
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                    f"{torch.get_num_threads()} threads, "
                    f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
