@@ -4,7 +4,11 @@ magnitudes, since a model tuned to one setting is not robust.
 
 Each clip is decoded once, then scored clean and under every (change, magnitude) as a fresh
 :class:`~runtime.stream.Stream` on one shared engine, exactly as an upload is scored
-(:func:`training.evaluate.score_frames`). Per change and magnitude it reports:
+(:func:`training.evaluate.score_frames`): each clip starts from the model's training statistics. With
+``live`` the clips of a variant are one camera instead: its running statistics (what a live camera keeps
+learning from the frames it judges normal) carry from clip to clip, the normal footage first and then the
+labelled clips, as they would for a camera that has been on that picture for a while. Per change and
+magnitude it reports:
 
 - on normal footage (the ``normal_split``, the dataset's normal training clips): the events the service's
   rules raise (:func:`runtime.events.replay_events` on the stream's causal scores, the tracker every stream
@@ -31,7 +35,7 @@ from tqdm import tqdm
 
 from amvad.runtime.engine import EngineConfig, InferenceEngine
 from amvad.runtime.events import EventConfig
-from amvad.runtime.scoring import min_max_per_clip
+from amvad.runtime.scoring import RunningStats, min_max_per_clip
 from amvad.runtime.video import FRAME_EXTS
 
 from .alarms import LabelledScores, operating_point
@@ -94,8 +98,10 @@ def labels_of(data: str | Path, split: str, all_sources: list[ClipSource], chose
 
 
 def score_variants(engine: InferenceEngine, sources: list[ClipSource], runs: list[Variant], *, seed: int,
-                   writer: WriterFactory | None, bar: tqdm) -> list[list[ClipScores]]:
-    """For each variant, the scores of every clip under it (each clip decoded once)."""
+                   writer: WriterFactory | None, bar: tqdm,
+                   cameras: list[RunningStats] | None = None) -> list[list[ClipScores]]:
+    """For each variant, the scores of every clip under it (each clip decoded once); ``cameras``: one
+    variant's running statistics each, carried through its clips (else every clip starts afresh)."""
     out: list[list[ClipScores]] = [[] for _ in runs]
     for src in sources:
         frames = list(iter_clip_frames(src))
@@ -104,7 +110,7 @@ def score_variants(engine: InferenceEngine, sources: list[ClipSource], runs: lis
             bar.set_postfix_str(f"{src.name} {label(change, magnitude)}", refresh=False)
             pixels = frames if change is None else perturb_clip(change, magnitude, frames, seed=clip_seed,
                                                                 writer=writer)
-            out[k].append(score_frames(engine, src.name, pixels))
+            out[k].append(score_frames(engine, src.name, pixels, None if cameras is None else cameras[k]))
             bar.update()
     return out
 
@@ -164,9 +170,10 @@ def run_robustness(model: str | Path, data: str | Path, *, changes: list[str] | 
                    writer: WriterFactory | None = None, normal_split: str = "training",
                    test_split: str = "testing", engine_config: EngineConfig | None = None,
                    json_out: str | Path | None = None, plot_dir: str | Path | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, live: bool = False) -> dict:
     """The benchmark (see the module doc); ``clips`` scores that many clips of each split, ``writer`` is
-    the H.264 writer compression needs (``service.h264.H264Writer``)."""
+    the H.264 writer compression needs (``service.h264.H264Writer``), ``live`` scores each variant's
+    clips as one camera."""
     t0 = time.time()
     runs = variants(changes, magnitudes)
     if writer is None and any(c is not None and c.whole_clip for c, _ in runs):
@@ -178,9 +185,10 @@ def run_robustness(model: str | Path, data: str | Path, *, changes: list[str] | 
     engine = InferenceEngine(model, engine_config)
     try:
         total = len(runs) * (len(normal_sources) + len(test_sources))
+        cameras = [RunningStats.from_components(engine.meta.components) for _ in runs] if live else None
         with tqdm(total=total, desc="robustness", unit="clip", disable=not progress) as bar:
-            normal = score_variants(engine, normal_sources, runs, seed=seed, writer=writer, bar=bar)
-            test = score_variants(engine, test_sources, runs, seed=seed, writer=writer, bar=bar)
+            normal = score_variants(engine, normal_sources, runs, seed=seed, writer=writer, bar=bar, cameras=cameras)
+            test = score_variants(engine, test_sources, runs, seed=seed, writer=writer, bar=bar, cameras=cameras)
     finally:
         engine.close()
     meta = engine.meta
@@ -200,6 +208,7 @@ def run_robustness(model: str | Path, data: str | Path, *, changes: list[str] | 
     result = {
         "model": str(engine.model.path), "method": meta.method, "threshold": meta.threshold, "data": str(data),
         "backend": engine.model.backend.name, "precision": engine.model.precision.used, "seed": seed,
+        "protocol": "live" if live else "upload",
         "normal": {"split": normal_split, "clips": [s.name for s in normal_sources],
                    "frames_scored": int(sum(len(c.stream) for c in normal[0])), "minutes": clean["minutes"]},
         "test": {"split": test_split, "clips": [s.name for s in test_sources],

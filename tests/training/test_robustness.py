@@ -19,7 +19,15 @@ from amvad.runtime.types import Frame
 from amvad.service.h264 import H264Writer
 from amvad.training.evaluate import ClipScores
 from amvad.training.perturbations import BATTERY, get_change, perturb_clip, shake_offsets
-from amvad.training.robustness import labelled_figures, normal_figures, pick, run_robustness, table, variants
+from amvad.training.robustness import (
+    labelled_figures,
+    normal_figures,
+    pick,
+    run_robustness,
+    score_variants,
+    table,
+    variants,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PER_FRAME = [c for c in BATTERY.values() if not c.whole_clip]
@@ -194,6 +202,30 @@ def test_clean_scores_are_those_of_amvad_eval(tiny_model, synthetic_dataset):
                                                                   progress=False)["auc_stream"])
 
 
+def test_the_live_protocol_carries_one_cameras_statistics_from_clip_to_clip(tiny_model, synthetic_dataset):
+    from tqdm import tqdm
+
+    from amvad.runtime.engine import InferenceEngine
+    from amvad.runtime.scoring import RunningStats
+    from amvad.training.data import find_clips
+    engine = InferenceEngine(tiny_model)
+    try:
+        sources = find_clips(synthetic_dataset, "training")
+        camera = RunningStats.from_components(engine.meta.components)
+        bar = tqdm(disable=True)
+        # when the clean normal clips are scored as one camera and as uploads
+        live = score_variants(engine, sources, [(None, None)], seed=0, writer=None, bar=bar, cameras=[camera])[0]
+        upload = score_variants(engine, sources, [(None, None)], seed=0, writer=None, bar=bar)[0]
+    finally:
+        engine.close()
+    # then the first clip starts from the training statistics either way, and the camera learned from every
+    # frame of both clips it judged normal, so its second clip is scored under what it learned
+    np.testing.assert_allclose(live[0].stream, upload[0].stream)
+    learned = sum(int((c.stream < engine.meta.threshold).sum()) for c in live)
+    assert learned > 0 and camera.count == learned
+    assert not np.allclose(live[1].stream, upload[1].stream)
+
+
 def test_the_command_runs_with_a_subset_of_clips(tiny_model, synthetic_dataset, tmp_path, capsys):
     out = subprocess.run([sys.executable, "-m", "amvad.cli", "robustness", "--help"], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout
@@ -206,7 +238,7 @@ def test_the_command_runs_with_a_subset_of_clips(tiny_model, synthetic_dataset, 
     printed = capsys.readouterr().out
     assert "| compression | 40 (H.264 CRF) |" in printed and "| shake | 2 (± px per frame) |" in printed
     res = json.loads((tmp_path / "r.json").read_text())
-    assert res["test"]["clips"] == ["01"] and len(res["rows"]) == 3
+    assert res["test"]["clips"] == ["01"] and len(res["rows"]) == 3 and res["protocol"] == "upload"
     assert main(["robustness", "--data", str(synthetic_dataset), "--changes", "rain"]) == 2
 
 
