@@ -37,7 +37,8 @@ class WeightAverage:
         return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
 
     def load_state_dict(self, state: dict) -> None:
-        self.decay, self.updates = state["decay"], state["updates"]
+        """The average and step count of a saved run; the decay stays this one's (the config's)."""
+        self.updates = state["updates"]
         self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
 
     def averaged(self) -> dict:

@@ -135,19 +135,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     adv_weight = float(getattr(model, "adversarial_weight", 0.0))
     disc = PatchDiscriminator(channels=model.channels).to(device) if adv_weight > 0 else None
     disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.optim.disc_lr) if disc else None
-    ema = WeightAverage(model, cfg.optim.ema) if cfg.optim.ema else None
 
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / CHECKPOINT
-    start_epoch, elapsed = 0, 0.0
+    start_epoch, elapsed, saved_ema = 0, 0.0, None
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ckpt["method"] != cfg.model.method or ckpt["model_args"] != model.model_args():
             raise ValueError(f"{ckpt_path}: checkpoint is for a different model; refusing to resume")
         model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
-        if ema is not None and ckpt.get("ema"):
-            ema.load_state_dict(ckpt["ema"])
+        saved_ema = ckpt.get("ema")
         opt.load_state_dict(ckpt["optimizer"])
         if disc and ckpt.get("discriminator"):
             disc.load_state_dict(ckpt["discriminator"])
@@ -155,6 +153,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         start_epoch, elapsed = ckpt["epoch"], ckpt.get("train_seconds", 0.0)
         gen.set_state(ckpt["loader_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
+    ema = WeightAverage(model, cfg.optim.ema) if cfg.optim.ema else None  # starts from the weights trained on
+    if ema is not None and saved_ema:
+        ema.load_state_dict(saved_ema)
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
                 else contextlib.nullcontext())
