@@ -54,9 +54,9 @@ def _robustness(args: argparse.Namespace) -> None:
     res = run_robustness(args.model, args.data, changes=changes, magnitudes=magnitudes,
                          clips=args.clips, seed=args.seed, writer=H264Writer, normal_split=args.normal_split,
                          test_split=args.test_split, json_out=args.json, plot_dir=args.plot, progress=not args.quiet,
-                         live=args.live)
+                         live=args.live, forget=args.forget)
     print(f"{res['method']} {res['model']} ({res['backend']} {res['precision']}), threshold {res['threshold']:.3f}, "
-          f"{res['protocol']} protocol; "
+          f"{res['protocol']} protocol, forget {res['forget']:g}; "
           f"normal: {len(res['normal']['clips'])} {res['normal']['split']} clips, {res['normal']['minutes']:.1f} min; "
           f"test: {len(res['test']['clips'])} {res['test']['split']} clips; {res['date']}, {res['machine']}, "
           f"{res['seconds']:.0f} s")
@@ -80,6 +80,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--live", action="store_true",
                    help="score each variant's clips as one live camera (running statistics carried from clip to "
                         "clip, normal footage first) instead of each clip as a fresh upload")
+    r.add_argument("--forget", type=float, default=0.002,
+                   help="running statistics' rate per frame judged normal (the service's `forget`; 0: the "
+                        "training statistics throughout)")
     r.add_argument("--json", type=Path, help="write the full results here")
     r.add_argument("--plot", type=Path, help="write one chart per change (<change>.png) into this folder")
     r.add_argument("--quiet", action="store_true", help="no progress bar")

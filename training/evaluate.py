@@ -30,7 +30,7 @@ from amvad.runtime import parity
 from amvad.runtime.engine import EngineConfig, InferenceEngine
 from amvad.runtime.events import EventConfig
 from amvad.runtime.plots import score_plot
-from amvad.runtime.scoring import RunningStats, min_max_per_clip
+from amvad.runtime.scoring import DEFAULT_FORGET, RunningStats, min_max_per_clip
 from amvad.runtime.stream import Stream, results_in_order
 from amvad.runtime.types import Frame
 
@@ -59,11 +59,12 @@ def score_clip(engine: InferenceEngine, src: ClipSource) -> ClipScores:
 
 
 def score_frames(engine: InferenceEngine, name: str, frames: Iterable[Frame],
-                 stats: RunningStats | None = None) -> ClipScores:
+                 stats: RunningStats | None = None, forget: float = DEFAULT_FORGET) -> ClipScores:
     """:func:`score_clip` for frames from anywhere (e.g. a perturbed clip, training/robustness.py);
-    ``stats``: running statistics to start from, updated in place (a camera's, carried from clip to clip)."""
+    ``stats``: running statistics to start from, updated in place (a camera's, carried from clip to clip),
+    at the stream's rate ``forget``."""
     ids, times, comps, scores, held, n = [], [], [], [], [], 0
-    for frame, r in results_in_order(Stream(engine, stats=stats), frames):
+    for frame, r in results_in_order(Stream(engine, stats=stats, forget=forget), frames):
         n += 1
         if r.score is not None:
             ids.append(frame.frame_id), times.append(frame.timestamp), comps.append(r.components)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from amvad.runtime.engine import EngineConfig, InferenceEngine
 from amvad.runtime.events import EventConfig
-from amvad.runtime.scoring import RunningStats, min_max_per_clip
+from amvad.runtime.scoring import DEFAULT_FORGET, RunningStats, min_max_per_clip
 from amvad.runtime.video import FRAME_EXTS
 
 from .alarms import LabelledScores, operating_point
@@ -99,9 +99,11 @@ def labels_of(data: str | Path, split: str, all_sources: list[ClipSource], chose
 
 def score_variants(engine: InferenceEngine, sources: list[ClipSource], runs: list[Variant], *, seed: int,
                    writer: WriterFactory | None, bar: tqdm,
-                   cameras: list[RunningStats] | None = None) -> list[list[ClipScores]]:
+                   cameras: list[RunningStats] | None = None, forget: float = DEFAULT_FORGET
+                   ) -> list[list[ClipScores]]:
     """For each variant, the scores of every clip under it (each clip decoded once); ``cameras``: one
-    variant's running statistics each, carried through its clips (else every clip starts afresh)."""
+    variant's running statistics each, carried through its clips (else every clip starts afresh);
+    ``forget``: the streams' running-statistics rate (the service's ``forget``)."""
     out: list[list[ClipScores]] = [[] for _ in runs]
     for src in sources:
         frames = list(iter_clip_frames(src))
@@ -110,7 +112,7 @@ def score_variants(engine: InferenceEngine, sources: list[ClipSource], runs: lis
             bar.set_postfix_str(f"{src.name} {label(change, magnitude)}", refresh=False)
             pixels = frames if change is None else perturb_clip(change, magnitude, frames, seed=clip_seed,
                                                                 writer=writer)
-            out[k].append(score_frames(engine, src.name, pixels, None if cameras is None else cameras[k]))
+            out[k].append(score_frames(engine, src.name, pixels, None if cameras is None else cameras[k], forget))
             bar.update()
     return out
 
@@ -170,10 +172,10 @@ def run_robustness(model: str | Path, data: str | Path, *, changes: list[str] | 
                    writer: WriterFactory | None = None, normal_split: str = "training",
                    test_split: str = "testing", engine_config: EngineConfig | None = None,
                    json_out: str | Path | None = None, plot_dir: str | Path | None = None,
-                   progress: bool = True, live: bool = False) -> dict:
+                   progress: bool = True, live: bool = False, forget: float = DEFAULT_FORGET) -> dict:
     """The benchmark (see the module doc); ``clips`` scores that many clips of each split, ``writer`` is
     the H.264 writer compression needs (``service.h264.H264Writer``), ``live`` scores each variant's
-    clips as one camera."""
+    clips as one camera, ``forget`` is the running statistics' rate per frame judged normal."""
     t0 = time.time()
     runs = variants(changes, magnitudes)
     if writer is None and any(c is not None and c.whole_clip for c, _ in runs):
@@ -187,8 +189,8 @@ def run_robustness(model: str | Path, data: str | Path, *, changes: list[str] | 
         total = len(runs) * (len(normal_sources) + len(test_sources))
         cameras = [RunningStats.from_components(engine.meta.components) for _ in runs] if live else None
         with tqdm(total=total, desc="robustness", unit="clip", disable=not progress) as bar:
-            normal = score_variants(engine, normal_sources, runs, seed=seed, writer=writer, bar=bar, cameras=cameras)
-            test = score_variants(engine, test_sources, runs, seed=seed, writer=writer, bar=bar, cameras=cameras)
+            normal, test = (score_variants(engine, sources, runs, seed=seed, writer=writer, bar=bar, cameras=cameras,
+                                           forget=forget) for sources in (normal_sources, test_sources))
     finally:
         engine.close()
     meta = engine.meta
@@ -208,7 +210,7 @@ def run_robustness(model: str | Path, data: str | Path, *, changes: list[str] | 
     result = {
         "model": str(engine.model.path), "method": meta.method, "threshold": meta.threshold, "data": str(data),
         "backend": engine.model.backend.name, "precision": engine.model.precision.used, "seed": seed,
-        "protocol": "live" if live else "upload",
+        "protocol": "live" if live else "upload", "forget": forget,
         "normal": {"split": normal_split, "clips": [s.name for s in normal_sources],
                    "frames_scored": int(sum(len(c.stream) for c in normal[0])), "minutes": clean["minutes"]},
         "test": {"split": test_split, "clips": [s.name for s in test_sources],

@@ -15,6 +15,7 @@ import pytest
 from amvad.cli.main import main
 from amvad.cli.robustness import CHANGES, parse_magnitudes
 from amvad.runtime.events import EventConfig
+from amvad.runtime.scoring import DEFAULT_FORGET
 from amvad.runtime.types import Frame
 from amvad.service.h264 import H264Writer
 from amvad.training.evaluate import ClipScores
@@ -217,6 +218,11 @@ def test_the_live_protocol_carries_one_cameras_statistics_from_clip_to_clip(tiny
         # when the clean normal clips are scored as one camera and as uploads
         live = score_variants(engine, sources, [(None, None)], seed=0, writer=None, bar=bar, cameras=[camera])[0]
         upload = score_variants(engine, sources, [(None, None)], seed=0, writer=None, bar=bar)[0]
+        # and as one camera that does not learn (forget 0: the training statistics throughout)
+        still = RunningStats.from_components(engine.meta.components)
+        frozen = score_variants(engine, sources, [(None, None)], seed=0, writer=None, bar=bar, cameras=[still],
+                                forget=0.0)[0]
+        fresh = score_variants(engine, sources, [(None, None)], seed=0, writer=None, bar=bar, forget=0.0)[0]
     finally:
         engine.close()
     # then the first clip starts from the training statistics either way, and the camera learned from every
@@ -225,6 +231,8 @@ def test_the_live_protocol_carries_one_cameras_statistics_from_clip_to_clip(tiny
     learned = sum(int((c.stream < engine.meta.threshold).sum()) for c in live)
     assert learned > 0 and camera.count == learned
     assert not np.allclose(live[1].stream, upload[1].stream)
+    assert still.count == 0 and all(np.allclose(a.stream, b.stream) for a, b in zip(frozen, fresh))
+    assert not np.allclose(fresh[0].stream, upload[0].stream)  # forget reaches the streams
 
 
 def test_the_command_runs_with_a_subset_of_clips(tiny_model, synthetic_dataset, tmp_path, capsys):
@@ -240,6 +248,7 @@ def test_the_command_runs_with_a_subset_of_clips(tiny_model, synthetic_dataset, 
     assert "| compression | 40 (H.264 CRF) |" in printed and "| shake | 2 (± px per frame) |" in printed
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["test"]["clips"] == ["01"] and len(res["rows"]) == 3 and res["protocol"] == "upload"
+    assert res["forget"] == DEFAULT_FORGET  # the command's default is the service's
     assert main(["robustness", "--data", str(synthetic_dataset), "--changes", "rain"]) == 2
 
 
