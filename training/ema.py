@@ -42,5 +42,5 @@ class WeightAverage:
         self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
 
     def averaged(self) -> dict:
-        """The averaged state, ready for ``model.load_state_dict``."""
-        return {k: v.clone() for k, v in self.shadow.items()}
+        """The averaged state, ready for ``model.load_state_dict`` (which copies it; the average goes on)."""
+        return dict(self.shadow)
