@@ -7,6 +7,7 @@ accepts a self-signed certificate once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -14,11 +15,11 @@ import sys
 
 import httpx
 import pytest
-from websockets.sync.client import connect
+from websockets.asyncio.client import connect
 
 from tests.service.test_live_page import COUNT_COLOUR
 from tests.service.test_review_page import seed
-from tests.support.servers import API_KEY, REPO, receive, running_service
+from tests.support.servers import API_KEY, REPO, running_service
 
 pytestmark = pytest.mark.integration
 PASSWORD = "vic-password-1"
@@ -50,10 +51,17 @@ def test_the_api_and_the_score_stream_speak_tls_with_that_certificate(world):
     assert svc.base.startswith("https://") and svc.http.get("/readyz").json()["status"] == "ready"
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"{svc.base}/healthz")  # the system's CAs do not know it: it is TLS, and not a public CA's
-    url = f"wss://127.0.0.1:{svc.port}/v1/cameras/tls-cam/ws"
-    with connect(url, ssl=svc.ssl, additional_headers={"X-API-Key": API_KEY}) as ws:
-        messages = receive(ws, 3, timeout=30)
+    messages = asyncio.run(asyncio.wait_for(first_messages(svc, 3), timeout=60))
     assert [m["camera"] for m in messages] == ["tls-cam"] * 3 and messages[1]["frame_id"] > messages[0]["frame_id"]
+
+
+async def first_messages(svc, n: int) -> list[dict]:
+    """The first ``n`` messages of the score stream over WSS. The asyncio client, not the threaded one: the
+    threaded client reads the TLS socket in one thread while it sends the handshake from another, and
+    Python's TLS sockets are not safe for that (once in a while the handshake response never arrives)."""
+    url = f"wss://127.0.0.1:{svc.port}/v1/cameras/tls-cam/ws"
+    async with connect(url, ssl=svc.ssl, additional_headers={"X-API-Key": API_KEY}, open_timeout=30) as ws:
+        return [json.loads(await ws.recv()) for _ in range(n)]
 
 
 def test_a_viewer_logs_in_and_uses_the_live_and_review_pages_over_https(world, browser, tmp_path):
