@@ -78,6 +78,11 @@ class StreamScorer:
             self.stats.update(components, self.forget)
         return score
 
+    def carry(self) -> float | None:
+        """The score of a frame whose errors measure the codec rather than the scene: the window's mean as
+        it stands, with nothing added and nothing learned (None while the window is empty)."""
+        return float(np.mean(self._recent)) if self._recent else None
+
     def score_clip(self, components: np.ndarray) -> np.ndarray:
         """Causal scores of consecutive frames, (N, K) -> (N,)."""
         return np.array([self.update(c) for c in components])

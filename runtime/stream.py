@@ -20,6 +20,15 @@ on). When a scene change settles the running mean takes the median components of
 (:meth:`~runtime.scoring.StreamScorer.rebaseline`): the new scene scores as normal at once instead of
 alarming until slow forgetting catches up, which it never would (frames over the threshold are not learned).
 A model with conditioning is not re-baselined: level matching already took the change out of its errors.
+
+The first frame of each new group of pictures of a coded stream (a keyframe after predicted frames) does
+not enter the score: at a low bitrate the codec's artefacts change all at once there, and the frame's
+prediction and flow errors jump with them (H.264 at CRF 42, one keyframe a second: frame and flow errors
+2-4x their neighbours' at every keyframe, 4.75 % of Ped2's normal frames over the threshold, nearly all in
+the smoothing window after one). Its score is the window's as it stands
+(:meth:`~runtime.scoring.StreamScorer.carry`) and nothing is learned from it; the next frame, predicted
+from it, is scored as usual, so an anomaly that starts there is late by one frame. Image folders and
+all-keyframe streams (MJPEG) have no such frame.
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ class Stream:
         self._lane = engine.open_lane(self, self.model)
         self.set_masks(masks or [])
         self._last: tuple[int, int] | None = None  # (segment, frame_id) of the previous submitted frame
+        self._predicted = False  # the previous scored-for frame was predicted from others (model thread)
         self._slots = threading.BoundedSemaphore(max_inflight or engine.config.max_inflight)
 
     @property
@@ -138,6 +148,7 @@ class Stream:
         future.set_result(result)
 
     def _score(self, frame: Frame, out: EngineOutput, condition: FrameCondition, verdict: WatchVerdict) -> FrameResult:
+        new_gop, self._predicted = frame.keyframe and self._predicted, not frame.keyframe
         if out.restarted:
             self.scorer.reset_window()
         camera = {"condition": condition, "camera_event": verdict.change, "camera_event_record": verdict.event}
@@ -156,7 +167,9 @@ class Stream:
         self.state = LIVE
         t0 = time.perf_counter()
         components = out.components.astype(np.float64)
-        score = self.scorer.update(components)
+        score = self.scorer.carry() if new_gop else None
+        if score is None:
+            score = self.scorer.update(components)
         event = self.events.update(frame.timestamp, frame.frame_id, score)
         if self.observer:
             for stage, seconds in out.stage_s.items():

@@ -15,13 +15,16 @@ WARMING_UP, LIVE = "warming_up", "live"
 @dataclass(frozen=True)
 class Frame:
     """One decoded frame: RGB uint8 (H, W, 3); ``timestamp`` in seconds (stream time or wall clock);
-    ``segment`` changes whenever the source was (re)opened; ``decode_s``: seconds spent decoding it."""
+    ``segment`` changes whenever the source was (re)opened; ``decode_s``: seconds spent decoding it;
+    ``keyframe``: coded on its own (an H.264 IDR picture, any frame of an image folder or MJPEG), False for
+    a frame predicted from others."""
     source_id: str
     frame_id: int
     segment: int
     timestamp: float
     pixels: np.ndarray
     decode_s: float = 0.0
+    keyframe: bool = True
 
 
 @dataclass

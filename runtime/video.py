@@ -100,7 +100,7 @@ def iter_frames(container: av.container.InputContainer, *, source_id: str, segme
                 pixels = upright(vf.to_ndarray(format="rgb24"), vf.rotation)
                 spent, pending = pending + time.perf_counter() - t0, 0.0
                 ts = time.time() if wall_clock else float(vf.time if vf.time is not None else fid - first_id)
-                yield Frame(source_id, fid, segment, ts, pixels, spent)
+                yield Frame(source_id, fid, segment, ts, pixels, spent, keyframe=bool(vf.key_frame))
                 fid += 1
     except av.error.FFmpegError as exc:
         raise DecodeError(redact(f"{source_id}: decode failed after {fid - first_id} frames: {exc}")) from None

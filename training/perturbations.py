@@ -135,7 +135,8 @@ def low_light(level: float, n_frames: int, seed: int = 0) -> Perturbation:
 
 def compress(frames: Sequence[Frame], crf: int, writer: WriterFactory) -> list[Frame]:
     """A low-bitrate sub-stream: the clip encoded to H.264 at constant rate factor ``crf`` (one keyframe a
-    second, as the service's writer does) and decoded again; frame ids and timestamps are kept. The
+    second, as the service's writer does) and decoded again; frame ids and timestamps are kept, and which
+    frames came back as keyframes (as a camera's stream says). The
     writer crops odd sizes to even, so a cropped edge is replicated back. No randomness of ours, but not
     repeatable to the pixel: libx264's lookahead now and then codes a clip's first second differently
     (under load, in a test that encoded the same 15 frames twice: up to 40 % of its pixels, the loss
@@ -151,15 +152,15 @@ def compress(frames: Sequence[Frame], crf: int, writer: WriterFactory) -> list[F
         finally:
             out.close()
         with open_source(str(path)) as container:
-            decoded = [f.pixels for f in iter_frames(container, source_id="robustness")]
+            decoded = list(iter_frames(container, source_id="robustness"))
     if len(decoded) != len(frames):
         raise ValueError(f"H.264 at crf {crf}: {len(decoded)} frames decoded of {len(frames)} written")
     out_frames = []
-    for f, px in zip(frames, decoded):
-        h, w = f.pixels.shape[:2]
+    for f, d in zip(frames, decoded):
+        h, w, px = *f.pixels.shape[:2], d.pixels
         if px.shape[:2] != (h, w):
             px = np.pad(px[:h, :w], ((0, h - min(h, px.shape[0])), (0, w - min(w, px.shape[1])), (0, 0)), mode="edge")
-        out_frames.append(dataclasses.replace(f, pixels=px))
+        out_frames.append(dataclasses.replace(f, pixels=px, keyframe=d.keyframe))
     return out_frames
 
 

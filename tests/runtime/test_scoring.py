@@ -38,6 +38,16 @@ def test_anomalies_do_not_teach_the_baseline():
     assert s.stats.count == 50 and abs(s.stats.mean[0] - 1.4) < 0.01
 
 
+def test_a_carried_frame_keeps_the_window_and_teaches_nothing():
+    s = StreamScorer(COMPONENTS, threshold=3.0, smoothing=3, forget=0.1)
+    assert s.carry() is None  # nothing to carry yet
+    first = s.update(np.array([2.0, -30.0]))
+    count, mean = s.stats.count, s.stats.mean.copy()
+    assert s.carry() == first and s.carry() == first  # as often as asked: the window does not move
+    assert s.stats.count == count and np.array_equal(s.stats.mean, mean)
+    assert s.update(np.array([1.0, -30.0])) == pytest.approx((1.0 + 0.0) / 2, abs=0.1)
+
+
 def test_paper_protocol_min_max_per_clip():
     comps = np.array([[0.0, 10.0], [1.0, 20.0], [0.5, 15.0]])
     np.testing.assert_allclose(min_max_per_clip(comps, np.array([0.5, 0.5])), [0.0, 1.0, 0.5])

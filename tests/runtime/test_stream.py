@@ -3,6 +3,8 @@ heatmaps, pipelining, batching across streams and failures."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from amvad.runtime.conditioning import Conditioner
 from amvad.runtime.engine import EngineConfig, InferenceEngine
 from amvad.runtime.preprocess import to_model_frame
+from amvad.runtime.scoring import StreamScorer
 from amvad.runtime.stream import Stream, results_in_order
 from amvad.runtime.types import LIVE, WARMING_UP, Frame
 from amvad.runtime.video import iter_frames, open_source
@@ -149,6 +152,31 @@ def test_gaps_and_reconnects_restart_the_window(model):
     # a new segment (reconnect) with consecutive ids restarts it too
     again = frames(2, segment=2, first=2 * t + 5)
     assert [pipe.process(f).state for f in again] == [WARMING_UP, WARMING_UP]
+
+
+def test_the_first_frame_of_a_new_group_of_pictures_keeps_the_score_and_teaches_nothing(model):
+    # given a coded stream with a keyframe every 6 frames (ids 0, 6, 12), the frames between predicted
+    coded = [dataclasses.replace(f, keyframe=f.frame_id % 6 == 0) for f in frames(16)]
+    pipe = make_pipeline(model)
+    results = [pipe.process(f) for f in coded]
+    # then each keyframe after predicted frames (6, 12) scores what the window held before it, and every
+    # other frame scores as a scorer that never saw the keyframe's errors (id 0 opens the stream: scored)
+    check_scores(model, coded, results, carried={6, 12})
+    assert results[6].score == results[5].score and results[12].score == results[11].score
+    assert pipe.scorer.stats.count == sum(r.score is not None for r in results) - 2  # learned from neither
+    # and a stream of keyframes only (image folders, MJPEG) scores every frame as usual
+    plain = frames(16)
+    check_scores(model, plain, [make_pipeline(model).process(f) for f in plain], carried=set())
+
+
+def check_scores(engine: InferenceEngine, fs: list[Frame], results: list, carried: set[int]) -> None:
+    """The stream's scores are those of a fresh scorer fed each frame's components, the frames in
+    ``carried`` given the window's score instead."""
+    scorer = StreamScorer.from_metadata(engine.meta)
+    for f, r in zip(fs, results):
+        if r.score is not None:
+            want = scorer.carry() if f.frame_id in carried else scorer.update(r.components)
+            assert r.score == pytest.approx(want, abs=1e-9), f.frame_id
 
 
 def test_decode_stage_times_the_pyav_decode_of_each_frame(model, sample_mp4):

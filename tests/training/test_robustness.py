@@ -126,13 +126,14 @@ def test_noise_has_the_given_sigma_and_blur_removes_detail():
     assert np.abs(np.diff(blurred, axis=2)).mean() < 0.5 * np.abs(np.diff(pixels(frames), axis=2)).mean()
 
 
-def test_compression_changes_the_frames_deterministically_and_keeps_ids_and_size():
+def test_compression_changes_the_frames_alike_and_keeps_ids_size_and_says_which_are_keyframes():
     frames = clip(n=15, h=47, w=63)  # odd sizes: the writer crops to even, the change gives the size back
     change = get_change("compression")
     a = list(perturb_clip(change, 42, frames, writer=H264Writer))
     b = list(perturb_clip(change, 42, frames, writer=H264Writer))
     assert [(f.frame_id, f.timestamp) for f in a] == [(f.frame_id, f.timestamp) for f in frames]
     assert all(f.pixels.shape == (47, 63, 3) and f.pixels.dtype == np.uint8 for f in a)
+    assert [f.frame_id for f in a if f.keyframe] == [0, 10]  # one a second, as the decoder said (1.5 s at 10/s)
     err = {crf: np.abs(pixels(perturb_clip(change, crf, frames, writer=H264Writer)) - pixels(frames)).mean()
            for crf in (20, 42)}
     assert 0 < err[20] < err[42]                                          # fewer bits, more loss
