@@ -69,8 +69,12 @@ class StreamScorer:
         std = np.maximum(np.sqrt(self.stats.var), self.min_std_ratio * self.train_std)
         return float(np.dot(self.weights, (components - self.stats.mean) / std))
 
-    def update(self, components: np.ndarray) -> float:
-        """Score one frame (components of shape (K,)) and learn from it if it looks normal."""
+    def update(self, components: np.ndarray, *, carried: bool = False) -> float:
+        """Score one frame (components of shape (K,)) and learn from it if it looks normal. ``carried``: its
+        errors measure the codec rather than the scene (:func:`gop_starts`): it scores the window's mean as
+        it stands, with nothing added and nothing learned (unless the window is empty)."""
+        if carried and self._recent:
+            return float(np.mean(self._recent))
         components = np.asarray(components, dtype=np.float64)
         self._recent.append(self.normalise(components))
         score = float(np.mean(self._recent))
@@ -78,14 +82,10 @@ class StreamScorer:
             self.stats.update(components, self.forget)
         return score
 
-    def carry(self) -> float | None:
-        """The score of a frame whose errors measure the codec rather than the scene: the window's mean as
-        it stands, with nothing added and nothing learned (None while the window is empty)."""
-        return float(np.mean(self._recent)) if self._recent else None
-
-    def score_clip(self, components: np.ndarray) -> np.ndarray:
-        """Causal scores of consecutive frames, (N, K) -> (N,)."""
-        return np.array([self.update(c) for c in components])
+    def score_clip(self, components: np.ndarray, carried: np.ndarray | None = None) -> np.ndarray:
+        """Causal scores of consecutive frames, (N, K) -> (N,); ``carried``: (N,) bool, see :meth:`update`."""
+        carried = np.zeros(len(components), bool) if carried is None else carried
+        return np.array([self.update(c, carried=bool(k)) for c, k in zip(components, carried)])
 
     def reset_window(self) -> None:
         """Forget the smoothing window (after a gap in the stream); keep the learned stats."""
@@ -109,10 +109,21 @@ class StreamScorer:
         self._recent.clear()
 
 
-def training_scores(components: list[ComponentStats], clip_components: np.ndarray, smoothing: int) -> np.ndarray:
+def gop_starts(keyframes: np.ndarray) -> np.ndarray:
+    """Where a coded stream starts a new group of pictures, (N,) bool -> (N,) bool: a keyframe right after a
+    predicted frame. At a low bitrate the codec's artefacts change all at once there and the frame's
+    prediction and flow errors jump with them, so it is not scored (runtime/stream.py)."""
+    keyframes = np.asarray(keyframes, bool)
+    return np.concatenate([[False], keyframes[1:] & ~keyframes[:-1]])
+
+
+def training_scores(components: list[ComponentStats], clip_components: np.ndarray, smoothing: int,
+                    carried: np.ndarray | None = None) -> np.ndarray:
     """Causal scores of one clip under the training statistics alone (no running updates, no threshold):
-    what thresholds are set on, so a threshold never chases itself. (N, K) -> (N,)."""
-    return StreamScorer(components, threshold=np.inf, smoothing=smoothing, forget=0.0).score_clip(clip_components)
+    what thresholds are set on, so a threshold never chases itself. (N, K) -> (N,); ``carried``: the frames
+    that start a group of pictures (:func:`gop_starts`), scored as a stream scores them."""
+    return StreamScorer(components, threshold=np.inf, smoothing=smoothing, forget=0.0).score_clip(
+        clip_components, carried)
 
 
 def min_max_per_clip(components: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ not enter the score: at a low bitrate the codec's artefacts change all at once t
 prediction and flow errors jump with them (H.264 at CRF 42, one keyframe a second: frame and flow errors
 2-4x their neighbours' at every keyframe, 4.75 % of Ped2's normal frames over the threshold, nearly all in
 the smoothing window after one). Its score is the window's as it stands
-(:meth:`~runtime.scoring.StreamScorer.carry`) and nothing is learned from it; the next frame, predicted
+(:func:`~runtime.scoring.gop_starts`) and nothing is learned from it; the next frame, predicted
 from it, is scored as usual, so an anomaly that starts there is late by one frame. Image folders and
 all-keyframe streams (MJPEG) have no such frame.
 """
@@ -148,7 +148,7 @@ class Stream:
         future.set_result(result)
 
     def _score(self, frame: Frame, out: EngineOutput, condition: FrameCondition, verdict: WatchVerdict) -> FrameResult:
-        new_gop, self._predicted = frame.keyframe and self._predicted, not frame.keyframe
+        new_gop, self._predicted = frame.keyframe and self._predicted, not frame.keyframe  # as gop_starts
         if out.restarted:
             self.scorer.reset_window()
         camera = {"condition": condition, "camera_event": verdict.change, "camera_event_record": verdict.event}
@@ -167,9 +167,7 @@ class Stream:
         self.state = LIVE
         t0 = time.perf_counter()
         components = out.components.astype(np.float64)
-        score = self.scorer.carry() if new_gop else None
-        if score is None:
-            score = self.scorer.update(components)
+        score = self.scorer.update(components, carried=new_gop)
         event = self.events.update(frame.timestamp, frame.frame_id, score)
         if self.observer:
             for stage, seconds in out.stage_s.items():

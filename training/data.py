@@ -77,10 +77,18 @@ def iter_clip_frames(src: ClipSource) -> Iterator[Frame]:
 
 def load_clip(src: ClipSource, *, height: int, width: int, channels: int) -> np.ndarray:
     """All frames of a clip, preprocessed: (N, C, H, W) float32 in [0, 1]."""
-    out = [to_model_frame(f.pixels, height=height, width=width, channels=channels) for f in iter_clip_frames(src)]
+    return load_coded_clip(src, height=height, width=width, channels=channels)[0]
+
+
+def load_coded_clip(src: ClipSource, *, height: int, width: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`load_clip`, and which frames were coded on their own ((N,) bool, ``Frame.keyframe``)."""
+    out, keyframes = [], []
+    for f in iter_clip_frames(src):
+        out.append(to_model_frame(f.pixels, height=height, width=width, channels=channels))
+        keyframes.append(f.keyframe)
     if not out:
         raise ValueError(f"{src.path}: no decodable frames")
-    return np.stack(out)
+    return np.stack(out), np.array(keyframes, bool)
 
 
 def fit_footage_conditioning(clips: list[np.ndarray], cfg: ConditioningConfig) -> Conditioning:

@@ -43,12 +43,12 @@ from amvad.runtime.fit_job import (
     read_request,
 )
 from amvad.runtime.flows import compute_flows
-from amvad.runtime.scoring import training_scores
+from amvad.runtime.scoring import gop_starts, training_scores
 from amvad.runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, open_source, stream_fps
 from amvad.runtime.windows import scored_frames, window
 
 from .config import ROBUST_AUGMENT, ConditioningConfig, DataConfig, ModelConfig, OptimConfig, ScoreConfig, TrainConfig
-from .data import ClipSource, augmented, condition_clip, fit_footage_conditioning, iter_clip_frames, load_clip
+from .data import ClipSource, augmented, condition_clip, fit_footage_conditioning, iter_clip_frames, load_coded_clip
 from .export import export, rewrite_metadata
 from .train import train
 from .warm_start import weights_from_exported
@@ -59,11 +59,13 @@ CLIP_LEN, BASE_WIDTH = 5, DEFAULT_BASE_WIDTH
 
 @dataclass
 class Clip:
-    """One clip of footage, preprocessed: frames (N, C, H, W), flows (N-1, 2, H, W), its frame rate."""
+    """One clip of footage, preprocessed: frames (N, C, H, W), flows (N-1, 2, H, W), its frame rate, and
+    (footage as filmed) which frames were coded on their own, so its scores are a stream's."""
     name: str
     frames: np.ndarray
     flows: np.ndarray
     fps: float
+    keyframes: np.ndarray | None = None
 
 
 def find_footage(paths: list[str | Path]) -> list[ClipSource]:
@@ -111,19 +113,22 @@ def split_holdout(clip: Clip, holdout: float = FIT_HOLDOUT) -> tuple[Clip, Clip 
     if n - n_val < CLIP_LEN:
         return clip, None
     cut = n - n_val
-    return (Clip(clip.name, clip.frames[:cut], clip.flows[:cut - 1], clip.fps),
-            Clip(clip.name, clip.frames[cut:], clip.flows[cut:], clip.fps))
+    key = (None, None) if clip.keyframes is None else (clip.keyframes[:cut], clip.keyframes[cut:])
+    return (Clip(clip.name, clip.frames[:cut], clip.flows[:cut - 1], clip.fps, key[0]),
+            Clip(clip.name, clip.frames[cut:], clip.flows[cut:], clip.fps, key[1]))
 
 
 def holdout_scores(model: ExportedModel, clips: list[Clip]) -> list[np.ndarray]:
-    """Causal scores of the held-out windows (training statistics, no running updates), per clip."""
+    """Causal scores of the held-out windows (training statistics, no running updates), per clip; the first
+    frame of each group of pictures scored as a stream scores it."""
     meta = model.meta
     out = []
     for c in clips:
         ids = scored_frames(len(c.frames), meta.clip_len)
         wins = [window(c.frames, c.flows, i, meta.clip_len) for i in ids]
         comps = model.run(np.stack([w[0] for w in wins]), np.stack([w[1] for w in wins])).components
-        out.append(training_scores(meta.components, comps, meta.smoothing))
+        carried = None if c.keyframes is None else gop_starts(c.keyframes)[ids]
+        out.append(training_scores(meta.components, comps, meta.smoothing, carried))
     return out
 
 
@@ -155,17 +160,19 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     flow = build_flow("default").to(device).eval()
     changes = ROBUST_AUGMENT if augment else ()
     steps = len(sources) * (2 + len(changes))  # loading: read, then condition + flow each version
-    raw = []
+    raw, keyframes = [], []
     for i, src in enumerate(tqdm(sources, desc="footage", disable=not progress)):
         report({"stage": "loading", "fraction": i / steps})
-        raw.append(load_clip(src, height=height, width=width, channels=1))
+        frames, key = load_coded_clip(src, height=height, width=width, channels=1)
+        raw.append(frames), keyframes.append(key)
     # the footage's level and view, taken out of every frame before its flow, as serving will
     conditioning = fit_footage_conditioning(raw, ConditioningConfig())
     clips = []
-    for i, (src, frames) in enumerate(zip(tqdm(sources, desc="conditioning + flow", disable=not progress), raw)):
+    for i, (src, frames, key) in enumerate(zip(tqdm(sources, desc="conditioning + flow", disable=not progress), raw,
+                                                keyframes)):
         report({"stage": "loading", "fraction": (len(sources) + i) / steps})
         frames = condition_clip(frames, conditioning)
-        clips.append(Clip(src.name, frames, compute_flows(flow, frames, device), source_fps(src)))
+        clips.append(Clip(src.name, frames, compute_flows(flow, frames, device), source_fps(src), key))
     parts = [split_holdout(c) for c in clips]
     train_clips, val_clips = [p[0] for p in parts], [p[1] for p in parts if p[1] is not None]
     n_train = sum(len(c.frames) for c in train_clips)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from amvad.models.metadata import ComponentStats
-from amvad.runtime.scoring import StreamScorer, min_max_per_clip
+from amvad.runtime.scoring import StreamScorer, gop_starts, min_max_per_clip, training_scores
 
 COMPONENTS = [ComponentStats(name="a", weight=0.5, mean=1.0, std=0.5),
               ComponentStats(name="b", weight=0.5, mean=-30.0, std=2.0)]
@@ -40,12 +40,23 @@ def test_anomalies_do_not_teach_the_baseline():
 
 def test_a_carried_frame_keeps_the_window_and_teaches_nothing():
     s = StreamScorer(COMPONENTS, threshold=3.0, smoothing=3, forget=0.1)
-    assert s.carry() is None  # nothing to carry yet
-    first = s.update(np.array([2.0, -30.0]))
-    count, mean = s.stats.count, s.stats.mean.copy()
-    assert s.carry() == first and s.carry() == first  # as often as asked: the window does not move
-    assert s.stats.count == count and np.array_equal(s.stats.mean, mean)
+    first = s.update(np.array([2.0, -30.0]), carried=True)  # nothing to carry yet: scored
+    assert first == 1.0 and s.stats.count == 1
+    mean = s.stats.mean.copy()
+    for _ in range(2):  # as often as asked: the window does not move and nothing is learned
+        assert s.update(np.array([50.0, 0.0]), carried=True) == first
+    assert s.stats.count == 1 and np.array_equal(s.stats.mean, mean)
     assert s.update(np.array([1.0, -30.0])) == pytest.approx((1.0 + 0.0) / 2, abs=0.1)
+
+
+def test_a_group_of_pictures_starts_at_a_keyframe_after_predicted_frames():
+    keyframes = np.array([1, 0, 0, 1, 1, 0, 1, 0], bool)
+    assert gop_starts(keyframes).tolist() == [False, False, False, True, False, False, True, False]
+    assert not gop_starts(np.ones(5, bool)).any()  # image folders, MJPEG
+    comps = np.random.default_rng(0).normal([1.0, -30.0], [0.5, 2.0], size=(8, 2))
+    comps[3] += 100.0  # the codec's jump, at the new group's first frame
+    scores = training_scores(COMPONENTS, comps, 3, gop_starts(keyframes))
+    assert scores[3] == scores[2] and scores.max() < 3.0
 
 
 def test_paper_protocol_min_max_per_clip():

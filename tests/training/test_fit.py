@@ -12,7 +12,7 @@ from amvad.cli.main import main
 from amvad.models.registry import build_model
 from amvad.runtime.exported_model import ExportedModel
 from amvad.runtime.fit_job import FitSpec, read_progress, write_request
-from amvad.training.fit import Clip, choose_size, find_footage, model_card, split_holdout
+from amvad.training.fit import Clip, choose_size, find_footage, holdout_scores, model_card, split_holdout
 from amvad.training.warm_start import weights_from_exported
 from tests.support.synthetic import render_clip, write_clip, write_mp4
 
@@ -43,6 +43,25 @@ def test_the_end_of_each_clip_is_held_out():
     assert len(train.frames) == 90 and len(train.flows) == 89 and len(val.frames) == 10 and len(val.flows) == 9
     whole, none = split_holdout(Clip("s", frames[:8], flows[:7], 10.0))
     assert none is None and len(whole.frames) == 8
+    keyframes = np.arange(100) % 10 == 0  # a recording: one keyframe a second
+    train, val = split_holdout(Clip("c", frames, flows, 10.0, keyframes))
+    assert np.array_equal(train.keyframes, keyframes[:90]) and np.array_equal(val.keyframes, keyframes[90:])
+
+
+def test_held_out_scores_skip_the_first_frame_of_each_group_of_pictures_as_a_stream_does(tiny_model):
+    # given a held-out recording whose keyframes (ids 10, 20) make the model's errors jump
+    model = ExportedModel(tiny_model)
+    rng = np.random.default_rng(0)
+    frames = np.clip(rng.normal(0.4, 0.02, (30, 1, model.meta.height, model.meta.width)), 0, 1).astype(np.float32)
+    flows = np.zeros((29, 2, model.meta.height, model.meta.width), np.float32)
+    frames[10] = frames[20] = np.clip(frames[10] + 0.3 * rng.standard_normal(frames[10].shape), 0, 1)
+    keyframes = np.arange(30) % 10 == 0
+    coded, plain = holdout_scores(model, [Clip("c", frames, flows, 10.0, keyframes), Clip("c", frames, flows, 10.0)])
+    # then each keyframe's score is the one before it (a stream's), where scored as filmed it jumps
+    ids = np.arange(model.meta.clip_len - 1, 30)
+    at = {i: k for k, i in enumerate(ids)}
+    assert coded[at[10]] == coded[at[9]] and coded[at[20]] == coded[at[19]]
+    assert plain[at[10]] > coded[at[10]] + 1.0
 
 
 def test_short_footage_is_refused_saying_how_much_is_needed(tmp_path, capsys):
