@@ -1,7 +1,10 @@
-"""The one decoder: frames come out as they are meant to be seen (display rotation honoured), and errors
-carry FFmpeg's reason without paths."""
+"""The one decoder: frames come out as they are meant to be seen (display rotation honoured), say whether
+they were coded on their own (a real RTSP camera's keyframes), and errors carry FFmpeg's reason without
+paths."""
 
 from __future__ import annotations
+
+import itertools
 
 import av
 import numpy as np
@@ -49,3 +52,17 @@ def test_unreadable_source_error_has_a_reason_without_the_path(tmp_path):
     with pytest.raises(DecodeError) as err:
         open_source(str(path))
     assert str(tmp_path) not in err.value.reason and "Errno" not in err.value.reason
+
+
+def test_a_real_rtsp_camera_says_which_frames_are_keyframes(rtsp_server):
+    # given GStreamer's RTSP server sending H.264 with a keyframe at most every 10 frames (1 s at 10/s)
+    with open_source(rtsp_server.url) as container:
+        frames = []
+        for f in iter_frames(container, source_id="cam", wall_clock=True):
+            frames.append(f)
+            if len(frames) == 35:
+                break
+    # then the decoder's flag comes with each frame: a few keyframes, the frames between them predicted
+    keys = [i for i, f in enumerate(frames) if f.keyframe]
+    assert 3 <= len(keys) <= 6, keys
+    assert max(b - a for a, b in itertools.pairwise(keys)) <= 10, keys
