@@ -136,8 +136,8 @@ def low_light(level: float, n_frames: int, seed: int = 0) -> Perturbation:
 def compress(frames: Sequence[Frame], crf: int, writer: WriterFactory) -> list[Frame]:
     """A low-bitrate sub-stream: the clip encoded to H.264 at constant rate factor ``crf`` (one keyframe a
     second, as the service's writer does) and decoded again; frame ids and timestamps are kept, and which
-    frames came back as keyframes (as a camera's stream says). The
-    writer crops odd sizes to even, so a cropped edge is replicated back. No randomness of ours, but not
+    frames came back as keyframes (as a camera's stream says). The writer crops odd sizes to even, so a
+    cropped edge is replicated back. No randomness of ours, but not
     repeatable to the pixel: libx264's lookahead now and then codes a clip's first second differently
     (under load, in a test that encoded the same 15 frames twice: up to 40 % of its pixels, the loss
     alike). Its low-latency tune is repeatable but, at the same CRF, a far harsher picture (CRF 42: 54 %
