@@ -164,7 +164,8 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     for i, src in enumerate(tqdm(sources, desc="footage", disable=not progress)):
         report({"stage": "loading", "fraction": i / steps})
         frames, key = load_coded_clip(src, height=height, width=width, channels=1)
-        raw.append(frames), keyframes.append(key)
+        raw.append(frames)
+        keyframes.append(key)
     # the footage's level and view, taken out of every frame before its flow, as serving will
     conditioning = fit_footage_conditioning(raw, ConditioningConfig())
     clips = []

@@ -137,10 +137,9 @@ def compress(frames: Sequence[Frame], crf: int, writer: WriterFactory) -> list[F
     """A low-bitrate sub-stream: the clip encoded to H.264 at constant rate factor ``crf`` (one keyframe a
     second, as the service's writer does) and decoded again; frame ids and timestamps are kept, and which
     frames came back as keyframes (as a camera's stream says). The writer crops odd sizes to even, so a
-    cropped edge is replicated back. No randomness of ours, but not
-    repeatable to the pixel: libx264's lookahead now and then codes a clip's first second differently
-    (under load, in a test that encoded the same 15 frames twice: up to 40 % of its pixels, the loss
-    alike). Its low-latency tune is repeatable but, at the same CRF, a far harsher picture (CRF 42: 54 %
+    cropped edge is replicated back. No randomness of ours, but not repeatable to the pixel: libx264's
+    lookahead now and then codes a clip's first second differently (under load, in a test that encoded
+    the same 15 frames twice: up to 40 % of its pixels, the loss alike). Its low-latency tune is repeatable but, at the same CRF, a far harsher picture (CRF 42: 54 %
     of Ped2's normal frames flagged by the default recipe instead of 3-5 %), so the writer keeps its
     defaults, those the issue's figures were measured with."""
     with tempfile.TemporaryDirectory(prefix="amvad-robust-") as tmp:
@@ -157,7 +156,7 @@ def compress(frames: Sequence[Frame], crf: int, writer: WriterFactory) -> list[F
         raise ValueError(f"H.264 at crf {crf}: {len(decoded)} frames decoded of {len(frames)} written")
     out_frames = []
     for f, d in zip(frames, decoded):
-        h, w, px = *f.pixels.shape[:2], d.pixels
+        (h, w), px = f.pixels.shape[:2], d.pixels
         if px.shape[:2] != (h, w):
             px = np.pad(px[:h, :w], ((0, h - min(h, px.shape[0])), (0, w - min(w, px.shape[1])), (0, 0)), mode="edge")
         out_frames.append(dataclasses.replace(f, pixels=px, keyframe=d.keyframe))
