@@ -114,3 +114,14 @@ def test_an_h264_copy_has_the_codecs_block_and_motion_losses_and_is_the_same_eac
 def test_amvad_fit_learns_the_same_changes_as_the_default_models_recipe():
     recipe = load_config(Path(__file__).parents[2] / "training" / "configs" / "ped2_comemory_robust.yaml")
     assert tuple(recipe.augment) == ROBUST_AUGMENT
+
+
+@pytest.mark.parametrize("name", ["ped2_ammc_robust.yaml"])
+def test_robust_recipes_of_other_methods_learn_the_default_recipes_changes(name):
+    """A method's robust recipe is comparable with the default model's only if it learns the same changes."""
+    configs = Path(__file__).parents[2] / "training" / "configs"
+    recipe = load_config(configs / name)
+    plain = load_config(configs / name.replace("_robust", ""))
+    assert tuple(recipe.augment) == ROBUST_AUGMENT
+    assert recipe.model == plain.model
+    assert recipe.optim.epochs * (1 + len(recipe.augment)) == plain.optim.epochs
