@@ -139,9 +139,10 @@ def compress(frames: Sequence[Frame], crf: int, writer: WriterFactory) -> list[F
     frames came back as keyframes (as a camera's stream says). The writer crops odd sizes to even, so a
     cropped edge is replicated back. No randomness of ours, but not repeatable to the pixel: libx264's
     lookahead now and then codes a clip's first second differently (under load, in a test that encoded
-    the same 15 frames twice: up to 40 % of its pixels, the loss alike). Its low-latency tune is repeatable but, at the same CRF, a far harsher picture (CRF 42: 54 %
-    of Ped2's normal frames flagged by the default recipe instead of 3-5 %), so the writer keeps its
-    defaults, those the issue's figures were measured with."""
+    the same 15 frames twice: up to 40 % of its pixels, the loss alike). Its low-latency tune is
+    repeatable but, at the same CRF, a far harsher picture (CRF 42: 54 % of Ped2's normal frames flagged by
+    the default recipe instead of 3-5 %), so the writer keeps its defaults, those the issue's figures were
+    measured with."""
     with tempfile.TemporaryDirectory(prefix="amvad-robust-") as tmp:
         path = Path(tmp) / "clip.mp4"
         out = writer(path, crf=int(crf))
