@@ -65,17 +65,28 @@ def _fit(args: argparse.Namespace) -> None:
     print(json.dumps(res, indent=1))
 
 
+def _floats(text: str) -> list[float]:
+    """A comma-separated list of numbers (argparse type)."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
 def _export(args: argparse.Namespace) -> None:
     from amvad.training.export import export, reexport
     if (args.checkpoint is None) == (args.onnx is None):
         raise ValueError("give exactly one of --checkpoint (a finished training run) or --onnx (an exported model)")
     if args.condition_on and not args.onnx:
         raise ValueError("--condition-on goes with --onnx (a trained model gets its conditioning in training)")
+    if args.weights and not args.condition_on:
+        raise ValueError("--weights goes with --condition-on (the threshold is taken again under them)")
     if args.checkpoint:
         meta = export(args.checkpoint, args.out)
     elif args.condition_on:
         from amvad.training.condition import add_conditioning
-        meta = add_conditioning(args.onnx, args.out, args.condition_on, args.split, stabilise=not args.no_stabilise)
+        meta = add_conditioning(args.onnx, args.out, args.condition_on, args.split, stabilise=not args.no_stabilise,
+                                weights=args.weights)
     else:
         meta = reexport(args.onnx, args.out)
     print(f"exported {meta.method} to {args.out} (threshold {meta.threshold:.3f}, "
@@ -224,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "taken again from that footage as now served, for models trained before them")
     x.add_argument("--split", default="training", help="the split of --condition-on (default: training)")
     x.add_argument("--no-stabilise", action="store_true", help="with --condition-on: level matching only")
+    x.add_argument("--weights", type=_floats, metavar="W1,W2,...",
+                   help="with --condition-on: new weights of the score's components, in the model's order")
     x.set_defaults(func=_export)
     f = sub.add_parser("flow-check", help="flow accuracy and speed on synthetic warps of real frames")
     f.add_argument("--data", required=True, type=Path)

@@ -27,11 +27,16 @@ from .train import statistics
 
 
 def add_conditioning(source: str | Path, out: str | Path, data: str | Path, split: str = "training", *,
-                     stabilise: bool = True, engine_config: EngineConfig | None = None,
-                     progress: bool = True) -> ModelMetadata:
+                     stabilise: bool = True, weights: list[float] | None = None,
+                     engine_config: EngineConfig | None = None, progress: bool = True) -> ModelMetadata:
     """``source`` (a bundled name or a file) written to ``out`` with conditioning fitted on ``split`` of
-    ``data`` and the score statistics of that split under it (the model's own smoothing and quantile)."""
+    ``data`` and the score statistics of that split under it (the model's own smoothing and quantile).
+    ``weights`` replaces the components' weights (the threshold is then taken under the new ones)."""
     meta = read_metadata(resolve_model(source))
+    names = [c.name for c in meta.components]
+    if weights is not None and (len(weights) != len(names) or min(weights) < 0 or sum(weights) <= 0):
+        raise ValueError(f"--weights needs {len(names)} non-negative values, not all 0, for {names}; "
+                         f"got {weights}")
     conditioning = split_conditioning(data, split, height=meta.height, width=meta.width, channels=meta.channels,
                                       cfg=ConditioningConfig(stabilise=stabilise))
     rewrite_metadata(source, out, conditioning=conditioning)
@@ -44,7 +49,7 @@ def add_conditioning(source: str | Path, out: str | Path, data: str | Path, spli
         engine.close()
     quantile = (meta.training.get("config", {}).get("score", {}).get("threshold_quantile")
                 or ScoreConfig().threshold_quantile)
-    stats = statistics([c.name for c in meta.components], [c.weight for c in meta.components],
+    stats = statistics(names, weights or [c.weight for c in meta.components],
                        [c.components for c in clips if len(c.components)], meta.smoothing, quantile)
     return rewrite_metadata(out, out, **stats,
                             training={**meta.training, "statistics": f"{split} split of {data}, conditioned"})

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from amvad.models.registry import build_model
+from amvad.models.registry import build_model, resolve_model
+from amvad.runtime.exported_model import read_metadata
 from amvad.training.config import ROBUST_AUGMENT, Augment, TrainConfig, load_config
 from amvad.training.data import ClipDataset, augmented, find_clips, load_clip, load_labels
 from amvad.training.train import load_split
@@ -114,7 +115,7 @@ def test_an_h264_copy_has_the_codecs_block_and_motion_losses_and_is_the_same_eac
 CONFIGS = Path(__file__).parents[2] / "training" / "configs"
 
 
-@pytest.mark.parametrize("name", ["ped2_comemory_robust.yaml", "ped2_ammc_robust.yaml"])
+@pytest.mark.parametrize("name", ["ped2_comemory_robust.yaml", "ped2_ammc_robust.yaml", "ped2_amsrc_robust.yaml"])
 def test_amvad_fit_and_the_robust_recipes_learn_the_same_changes(name):
     assert tuple(load_config(CONFIGS / name).augment) == ROBUST_AUGMENT
 
@@ -124,3 +125,17 @@ def test_the_ammc_robust_recipe_is_the_plain_one_with_the_changes_and_as_many_st
     recipe, plain = load_config(CONFIGS / "ped2_ammc_robust.yaml"), load_config(CONFIGS / "ped2_ammc.yaml")
     assert recipe.model == plain.model
     assert recipe.optim.epochs * (1 + len(recipe.augment)) == plain.optim.epochs
+
+
+@pytest.mark.parametrize("bundled, recipe", [("ped2", "ped2_comemory_robust.yaml"),
+                                             ("ped2-ammc", "ped2_ammc_robust.yaml"),
+                                             ("ped2-amsrc", "ped2_amsrc_robust.yaml")])
+def test_each_bundled_model_scores_with_the_weights_of_its_recipe(bundled, recipe):
+    """A bundled model's score weights may be set again after training (``amvad export --weights``);
+    its recipe must then say the same, so that training it again gives the model that ships."""
+    cfg = load_config(CONFIGS / recipe)
+    model = build_model(cfg.model.method, **cfg.model.args)
+    meta = read_metadata(resolve_model(bundled))
+    assert meta.method == cfg.model.method
+    assert [c.name for c in meta.components] == list(model.component_names)
+    assert [c.weight for c in meta.components] == pytest.approx(cfg.score.weights or list(model.default_weights))

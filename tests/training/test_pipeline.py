@@ -105,3 +105,21 @@ def test_condition_on_adds_conditioning_to_the_same_graph(tiny_model, synthetic_
     # without a model to add it to, it is refused
     assert main(["export", "--checkpoint", str(tmp_path / "x.pt"), "--out", str(out), "--condition-on",
                  str(synthetic_dataset)]) != 0
+
+
+def test_condition_on_takes_new_weights_and_their_threshold(tiny_model, synthetic_dataset, tmp_path, capsys):
+    same, weighted = tmp_path / "same.onnx", tmp_path / "weighted.onnx"
+    base = ["export", "--onnx", str(tiny_model), "--condition-on", str(synthetic_dataset), "--no-stabilise"]
+    assert main([*base, "--out", str(same)]) == 0
+    assert main([*base, "--out", str(weighted), "--weights", "0,0,1"]) == 0
+    a, b = read_metadata(same), read_metadata(weighted)
+    assert [c.weight for c in b.components] == [0, 0, 1]
+    # the statistics of each component do not depend on the weights; the threshold does
+    assert [(c.mean, c.std) for c in b.components] == pytest.approx([(c.mean, c.std) for c in a.components])
+    assert b.threshold != pytest.approx(a.threshold)
+    capsys.readouterr()
+    for bad in ("1,1", "1,-1,1", "0,0,0"):
+        assert main([*base, "--out", str(tmp_path / "bad.onnx"), "--weights", bad]) == 2
+        assert "--weights" in capsys.readouterr().err and not (tmp_path / "bad.onnx").exists()
+    assert main(["export", "--onnx", str(tiny_model), "--out", str(tmp_path / "bad.onnx"), "--weights", "1,1,1"]) == 2
+    assert "--condition-on" in capsys.readouterr().err
