@@ -6,6 +6,8 @@ threshold taken again from that split, scored as the service now scores it (cond
 :class:`~runtime.stream.Stream`): the statistics it was trained with are of frames that were not
 conditioned, and the two differ (measured on ``ped2-amsrc`` with level matching: 7 % of the bundled
 sample's normal frames over the threshold with its old statistics, 1.8 % with statistics taken again).
+``--weights`` gives the components new weights on the way (a recipe's new score weights reach a trained
+model without training it again: training does not use them).
 """
 
 from __future__ import annotations

@@ -115,7 +115,8 @@ def test_condition_on_takes_new_weights_and_their_threshold(tiny_model, syntheti
     a, b = read_metadata(same), read_metadata(weighted)
     assert [c.weight for c in b.components] == [0, 0, 1]
     # the statistics of each component do not depend on the weights; the threshold does
-    assert [(c.mean, c.std) for c in b.components] == pytest.approx([(c.mean, c.std) for c in a.components])
+    assert [v for c in b.components for v in (c.mean, c.std)] == pytest.approx(
+        [v for c in a.components for v in (c.mean, c.std)])
     assert b.threshold != pytest.approx(a.threshold)
     capsys.readouterr()
     for bad in ("1,1", "1,-1,1", "0,0,0"):
