@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from .args import comma_floats
 from .backup import add_parsers as add_backup_parsers
 from .robustness import add_parsers as add_robustness_parsers
 from .tls import add_parsers as add_tls_parsers
@@ -65,14 +66,6 @@ def _fit(args: argparse.Namespace) -> None:
     print(json.dumps(res, indent=1))
 
 
-def _floats(text: str) -> list[float]:
-    """A comma-separated list of numbers (argparse type)."""
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-
-
 def _export(args: argparse.Namespace) -> None:
     from amvad.training.export import export, reexport
     if (args.checkpoint is None) == (args.onnx is None):
@@ -86,7 +79,7 @@ def _export(args: argparse.Namespace) -> None:
     elif args.condition_on:
         from amvad.training.condition import add_conditioning
         meta = add_conditioning(args.onnx, args.out, args.condition_on, args.split, stabilise=not args.no_stabilise,
-                                weights=args.weights)
+                                weights=comma_floats(args.weights, "--weights") if args.weights else None)
     else:
         meta = reexport(args.onnx, args.out)
     print(f"exported {meta.method} to {args.out} (threshold {meta.threshold:.3f}, "
@@ -235,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "taken again from that footage as now served, for models trained before them")
     x.add_argument("--split", default="training", help="the split of --condition-on (default: training)")
     x.add_argument("--no-stabilise", action="store_true", help="with --condition-on: level matching only")
-    x.add_argument("--weights", type=_floats, metavar="W1,W2,...",
+    x.add_argument("--weights", metavar="W1,W2,...",
                    help="with --condition-on: new weights of the score's components, in the model's order")
     x.set_defaults(func=_export)
     f = sub.add_parser("flow-check", help="flow accuracy and speed on synthetic warps of real frames")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .args import comma_floats
+
 # training/perturbations.py's BATTERY names, spelled here so that parsing imports nothing heavy
 # (tests/training/test_robustness.py checks that they agree)
 CHANGES = ("lighting_step", "lighting_ramp", "gamma", "flicker", "shake", "sway", "noise", "blur", "compression",
@@ -37,12 +39,7 @@ def parse_magnitudes(items: list[str] | None, changes: list[str] | None) -> dict
             if not changes or len(changes) != 1:
                 raise ValueError(f"--magnitudes {item}: say which change (NAME=v1,v2) unless --changes names one")
             name = changes[0]
-        try:
-            out[name] = [float(v) for v in values.split(",") if v.strip()]
-        except ValueError:
-            raise ValueError(f"--magnitudes {item}: expected numbers separated by commas") from None
-        if not out[name]:
-            raise ValueError(f"--magnitudes {item}: no values")
+        out[name] = comma_floats(values, f"--magnitudes {item}")
     return out
 
 
