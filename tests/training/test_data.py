@@ -139,3 +139,12 @@ def test_each_bundled_model_scores_with_the_weights_of_its_recipe(bundled, recip
     assert meta.method == cfg.model.method
     assert [c.name for c in meta.components] == list(model.component_names)
     assert [c.weight for c in meta.components] == pytest.approx(cfg.score.weights or list(model.default_weights))
+
+
+@pytest.mark.parametrize("bundled", ["ped2", "ped2-ammc", "ped2-amsrc"])
+def test_every_bundled_model_levels_and_stabilises_what_it_is_shown(bundled):
+    """Lights and shake are the camera's, not the scene's: every shipped model takes both out before it
+    scores (issue 22), with the view and level of the footage it was fitted on."""
+    cond = read_metadata(resolve_model(bundled)).conditioning
+    assert cond is not None and cond.stabilise
+    assert cond.reference and 0 < cond.brightness < 1 and cond.noise
