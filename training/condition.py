@@ -25,7 +25,7 @@ from .config import ConditioningConfig, ScoreConfig
 from .data import find_clips, split_conditioning
 from .evaluate import score_clip
 from .export import rewrite_metadata
-from .train import statistics
+from .train import checked_weights, statistics
 
 
 def add_conditioning(source: str | Path, out: str | Path, data: str | Path, split: str = "training", *,
@@ -36,9 +36,7 @@ def add_conditioning(source: str | Path, out: str | Path, data: str | Path, spli
     ``weights`` replaces the components' weights (the threshold is then taken under the new ones)."""
     meta = read_metadata(resolve_model(source))
     names = [c.name for c in meta.components]
-    if weights is not None and (len(weights) != len(names) or min(weights) < 0 or sum(weights) <= 0):
-        raise ValueError(f"--weights needs {len(names)} non-negative values, not all 0, for {names}; "
-                         f"got {weights}")
+    weights = checked_weights(names, weights, "--weights") if weights is not None else None
     conditioning = split_conditioning(data, split, height=meta.height, width=meta.width, channels=meta.channels,
                                       cfg=ConditioningConfig(stabilise=stabilise))
     rewrite_metadata(source, out, conditioning=conditioning)

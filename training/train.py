@@ -84,10 +84,18 @@ def clip_components(model: AnomalyModel, ds: ClipDataset, device: torch.device,
 
 def score_stats(model: AnomalyModel, per_clip: list[np.ndarray], cfg: TrainConfig) -> dict:
     """:func:`statistics` of a model being trained, with the config's weights, smoothing and quantile."""
-    weights = cfg.score.weights or list(model.default_weights)
-    if len(weights) != len(model.component_names):
-        raise ValueError(f"score.weights has {len(weights)} values for components {model.component_names}")
+    weights = checked_weights(model.component_names, cfg.score.weights or list(model.default_weights),
+                              "score.weights")
     return statistics(model.component_names, weights, per_clip, cfg.score.smoothing, cfg.score.threshold_quantile)
+
+
+def checked_weights(names: list[str], weights: list[float], what: str) -> list[float]:
+    """``weights`` if they can weight ``names`` (one each, non-negative, not all 0); ``what`` names their
+    source in the error (a config key, a command-line option)."""
+    if len(weights) != len(names) or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"{what} needs {len(names)} non-negative values, not all 0, for {list(names)}; "
+                         f"got {weights}")
+    return weights
 
 
 def statistics(names: list[str], weights: list[float], per_clip: list[np.ndarray], smoothing: int,

@@ -127,9 +127,12 @@ def test_the_ammc_robust_recipe_is_the_plain_one_with_the_changes_and_as_many_st
     assert recipe.optim.epochs * (1 + len(recipe.augment)) == plain.optim.epochs
 
 
-@pytest.mark.parametrize("bundled, recipe", [("ped2", "ped2_comemory_robust.yaml"),
-                                             ("ped2-ammc", "ped2_ammc_robust.yaml"),
-                                             ("ped2-amsrc", "ped2_amsrc_robust.yaml")])
+# every bundled model and the recipe it was trained with
+BUNDLED_RECIPES = {"ped2": "ped2_comemory_robust.yaml", "ped2-ammc": "ped2_ammc_robust.yaml",
+                   "ped2-amsrc": "ped2_amsrc_robust.yaml"}
+
+
+@pytest.mark.parametrize("bundled, recipe", BUNDLED_RECIPES.items())
 def test_each_bundled_model_scores_with_the_weights_of_its_recipe(bundled, recipe):
     """A bundled model's score weights may be set again after training (``amvad export --weights``);
     its recipe must then say the same, so that training it again gives the model that ships."""
@@ -141,7 +144,7 @@ def test_each_bundled_model_scores_with_the_weights_of_its_recipe(bundled, recip
     assert [c.weight for c in meta.components] == pytest.approx(cfg.score.weights or list(model.default_weights))
 
 
-@pytest.mark.parametrize("bundled", ["ped2", "ped2-ammc", "ped2-amsrc"])
+@pytest.mark.parametrize("bundled", BUNDLED_RECIPES)
 def test_every_bundled_model_levels_and_stabilises_what_it_is_shown(bundled):
     """Lights and shake are the camera's, not the scene's: every shipped model takes both out before it
     scores (issue 22), with the view and level of the footage it was fitted on."""
