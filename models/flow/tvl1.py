@@ -111,7 +111,7 @@ def to_gray(x: torch.Tensor) -> torch.Tensor:
 # Small differential operators on (B, C, H, W) tensors (out-of-place, autograd-friendly).
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur with reflected borders, as weighted sums of shifted views.
 
     (Much faster on CPU than a depthwise ``conv2d`` for these small kernels, and just as differentiable.)
@@ -215,7 +215,7 @@ def tvl1_flow(i0: torch.Tensor, i1: torch.Tensor, *, levels: int, warps: int, it
     pyramid = [torch.cat((i0, i1), dim=1)]
     sigma = 0.6 * math.sqrt(1.0 / scale_step ** 2 - 1.0)
     for size in sizes[1:]:
-        pyramid.append(F.interpolate(_gaussian_blur(pyramid[-1], sigma), size=size, mode="bilinear",
+        pyramid.append(F.interpolate(gaussian_blur(pyramid[-1], sigma), size=size, mode="bilinear",
                                      align_corners=False))
 
     l_t = lambda_ * theta

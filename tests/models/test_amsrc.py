@@ -9,6 +9,7 @@ from amvad.models.amsrc import AMSRCNet, speed
 from amvad.models.contract import patch_max
 from tests.support.models import (
     assert_bad_shapes_raise,
+    assert_has_grads,
     assert_losses_backprop,
     assert_onnx_matches_torch,
     assert_rebuild_scores_equal,
@@ -123,3 +124,35 @@ def test_streams_see_one_frame_and_the_past_flows_only(model, clip):
     torch.testing.assert_close(out["fea_frame"], base["fea_frame"])
     torch.testing.assert_close(out["fea_flow"], base["fea_flow"])
     torch.testing.assert_close(out["pred"], base["pred"])
+
+
+def test_soft_view_teaches_the_frame_stream_to_read_a_blurred_frame_as_the_sharp_one(clip):
+    """``lambda_soft``: the frame stream's feature direction and implied speed of frame t-1 blurred are
+    pulled to those of the sharp frame, whose own reading is not moved (detached); nothing else changes."""
+    torch.manual_seed(0)
+    soft = AMSRCNet(**ARGS, lambda_soft=1.0)
+    plain = AMSRCNet(**ARGS)
+    plain.load_state_dict(soft.state_dict())  # no new weights: the exported graph stays the same
+    frames, flows = clip
+    losses = soft.losses(soft(frames, flows), frames, flows)
+    assert "soft" not in plain.losses(plain(frames, flows), frames, flows) and float(losses["soft"]) > 0
+    soft.zero_grad()
+    losses["soft"].backward()
+    assert_has_grads(soft.frame_encoder, soft.speed_decoder)
+    assert all(p.grad is None for m in (soft.flow_encoder, soft.decoder, soft.feature_decoder)
+               for p in m.parameters())
+    # a flat frame is its own blur: nothing to learn
+    flat = torch.full_like(frames, 0.4)
+    assert float(soft.losses(soft(flat, flows), flat, flows)["soft"]) < 1e-5
+    plain.load_state_dict(soft.state_dict())  # the training-mode passes above moved the batch-norm statistics
+    soft.eval()
+    plain.eval()
+    out = soft(frames, flows)
+    assert "fea_soft" not in out and "soft" not in soft.losses(out, frames, flows)
+    torch.testing.assert_close(soft.score(frames, flows)[0], plain.score(frames, flows)[0])
+
+
+@pytest.mark.parametrize("bad", [{"lambda_soft": -1.0}, {"soft_sigma": (0.0, 1.0)}, {"soft_sigma": (2.0, 1.0)}])
+def test_soft_view_settings_are_checked(bad):
+    with pytest.raises(ValueError, match="soft"):
+        AMSRCNet(**ARGS, **bad)
