@@ -126,7 +126,9 @@ class AnomalyModel(nn.Module, abc.ABC):
             if type(self) is cls:  # the outermost constructor records, not a parent's
                 bound = signature.bind(self, *args, **kw)
                 bound.apply_defaults()
-                self._model_args = {k: v for k, v in bound.arguments.items() if k != "self"}
+                # tuples kept as lists: the record is what JSON (checkpoints, ONNX metadata) gives back
+                self._model_args = {k: list(v) if isinstance(v, tuple) else v
+                                    for k, v in bound.arguments.items() if k != "self"}
 
         cls.__init__ = recording_init
 
