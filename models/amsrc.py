@@ -39,6 +39,9 @@ from .flow.tvl1 import gaussian_blur
 from .layers import BOTTLENECK_STRIDE, Decoder, Encoder, frame_losses
 
 
+SOFT_REACH = ("encoder", "bottleneck")  # what the soft view trains: the whole frame encoder, or past its skips
+
+
 def inconsistency_map(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """1 - cosine similarity along channels: (B, D, h, w) x2 -> (B, 1, h, w), in [0, 1] for ReLU features.
 
@@ -73,7 +76,7 @@ class AMSRCNet(AnomalyModel):
                  flow_scale: float = FLOW_SCALE, base_width: int = 16, lambda_int: float = 1.0,
                  lambda_grad: float = 1.0, lambda_sim: float = 1.0, lambda_flow: float = 1.0,
                  patch: int = 16, lambda_soft: float = 0.0,
-                 soft_sigma: tuple[float, float] = (0.5, 1.6)) -> None:
+                 soft_sigma: tuple[float, float] = (0.5, 1.6), soft_reach: str = "encoder") -> None:
         super().__init__(clip_len=clip_len, channels=channels, height=height, width=width,
                          flow_scale=flow_scale)
         self.base_width = base_width
@@ -82,11 +85,12 @@ class AMSRCNet(AnomalyModel):
         self.lambda_sim = lambda_sim
         self.lambda_flow = lambda_flow
         self.patch = patch
-        if lambda_soft < 0 or not 0 < soft_sigma[0] <= soft_sigma[1]:
-            raise ValueError(f"lambda_soft must be >= 0 and soft_sigma a range 0 < lo <= hi, got "
-                             f"{lambda_soft}, {soft_sigma}")
+        if lambda_soft < 0 or not 0 < soft_sigma[0] <= soft_sigma[1] or soft_reach not in SOFT_REACH:
+            raise ValueError(f"lambda_soft must be >= 0, soft_sigma a range 0 < lo <= hi and soft_reach one of "
+                             f"{SOFT_REACH}, got {lambda_soft}, {soft_sigma}, {soft_reach!r}")
         self.lambda_soft = lambda_soft
         self.soft_sigma = (float(soft_sigma[0]), float(soft_sigma[1]))
+        self.soft_reach = soft_reach
         w = base_width
         self.frame_encoder = Encoder(channels, w, act="relu")
         self.flow_encoder = Encoder((clip_len - 2) * 2, w, act="relu")
@@ -120,10 +124,19 @@ class AMSRCNet(AnomalyModel):
 
     def soft_view(self, last: torch.Tensor) -> dict[str, torch.Tensor]:
         """The frame stream's feature and implied speed of frame t-1 blurred by a σ drawn from
-        ``soft_sigma`` (model pixels; Ped2's σ 3 at 360x240 is about 1.6 here), one σ per batch."""
+        ``soft_sigma`` (model pixels; Ped2's σ 3 at 360x240 is about 1.6 here), one σ per batch. With
+        ``soft_reach="bottleneck"`` only the layers after the last skip learn from it: the stages whose
+        outputs are the predictor's skips keep their sharp detail (the whole encoder learning it blunted
+        the frame error, model card point 12)."""
         lo, hi = self.soft_sigma
         sigma = lo + (hi - lo) * float(torch.rand(()))
-        fea, _ = self.frame_encoder(gaussian_blur(last, sigma))
+        soft = gaussian_blur(last, sigma)
+        if self.soft_reach == "encoder":
+            fea, _ = self.frame_encoder(soft)
+        else:
+            with torch.no_grad():
+                _, skips = self.frame_encoder(soft)
+            fea = self.frame_encoder.bottleneck_of(skips[-1])
         return {"fea_soft": fea, "app_speed_soft": self.speed_decoder(fea)}
 
     def losses(self, out: dict[str, torch.Tensor], frames: torch.Tensor,

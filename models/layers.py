@@ -43,7 +43,11 @@ class Encoder(nn.Module):
         for i, stage in enumerate(self.stages):
             x = stage(x if i == 0 else self.pool(x))
             skips.append(x)
-        return self.out_act(self.bottleneck(self.pool(x))), skips
+        return self.bottleneck_of(x), skips
+
+    def bottleneck_of(self, coarsest_skip: torch.Tensor) -> torch.Tensor:
+        """The bottleneck feature from the coarsest skip feature: the layers after the last skip."""
+        return self.out_act(self.bottleneck(self.pool(coarsest_skip)))
 
 
 class Decoder(nn.Module):

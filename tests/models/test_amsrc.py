@@ -152,7 +152,22 @@ def test_soft_view_teaches_the_frame_stream_to_read_a_blurred_frame_as_the_sharp
     torch.testing.assert_close(soft.score(frames, flows)[0], plain.score(frames, flows)[0])
 
 
-@pytest.mark.parametrize("bad", [{"lambda_soft": -1.0}, {"soft_sigma": (0.0, 1.0)}, {"soft_sigma": (2.0, 1.0)}])
+def test_a_soft_view_that_reaches_only_the_bottleneck_leaves_the_skip_stages_alone(clip):
+    """``soft_reach="bottleneck"``: the stages whose outputs are the predictor's skips get no gradient from
+    the soft view, so they keep the sharp detail the frame prediction needs."""
+    torch.manual_seed(0)
+    model = AMSRCNet(**ARGS, lambda_soft=1.0, soft_reach="bottleneck")
+    frames, flows = clip
+    soft = model.losses(model(frames, flows), frames, flows)["soft"]
+    model.zero_grad()
+    soft.backward()
+    assert float(soft) > 0
+    assert_has_grads(model.frame_encoder.bottleneck, model.speed_decoder)
+    assert all(p.grad is None for p in model.frame_encoder.stages.parameters())
+
+
+@pytest.mark.parametrize("bad", [{"lambda_soft": -1.0}, {"soft_sigma": (0.0, 1.0)}, {"soft_sigma": (2.0, 1.0)},
+                                 {"soft_reach": "decoder"}])
 def test_soft_view_settings_are_checked(bad):
     with pytest.raises(ValueError, match="soft"):
         AMSRCNet(**ARGS, **bad)
