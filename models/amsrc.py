@@ -38,7 +38,6 @@ from .contract import FLOW_SCALE, AnomalyModel, patch_max, shrink_mask
 from .flow.tvl1 import gaussian_blur
 from .layers import BOTTLENECK_STRIDE, Decoder, Encoder, frame_losses
 
-
 SOFT_REACH = ("encoder", "bottleneck")  # what the soft view trains: the whole frame encoder, or past its skips
 
 
