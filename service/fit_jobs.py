@@ -262,14 +262,19 @@ class FitJobs:
         self._finish(job, FAILED)
 
     def _finish(self, job: FitJob, state: str) -> None:
-        job.state, job.finished = state, time.time()
-        log.info("fit %s (%s): %s%s", job.id, job.request.name, state, f": {job.error.message}" if job.error else "")
+        """Older jobs are forgotten and their folders gone before this one reads as finished, so a client that
+        sees it finished also sees the bound kept."""
         with self._lock:
-            self._forget_old()
+            job.finished = time.time()
+            self._forget_old(ending=job)
+            job.state = state
+        log.info("fit %s (%s): %s%s", job.id, job.request.name, state, f": {job.error.message}" if job.error else "")
 
-    def _forget_old(self) -> None:
-        """Keep the newest ``limits.max_fit_jobs`` finished jobs; forget older ones and remove their folders."""
-        finished = sorted((j for j in self.jobs.values() if j.state in FINISHED), key=lambda j: j.finished or 0.0)
+    def _forget_old(self, ending: FitJob) -> None:
+        """Keep the newest ``limits.max_fit_jobs`` finished jobs (``ending`` counted among them); forget older
+        ones and remove their folders."""
+        finished = sorted((j for j in self.jobs.values() if j.state in FINISHED or j is ending),
+                          key=lambda j: j.finished or 0.0)
         old = finished[:max(0, len(finished) - self.settings.limits.max_fit_jobs)]
         if old:
             gone = {j.id for j in old}
