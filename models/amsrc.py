@@ -39,6 +39,7 @@ from .flow.tvl1 import gaussian_blur
 from .layers import BOTTLENECK_STRIDE, Decoder, Encoder, frame_losses
 
 SOFT_REACH = ("encoder", "bottleneck")  # what the soft view trains: the whole frame encoder, or past its skips
+SOFT_MATCH = ("feature", "speed")  # what it matches: the feature's direction and implied speed, or the speed alone
 
 
 def inconsistency_map(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -75,7 +76,8 @@ class AMSRCNet(AnomalyModel):
                  flow_scale: float = FLOW_SCALE, base_width: int = 16, lambda_int: float = 1.0,
                  lambda_grad: float = 1.0, lambda_sim: float = 1.0, lambda_flow: float = 1.0,
                  patch: int = 16, lambda_soft: float = 0.0,
-                 soft_sigma: tuple[float, float] = (0.5, 1.6), soft_reach: str = "encoder") -> None:
+                 soft_sigma: tuple[float, float] = (0.5, 1.6), soft_reach: str = "encoder",
+                 soft_match: str = "feature") -> None:
         super().__init__(clip_len=clip_len, channels=channels, height=height, width=width,
                          flow_scale=flow_scale)
         self.base_width = base_width
@@ -84,12 +86,15 @@ class AMSRCNet(AnomalyModel):
         self.lambda_sim = lambda_sim
         self.lambda_flow = lambda_flow
         self.patch = patch
-        if lambda_soft < 0 or not 0 < soft_sigma[0] <= soft_sigma[1] or soft_reach not in SOFT_REACH:
-            raise ValueError(f"lambda_soft must be >= 0, soft_sigma a range 0 < lo <= hi and soft_reach one of "
-                             f"{SOFT_REACH}, got {lambda_soft}, {soft_sigma}, {soft_reach!r}")
+        if (lambda_soft < 0 or not 0 < soft_sigma[0] <= soft_sigma[1] or soft_reach not in SOFT_REACH
+                or soft_match not in SOFT_MATCH):
+            raise ValueError(f"lambda_soft must be >= 0, soft_sigma a range 0 < lo <= hi, soft_reach one of "
+                             f"{SOFT_REACH} and soft_match one of {SOFT_MATCH}, got {lambda_soft}, {soft_sigma}, "
+                             f"{soft_reach!r}, {soft_match!r}")
         self.lambda_soft = lambda_soft
         self.soft_sigma = (float(soft_sigma[0]), float(soft_sigma[1]))
         self.soft_reach = soft_reach
+        self.soft_match = soft_match
         w = base_width
         self.frame_encoder = Encoder(channels, w, act="relu")
         self.flow_encoder = Encoder((clip_len - 2) * 2, w, act="relu")
@@ -126,7 +131,9 @@ class AMSRCNet(AnomalyModel):
         ``soft_sigma`` (model pixels; Ped2's σ 3 at 360x240 is about 1.6 here), one σ per batch. With
         ``soft_reach="bottleneck"`` only the layers after the last skip learn from it: the stages whose
         outputs are the predictor's skips keep their sharp detail (the whole encoder learning it blunted
-        the frame error, model card point 12)."""
+        the frame error, model card point 12). With ``soft_match="speed"`` only the implied speed is matched
+        and the feature's direction, which the cosine component reads, is left to the sharp frame (matching
+        it too spent the cosine on reading blur away, model card point 13)."""
         lo, hi = self.soft_sigma
         sigma = lo + (hi - lo) * float(torch.rand(()))
         soft = gaussian_blur(last, sigma)
@@ -154,9 +161,10 @@ class AMSRCNet(AnomalyModel):
         if "pred_features" in out:
             terms.update(frame_losses(out["pred_features"], target, self.lambda_int, self.lambda_grad, "feature_"))
         if "fea_soft" in out:  # the blurred frame read as the sharp one is; the sharp reading is not moved
-            terms["soft"] = self.lambda_soft * (
-                inconsistency_map(out["fea_soft"], out["fea_frame"].detach()).mean()
-                + (out["app_speed_soft"] - out["app_speed"].detach()).abs().mean())
+            soft = (out["app_speed_soft"] - out["app_speed"].detach()).abs().mean()
+            if self.soft_match == "feature":
+                soft = soft + inconsistency_map(out["fea_soft"], out["fea_frame"].detach()).mean()
+            terms["soft"] = self.lambda_soft * soft
         return terms
 
     def score(self, frames: torch.Tensor, flows: torch.Tensor, mask: torch.Tensor | None = None

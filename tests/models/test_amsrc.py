@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amvad.models.amsrc import AMSRCNet, speed
+from amvad.models.amsrc import AMSRCNet, inconsistency_map, speed
 from amvad.models.contract import patch_max
 from tests.support.models import (
     assert_bad_shapes_raise,
@@ -166,8 +166,23 @@ def test_a_soft_view_that_reaches_only_the_bottleneck_leaves_the_skip_stages_alo
     assert all(p.grad is None for p in model.frame_encoder.stages.parameters())
 
 
+def test_a_soft_view_that_matches_the_speed_alone_leaves_the_feature_direction_out(clip):
+    """``soft_match="speed"``: the soft term is the implied-speed difference alone; the feature direction,
+    which the cosine component reads, is not pulled towards the blurred frame's."""
+    torch.manual_seed(0)
+    both = AMSRCNet(**ARGS, lambda_soft=2.0)
+    speed_only = AMSRCNet(**ARGS, lambda_soft=2.0, soft_match="speed")
+    frames, flows = clip
+    out = both(frames, flows)  # one draw of the blur for both
+    speed_term = (out["app_speed_soft"] - out["app_speed"]).abs().mean()
+    direction_term = inconsistency_map(out["fea_soft"], out["fea_frame"]).mean()
+    assert float(direction_term) > 0
+    torch.testing.assert_close(speed_only.losses(out, frames, flows)["soft"], 2.0 * speed_term)
+    torch.testing.assert_close(both.losses(out, frames, flows)["soft"], 2.0 * (speed_term + direction_term))
+
+
 @pytest.mark.parametrize("bad", [{"lambda_soft": -1.0}, {"soft_sigma": (0.0, 1.0)}, {"soft_sigma": (2.0, 1.0)},
-                                 {"soft_reach": "decoder"}])
+                                 {"soft_reach": "decoder"}, {"soft_match": "cosine"}])
 def test_soft_view_settings_are_checked(bad):
     with pytest.raises(ValueError, match="soft"):
         AMSRCNet(**ARGS, **bad)
