@@ -132,8 +132,8 @@ class AMSRCNet(AnomalyModel):
         ``soft_reach="bottleneck"`` only the layers after the last skip learn from it: the stages whose
         outputs are the predictor's skips keep their sharp detail (the whole encoder learning it blunted
         the frame error, model card point 12). With ``soft_match="speed"`` only the implied speed is matched
-        and the feature's direction, which the cosine component reads, is left to the sharp frame (matching
-        it too spent the cosine on reading blur away, model card point 13)."""
+        and the feature's direction, which the cosine component reads, is left to the sharp frame (the cosine
+        still lost its strength on one seed of two, model card point 14)."""
         lo, hi = self.soft_sigma
         sigma = lo + (hi - lo) * float(torch.rand(()))
         soft = gaussian_blur(last, sigma)
