@@ -133,7 +133,7 @@ class AMSRCNet(AnomalyModel):
         outputs are the predictor's skips keep their sharp detail (the whole encoder learning it blunted
         the frame error, model card point 12). With ``soft_match="speed"`` only the implied speed is matched
         and the feature's direction, which the cosine component reads, is left to the sharp frame (the cosine
-        still lost its strength on one seed of two, model card point 14)."""
+        still lost its strength on one seed of three, model card point 14)."""
         lo, hi = self.soft_sigma
         sigma = lo + (hi - lo) * float(torch.rand(()))
         soft = gaussian_blur(last, sigma)
