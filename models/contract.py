@@ -152,6 +152,17 @@ class AnomalyModel(nn.Module, abc.ABC):
                flows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named, already weighted loss terms; training minimises their sum."""
 
+    def predictor(self) -> nn.Module | None:
+        """The part that renders the scored prediction, if it learns on detached inputs and so can train on
+        alone after the rest (``optim.predictor_epochs``); None for methods whose prediction shapes their
+        features."""
+        return None
+
+    def predictor_losses(self, frames: torch.Tensor, flows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The :meth:`predictor`'s loss terms, its inputs computed without gradient. Training calls it with
+        the model in eval mode and the predictor in train mode."""
+        raise NotImplementedError(f"{self.method} has no predictor that trains alone")
+
     # -- export / serving ---------------------------------------------------------------------
     @abc.abstractmethod
     def score(self, frames: torch.Tensor, flows: torch.Tensor, mask: torch.Tensor | None = None

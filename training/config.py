@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Strict(BaseModel):
@@ -41,6 +41,18 @@ class OptimConfig(Strict):
     freeze_bn: bool = Field(False, description="keep batch-norm statistics fixed (fine-tuning on little data)")
     ema: float | None = Field(None, gt=0, lt=1, description="decay of a moving average of the weights after "
                               "every step; the finished model is the average (training.ema)")
+    predictor_epochs: int = Field(0, ge=0, description="epochs after the others that train only the "
+                                  "method's scoring predictor, on the rest of the model frozen in inference "
+                                  "mode (AMSRC-Net's U-Net, whose frame error scores; the others have none)")
+    predictor_lr: float | None = Field(None, gt=0, description="those epochs' learning rate, annealed to 0 "
+                                       "along a cosine (default: lr)")
+
+    @model_validator(mode="after")
+    def _predictor_after_all(self) -> OptimConfig:
+        if self.predictor_epochs and self.time_budget_min:
+            raise ValueError("predictor_epochs follow all the epochs, which time_budget_min may cut short: "
+                             "set one of them, not both")
+        return self
 
 
 class ScoreConfig(Strict):

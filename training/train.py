@@ -129,6 +129,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     model = build_model(cfg.model.method, **cfg.model.args).to(device)
     if init_state is not None:
         model.load_state_dict(init_state)
+    head = model.predictor() if cfg.optim.predictor_epochs else None
+    if cfg.optim.predictor_epochs and head is None:
+        raise ValueError(f"optim.predictor_epochs: {cfg.model.method} has no predictor that trains alone "
+                         f"(only amsrc has); leave it at 0")
+    total_epochs = cfg.optim.epochs + cfg.optim.predictor_epochs
     if clips is None:
         names, clips, conditioning = load_split(cfg, model, cfg.data.train_split, device, progress,
                                                 cfg.data.max_clips, condition=cfg.conditioning.enabled,
@@ -147,13 +152,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / CHECKPOINT
-    start_epoch, elapsed, saved_ema = 0, 0.0, None
+    start_epoch, elapsed, saved_ema, saved_head = 0, 0.0, None, None
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ckpt["method"] != cfg.model.method or ckpt["model_args"] != model.model_args():
             raise ValueError(f"{ckpt_path}: checkpoint is for a different model; refusing to resume")
         model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
-        saved_ema = ckpt.get("ema")
+        saved_ema, saved_head = ckpt.get("ema"), ckpt.get("predictor_optimizer")
         opt.load_state_dict(ckpt["optimizer"])
         if disc and ckpt.get("discriminator"):
             disc.load_state_dict(ckpt["discriminator"])
@@ -181,7 +186,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             for m in model.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.eval()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not progress)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not progress)
         for batch_no, (frames, flows) in enumerate(bar, 1):
             frames, flows = frames.to(device), flows.to(device)
             with autocast:
@@ -208,12 +213,44 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 disc_opt.step()
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if on_progress:
-                on_progress({"epoch": epoch + 1, "epochs": cfg.optim.epochs, "batch": batch_no,
+                on_progress({"epoch": epoch + 1, "epochs": total_epochs, "batch": batch_no,
                              "batches": len(loader), "train_seconds": elapsed + time.time() - t0,
                              "loss": loss.item()})
         elapsed += time.time() - t0
         epochs_done = epoch + 1
         save_checkpoint(_checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen, ema), ckpt_path)
+
+    if head is not None and epochs_done >= cfg.optim.epochs:
+        if ema is not None:  # the predictor learns on the averaged model it will score with
+            model.load_state_dict(ema.averaged())
+            ema = None
+        head_opt = torch.optim.Adam(head.parameters(), lr=cfg.optim.predictor_lr or cfg.optim.lr,
+                                    weight_decay=cfg.optim.weight_decay)
+        anneal = torch.optim.lr_scheduler.CosineAnnealingLR(head_opt, cfg.optim.predictor_epochs * len(loader))
+        if saved_head:
+            head_opt.load_state_dict(saved_head["optimizer"])
+            anneal.load_state_dict(saved_head["schedule"])
+        for epoch in range(epochs_done, total_epochs):
+            t0 = time.time()
+            model.eval()
+            head.train()
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs} (predictor)", disable=not progress)
+            for batch_no, (frames, flows) in enumerate(bar, 1):
+                loss = sum(model.predictor_losses(frames.to(device), flows.to(device)).values())
+                head_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                head_opt.step()
+                anneal.step()
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if on_progress:
+                    on_progress({"epoch": epoch + 1, "epochs": total_epochs, "batch": batch_no,
+                                 "batches": len(loader), "train_seconds": elapsed + time.time() - t0,
+                                 "loss": loss.item()})
+            elapsed += time.time() - t0
+            epochs_done = epoch + 1
+            ckpt = _checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen, ema)
+            ckpt["predictor_optimizer"] = {"optimizer": head_opt.state_dict(), "schedule": anneal.state_dict()}
+            save_checkpoint(ckpt, ckpt_path)
 
     ckpt = _checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen, ema)
     if ema is not None:  # the finished model is the average; the raw weights stay for a resumed run
