@@ -135,7 +135,7 @@ class AMSRCNet(AnomalyModel):
         """The U-Net whose frame error scores. It trains on detached features that the other objectives
         shape, and on some seeds it is still learning when they end: its frame error's AUC on Ped2 ranged
         from 0.75 to 0.87 between seeds, and 4 more epochs on its own took the two weakest to 0.81 and 0.87
-        and left the strongest where it was (model card, point 16)."""
+        and left the strong ones where they were (model card, point 16)."""
         return self.decoder
 
     def predictor_losses(self, frames: torch.Tensor, flows: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -173,6 +173,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.amp
                 else contextlib.nullcontext())
     budget_s = cfg.optim.time_budget_min * 60 if cfg.optim.time_budget_min else None
+
+    def report(epoch: int, batch_no: int, seconds: float, loss: float) -> None:
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if on_progress:
+            on_progress({"epoch": epoch + 1, "epochs": total_epochs, "batch": batch_no, "batches": len(loader),
+                         "train_seconds": seconds, "loss": loss})
+
     epochs_done = start_epoch
     for epoch in range(start_epoch, cfg.optim.epochs):
         if budget_s is not None and epoch > start_epoch and elapsed + elapsed / epoch > budget_s:
@@ -211,11 +218,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 disc_opt.zero_grad(set_to_none=True)
                 ((real + fake) / 2).backward()
                 disc_opt.step()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if on_progress:
-                on_progress({"epoch": epoch + 1, "epochs": total_epochs, "batch": batch_no,
-                             "batches": len(loader), "train_seconds": elapsed + time.time() - t0,
-                             "loss": loss.item()})
+            report(epoch, batch_no, elapsed + time.time() - t0, loss.item())
         elapsed += time.time() - t0
         epochs_done = epoch + 1
         save_checkpoint(_checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen, ema), ckpt_path)
@@ -241,11 +244,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 loss.backward()
                 head_opt.step()
                 anneal.step()
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                if on_progress:
-                    on_progress({"epoch": epoch + 1, "epochs": total_epochs, "batch": batch_no,
-                                 "batches": len(loader), "train_seconds": elapsed + time.time() - t0,
-                                 "loss": loss.item()})
+                report(epoch, batch_no, elapsed + time.time() - t0, loss.item())
             elapsed += time.time() - t0
             epochs_done = epoch + 1
             ckpt = _checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen, ema)
