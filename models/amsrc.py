@@ -134,8 +134,8 @@ class AMSRCNet(AnomalyModel):
     def predictor(self) -> torch.nn.Module:
         """The U-Net whose frame error scores. It trains on detached features that the other objectives
         shape, and on some seeds it is still learning when they end: its frame error's AUC on Ped2 ranged
-        from 0.75 to 0.87 between seeds, and 4 more epochs on its own took the two weakest to 0.81 and 0.87
-        and left the strong ones where they were (model card, point 16)."""
+        from 0.75 to 0.87 between seeds, and 4 more epochs on its own raised the three weakest (0.75-0.78)
+        to 0.79-0.87 and left the strong ones where they were (model card, point 16)."""
         return self.decoder
 
     def predictor_losses(self, frames: torch.Tensor, flows: torch.Tensor) -> dict[str, torch.Tensor]:
