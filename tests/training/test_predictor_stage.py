@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from amvad.models.registry import build_model
 from amvad.training.config import load_config
 from amvad.training.train import train
 from tests.support.synthetic import tiny_config
@@ -56,6 +57,13 @@ def test_a_run_killed_inside_the_stage_resumes_to_the_same_model(synthetic_datas
         assert torch.allclose(resumed["model"][k].float(), v.float(), atol=1e-5), k
 
 
-def test_methods_without_such_a_predictor_refuse(synthetic_dataset, tmp_path):
-    with pytest.raises(ValueError, match="predictor_epochs: comemory has no predictor"):
-        run(synthetic_dataset, tmp_path, "co", method="comemory", predictor_epochs=1)
+@pytest.mark.parametrize("method", ["ammc", "comemory"])
+def test_methods_without_such_a_predictor_refuse(method, synthetic_dataset, tmp_path):
+    # training refuses the stage before it loads anything
+    with pytest.raises(ValueError, match=f"predictor_epochs: {method} has no predictor"):
+        run(synthetic_dataset, tmp_path, method, method=method, predictor_epochs=1)
+    # and the model itself says so when asked for the stage's losses directly
+    model = build_model(method, clip_len=4, channels=1, height=32, width=48, base_width=4)
+    assert model.predictor() is None
+    with pytest.raises(NotImplementedError, match=f"{method} has no predictor that trains alone"):
+        model.predictor_losses(torch.rand(2, 4, 1, 32, 48), torch.zeros(2, 3, 2, 32, 48))
