@@ -85,6 +85,7 @@ class FitProgress(BaseModel):
     batches: int | None = None
     train_seconds: float | None = None
     loss: float | None = None
+    lr: float | None = Field(None, description="the learning rate of the latest step")
     updated: float = Field(default_factory=time.time, description="when it was written (Unix seconds)")
     error: FitError | None = None
     result: dict | None = None

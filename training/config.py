@@ -32,6 +32,9 @@ class OptimConfig(Strict):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(2e-4, gt=0)
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="learning rate over the epochs: constant, or annealed from lr to 0 along a "
+        "cosine by the last step (the weights then settle instead of ending wherever the last steps left them)")
     weight_decay: float = Field(0.0, ge=0)
     stage1_epochs: int = Field(0, ge=0, description="AMMC-Net: epochs before AMFT and all losses")
     disc_lr: float = Field(2e-5, gt=0, description="discriminator learning rate (AMMC-Net)")
@@ -52,6 +55,9 @@ class OptimConfig(Strict):
         if self.predictor_epochs and self.time_budget_min:
             raise ValueError("predictor_epochs follow all the epochs, which time_budget_min may cut short: "
                              "set one of them, not both")
+        if self.schedule == "cosine" and self.time_budget_min:
+            raise ValueError("schedule cosine anneals over all the epochs, which time_budget_min may cut "
+                             "short: set one of them, not both")
         return self
 
 

@@ -5,6 +5,7 @@ mean and std, the default threshold) and store them in the checkpoint."""
 from __future__ import annotations
 
 import contextlib
+import math
 import platform
 import random
 import time
@@ -25,7 +26,7 @@ from amvad.runtime.device import pick_device
 from amvad.runtime.files import atomic_path
 from amvad.runtime.scoring import training_scores
 
-from .config import Augment, TrainConfig
+from .config import Augment, OptimConfig, TrainConfig
 from .data import ClipDataset, augmented, cached_flows, condition_clip, find_clips, fit_footage_conditioning, load_clip
 from .ema import WeightAverage
 
@@ -174,11 +175,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 else contextlib.nullcontext())
     budget_s = cfg.optim.time_budget_min * 60 if cfg.optim.time_budget_min else None
 
-    def report(epoch: int, batch_no: int, seconds: float, loss: float) -> None:
-        bar.set_postfix(loss=f"{loss:.4f}")
+    def report(epoch: int, batch_no: int, seconds: float, loss: float, lr: float) -> None:
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2g}")
         if on_progress:
             on_progress({"epoch": epoch + 1, "epochs": total_epochs, "batch": batch_no, "batches": len(loader),
-                         "train_seconds": seconds, "loss": loss})
+                         "train_seconds": seconds, "loss": loss, "lr": lr})
 
     epochs_done = start_epoch
     for epoch in range(start_epoch, cfg.optim.epochs):
@@ -208,6 +209,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             loss.backward()
             if cfg.optim.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            set_lr(opt, cfg.optim, epoch * len(loader) + batch_no - 1, cfg.optim.epochs * len(loader))
             opt.step()
             if ema is not None:
                 ema.update(model)
@@ -218,7 +220,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 disc_opt.zero_grad(set_to_none=True)
                 ((real + fake) / 2).backward()
                 disc_opt.step()
-            report(epoch, batch_no, elapsed + time.time() - t0, loss.item())
+            report(epoch, batch_no, elapsed + time.time() - t0, loss.item(), opt.param_groups[0]["lr"])
         elapsed += time.time() - t0
         epochs_done = epoch + 1
         save_checkpoint(_checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen, ema), ckpt_path)
@@ -244,7 +246,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 loss.backward()
                 head_opt.step()
                 anneal.step()
-                report(epoch, batch_no, elapsed + time.time() - t0, loss.item())
+                report(epoch, batch_no, elapsed + time.time() - t0, loss.item(), head_opt.param_groups[0]["lr"])
             elapsed += time.time() - t0
             epochs_done = epoch + 1
             ckpt = _checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen, ema)
@@ -263,6 +265,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     ckpt["complete"] = True
     save_checkpoint(ckpt, ckpt_path)
     return ckpt_path
+
+
+def set_lr(opt: torch.optim.Optimizer, optim: OptimConfig, step: int, steps: int) -> None:
+    """The learning rate of ``step`` (0-based) of ``steps``: a function of the step alone, so a resumed
+    run goes on where it stopped with nothing more in the checkpoint."""
+    scale = 0.5 * (1 + math.cos(math.pi * step / steps)) if optim.schedule == "cosine" else 1.0
+    for group in opt.param_groups:
+        group["lr"] = optim.lr * scale
 
 
 def _checkpoint(cfg: TrainConfig, model: AnomalyModel, opt, disc, disc_opt, epoch: int,

@@ -77,10 +77,10 @@ def test_progress_is_throttled_but_every_stage_change_is_written(tmp_path):
     assert read_progress(path) is None  # before the worker wrote anything
     writer = ProgressWriter(path)
     writer({"stage": "loading", "fraction": 0.0})
-    writer({"stage": "training", "fraction": 0.1, "epoch": 1, "epochs": 100, "loss": 0.5})
+    writer({"stage": "training", "fraction": 0.1, "epoch": 1, "epochs": 100, "loss": 0.5, "lr": 5e-4})
     writer({"stage": "training", "fraction": 0.2, "epoch": 2, "epochs": 100, "loss": 0.4})  # within a second
     got = read_progress(path)
-    assert (got.stage, got.epoch, got.fraction) == ("training", 1, 0.1) and got.error is None
+    assert (got.stage, got.epoch, got.fraction, got.lr) == ("training", 1, 0.1, 5e-4) and got.error is None
     writer({"stage": "done", "fraction": 1.0, "result": {"threshold": 1.5}})
     assert read_progress(path).result == {"threshold": 1.5}
     path.write_text("{half a record")
