@@ -34,7 +34,8 @@ class OptimConfig(Strict):
     lr: float = Field(2e-4, gt=0)
     schedule: Literal["constant", "cosine"] = Field(
         "constant", description="learning rate over the epochs: constant, or annealed from lr to 0 along a "
-        "cosine by the last step (the weights then settle instead of ending wherever the last steps left them)")
+        "cosine by the last step (the weights then settle instead of ending wherever the last steps left them); "
+        "AMMC-Net's discriminator keeps disc_lr")
     weight_decay: float = Field(0.0, ge=0)
     stage1_epochs: int = Field(0, ge=0, description="AMMC-Net: epochs before AMFT and all losses")
     disc_lr: float = Field(2e-5, gt=0, description="discriminator learning rate (AMMC-Net)")
