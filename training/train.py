@@ -26,7 +26,7 @@ from amvad.runtime.device import pick_device
 from amvad.runtime.files import atomic_path
 from amvad.runtime.scoring import training_scores
 
-from .config import Augment, OptimConfig, TrainConfig
+from .config import Augment, TrainConfig
 from .data import ClipDataset, augmented, cached_flows, condition_clip, find_clips, fit_footage_conditioning, load_clip
 from .ema import WeightAverage
 
@@ -209,7 +209,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             loss.backward()
             if cfg.optim.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            set_lr(opt, cfg.optim, epoch * len(loader) + batch_no - 1, cfg.optim.epochs * len(loader))
+            set_lr(opt, cfg.optim.lr, cfg.optim.schedule, epoch * len(loader) + batch_no - 1,
+                   cfg.optim.epochs * len(loader))
             opt.step()
             if ema is not None:
                 ema.update(model)
@@ -229,12 +230,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         if ema is not None:  # the predictor learns on the averaged model it will score with
             model.load_state_dict(ema.averaged())
             ema = None
-        head_opt = torch.optim.Adam(head.parameters(), lr=cfg.optim.predictor_lr or cfg.optim.lr,
-                                    weight_decay=cfg.optim.weight_decay)
-        anneal = torch.optim.lr_scheduler.CosineAnnealingLR(head_opt, cfg.optim.predictor_epochs * len(loader))
+        head_lr = cfg.optim.predictor_lr or cfg.optim.lr
+        head_opt = torch.optim.Adam(head.parameters(), lr=head_lr, weight_decay=cfg.optim.weight_decay)
         if saved_head:
             head_opt.load_state_dict(saved_head["optimizer"])
-            anneal.load_state_dict(saved_head["schedule"])
         for epoch in range(epochs_done, total_epochs):
             t0 = time.time()
             model.eval()
@@ -244,13 +243,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 loss = sum(model.predictor_losses(frames.to(device), flows.to(device)).values())
                 head_opt.zero_grad(set_to_none=True)
                 loss.backward()
+                set_lr(head_opt, head_lr, "cosine", (epoch - cfg.optim.epochs) * len(loader) + batch_no - 1,
+                       cfg.optim.predictor_epochs * len(loader))
                 head_opt.step()
-                anneal.step()
                 report(epoch, batch_no, elapsed + time.time() - t0, loss.item(), head_opt.param_groups[0]["lr"])
             elapsed += time.time() - t0
             epochs_done = epoch + 1
             ckpt = _checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen, ema)
-            ckpt["predictor_optimizer"] = {"optimizer": head_opt.state_dict(), "schedule": anneal.state_dict()}
+            ckpt["predictor_optimizer"] = {"optimizer": head_opt.state_dict()}
             save_checkpoint(ckpt, ckpt_path)
 
     ckpt = _checkpoint(cfg, model, opt, disc, disc_opt, epochs_done, elapsed, gen, ema)
@@ -267,12 +267,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     return ckpt_path
 
 
-def set_lr(opt: torch.optim.Optimizer, optim: OptimConfig, step: int, steps: int) -> None:
-    """The learning rate of ``step`` (0-based) of ``steps``: a function of the step alone, so a resumed
-    run goes on where it stopped with nothing more in the checkpoint."""
-    scale = 0.5 * (1 + math.cos(math.pi * step / steps)) if optim.schedule == "cosine" else 1.0
+def set_lr(opt: torch.optim.Optimizer, lr: float, schedule: str, step: int, steps: int) -> None:
+    """Set the rate of ``step`` (0-based) of ``steps``: ``lr``, or (``cosine``) ``lr`` annealed to 0 along a
+    cosine. A function of the step alone, so a resumed run goes on where it stopped with nothing more in
+    the checkpoint; the main epochs and the predictor's share it."""
+    scale = 0.5 * (1 + math.cos(math.pi * step / steps)) if schedule == "cosine" else 1.0
     for group in opt.param_groups:
-        group["lr"] = optim.lr * scale
+        group["lr"] = lr * scale
 
 
 def _checkpoint(cfg: TrainConfig, model: AnomalyModel, opt, disc, disc_opt, epoch: int,

@@ -18,10 +18,9 @@ from tests.support.synthetic import tiny_config
 
 def lrs(schedule: str, steps: int) -> list[float]:
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    optim = OptimConfig(lr=1e-3, schedule=schedule)
     out = []
     for step in range(steps):
-        set_lr(opt, optim, step, steps)
+        set_lr(opt, 1e-3, schedule, step, steps)
         out.append(opt.param_groups[0]["lr"])
     return out
 
