@@ -8,6 +8,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from amvad.runtime.types import FrameCondition
+
 STAGES = ("decode", "flow", "model", "score", "heatmap")
 
 
@@ -51,6 +53,16 @@ class Metrics:
                            "picture: service/cameras/night.py), else 0", ["camera"], registry=r)
         self.armed = Gauge("vad_camera_armed", "1 while the camera raises events and notifications, 0 while "
                            "disarmed (it still scores)", ["camera"], registry=r)
+        # the picture against the footage the model was fitted on (runtime.conditioning; conditioned models
+        # only): set from the first measured frame, never created at zero (0 would read as a defocused lens)
+        self.sharpness = Gauge("vad_camera_sharpness_ratio", "The picture's sharpness over that of the footage "
+                               "the model was fitted on (1: as sharp; Ped2 with Gaussian blur sigma 1.5 px: 0.6, "
+                               "sigma 3: 0.23; under the camera watch's defocus_ratio, 0.15: a defocused tamper)",
+                               ["camera"], registry=r)
+        self.noise = Gauge("vad_camera_noise_ratio", "The picture's sensor noise after level matching over that of "
+                           "the footage the model was fitted on (1: as noisy; Ped2 with noise sigma 8: 1.8, at x0.3 "
+                           "light: 4.3; over the camera watch's noisy_ratio, 4: a noisy tamper)", ["camera"],
+                           registry=r)
         self.store_up = Gauge("vad_event_store_up", "1 while the event database accepts writes", registry=r)
         self.store_pending = Gauge("vad_event_store_pending", "Event writes waiting for the database", registry=r)
         self.logins = Counter("vad_logins_total", "Logins by result: ok, failed (wrong name or password), "
@@ -62,6 +74,7 @@ class Metrics:
         self._per_camera = (self.score, self.frames, self.up, self.reconnects, self.since_last,
                             self.events, self.ws_clients, self.threshold, self.armed, self.tampered,
                             self.night)
+        self._picture = (self.sharpness, self.noise)
 
     @contextlib.contextmanager
     def timed(self, stage: str):
@@ -96,8 +109,14 @@ class Metrics:
         self.threshold.labels(camera).set(threshold)
         self.dropped.labels(camera, "queue_full")
 
+    def picture(self, camera: str, condition: FrameCondition) -> None:
+        """The latest frame's picture against the fitted footage (nothing when it was not measured)."""
+        for gauge, value in ((self.sharpness, condition.sharpness), (self.noise, condition.noise)):
+            if value is not None:
+                gauge.labels(camera).set(value)
+
     def remove_camera(self, camera: str) -> None:
-        for m in self._per_camera:
+        for m in (*self._per_camera, *self._picture):
             with contextlib.suppress(KeyError):  # a series never set has nothing to remove
                 m.remove(camera)
         for reason in ("queue_full", "ws_slow_client"):

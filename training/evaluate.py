@@ -51,6 +51,10 @@ class ClipScores:
     stream: np.ndarray
     held_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))      # frames the camera
     held_timestamps: np.ndarray = field(default_factory=lambda: np.empty(0))        # watch held (not scored)
+    # every frame's picture against the fitted footage (runtime.conditioning: FrameCondition.sharpness and
+    # .noise), NaN where not measured (a model without conditioning)
+    sharpness: np.ndarray = field(default_factory=lambda: np.empty(0))
+    noise: np.ndarray = field(default_factory=lambda: np.empty(0))
 
 
 def score_clip(engine: InferenceEngine, src: ClipSource) -> ClipScores:
@@ -63,9 +67,12 @@ def score_frames(engine: InferenceEngine, name: str, frames: Iterable[Frame],
     """:func:`score_clip` for frames from anywhere (e.g. a perturbed clip, training/robustness.py);
     ``stats``: running statistics to start from, updated in place (a camera's, carried from clip to clip),
     at the stream's rate ``forget``."""
-    ids, times, comps, scores, held, n = [], [], [], [], [], 0
+    ids, times, comps, scores, held, picture, n = [], [], [], [], [], [], 0
     for frame, r in results_in_order(Stream(engine, stats=stats, forget=forget), frames):
         n += 1
+        c = r.condition
+        picture.append((np.nan, np.nan) if c is None else
+                       tuple(np.nan if v is None else v for v in (c.sharpness, c.noise)))
         if r.score is not None:
             ids.append(frame.frame_id), times.append(frame.timestamp), comps.append(r.components)
             scores.append(r.score)
@@ -75,7 +82,8 @@ def score_frames(engine: InferenceEngine, name: str, frames: Iterable[Frame],
         raise ValueError(f"clip {name}: {n} frames, fewer than the model's clip length {engine.meta.clip_len}")
     k = len(engine.meta.components)
     return ClipScores(name, n, np.array(ids, np.int64), np.array(times), np.stack(comps) if comps else np.empty((0, k)),
-                      np.array(scores), np.array([i for i, _ in held], np.int64), np.array([t for _, t in held]))
+                      np.array(scores), np.array([i for i, _ in held], np.int64), np.array([t for _, t in held]),
+                      *np.array(picture, np.float64).reshape(-1, 2).T)
 
 
 def score_clips(model: str | Path, data: str | Path, split: str, engine_config: EngineConfig | None,

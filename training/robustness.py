@@ -14,7 +14,9 @@ magnitude it reports:
   rules raise (:func:`runtime.events.replay_events` on the stream's causal scores, the tracker every stream
   runs), per 10 minutes and over clean, the share of frames whose causal score is at or above the
   model's threshold, and the share the camera watch held as a camera event (tamper, scene change: the
-  service scores them not at all, so they count as not flagged);
+  service scores them not at all, so they count as not flagged), and the median of what the camera's
+  picture gauges read (``vad_camera_sharpness_ratio`` and ``vad_camera_noise_ratio``: the frames'
+  sharpness and noise over the fitted footage's), so an alert level can be read against what a change costs;
 - on the labelled ``test_split``: frame-level ROC AUC of the causal score (``auc_stream``) and of the papers'
   per-clip min-max protocol (``auc_paper``), false alarms per hour of its normal frames and events caught
   at the model's threshold (:mod:`training.alarms`).
@@ -141,7 +143,16 @@ def normal_figures(clips: list[ClipScores], threshold: float, events: EventConfi
     held = sum(len(c.held_ids) for c in clips)
     return {"events": point["false_alarms"], "minutes": round(minutes, 3),
             "events_per_10min": round(point["false_alarms"] / minutes * 10, 3) if minutes else None,
-            "frames_flagged": round(float(flagged.mean()), 4), "frames_held": round(held / len(flagged), 4)}
+            "frames_flagged": round(float(flagged.mean()), 4), "frames_held": round(held / len(flagged), 4),
+            "sharpness_ratio": _median(c.sharpness for c in clips), "noise_ratio": _median(c.noise for c in clips)}
+
+
+def _median(parts) -> float | None:
+    """Median of the measured values (NaN: not measured) of all clips; None when nothing was measured:
+    what the camera's ``vad_camera_*_ratio`` gauges read on that footage."""
+    values = np.concatenate(list(parts))
+    values = values[~np.isnan(values)]
+    return round(float(np.median(values)), 3) if len(values) else None
 
 
 def labelled_figures(clips: list[ClipScores], labels: list[np.ndarray], threshold: float, weights: np.ndarray,
@@ -239,8 +250,8 @@ def _fmt(x: float | None, spec: str) -> str:
 def table(result: dict) -> str:
     """The rows as a Markdown table (what README shows)."""
     header = ("| change | magnitude | events / 10 min (Δ clean) | frames flagged | frames held | auc_stream | "
-              "auc_paper | test false alarms / h | events caught | targets |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
+              "auc_paper | test false alarms / h | events caught | sharpness · noise | targets |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         mag = "" if r["magnitude"] is None else f"{r['magnitude']:g} ({r['unit']})"
         lines.append(f"| {r['change']} | {mag} | {_fmt(r['events_per_10min'], '.2f')} "
@@ -249,6 +260,7 @@ def table(result: dict) -> str:
                      f"{_fmt(r['auc_stream'], '.3f')} | {_fmt(r['auc_paper'], '.3f')} | "
                      f"{_fmt(r['test_false_alarms_per_hour'], '.0f')} | "
                      f"{r['test_events_caught']} / {r['test_events_total']} | "
+                     f"{_fmt(r.get('sharpness_ratio'), '.2f')} · {_fmt(r.get('noise_ratio'), '.2f')} | "
                      f"{'met' if r['within_targets'] else 'missed'} |")
     return "\n".join(lines)
 

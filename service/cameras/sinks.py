@@ -115,6 +115,8 @@ class MetricsSink:
         m.frames.labels(p.camera).inc()
         if r.score is not None:
             m.score.labels(p.camera).set(r.score)
+        if r.condition is not None:
+            m.picture(p.camera, r.condition)
         if p.event == "start":
             m.events.labels(p.camera).inc()
         if r.heatmap is not None:

@@ -11,7 +11,8 @@ from tests.support.deploy import DEPLOY, check_promql, load_yaml
 GRAFANA = DEPLOY / "grafana"
 METRICS = ("vad_anomaly_score", "vad_anomaly_threshold", "vad_frames_total", "vad_frames_dropped_total",
            "vad_camera_reconnects_total", "vad_stage_seconds_bucket", "vad_ws_clients", "vad_anomaly_events_total",
-           "vad_frame_latency_seconds_bucket", "vad_batch_size_sum", "vad_camera_tampered", "vad_camera_events_total")
+           "vad_frame_latency_seconds_bucket", "vad_batch_size_sum", "vad_camera_tampered", "vad_camera_events_total",
+           "vad_camera_sharpness_ratio", "vad_camera_noise_ratio")
 
 
 def datasource_uid() -> str:

@@ -8,7 +8,7 @@ from tests.support.deploy import DEPLOY, RULES, binary, load_yaml, run_tool
 PROM = DEPLOY / "prometheus"
 ALERTS = {"AmvadAnomalyScoreHigh", "AmvadCameraDown", "AmvadCameraStalled", "AmvadFramesDropping",
           "AmvadServiceDown", "AmvadCameraDegraded", "AmvadEventStoreDown", "AmvadCameraTampered",
-          "AmvadSceneChangesFrequent"}
+          "AmvadSceneChangesFrequent", "AmvadCameraPictureSoft", "AmvadCameraPictureNoisy"}
 
 
 def test_promtool_checks_config_and_rules():

@@ -236,8 +236,14 @@ def test_an_rtsp_camera_whose_lights_switch_raises_scene_changes_and_no_anomaly(
         assert metric(svc, "vad_camera_events_total", camera="hall", reason="lighting", type="scene_change") >= 2
         types = [h["type"] for h in hooks(receiver, "hall")]
         assert "scene_change_start" in types and "start" not in types
+        # a sharp, clean picture, lit or not (level matching): the quality gauges stay clear of their
+        # alerts' levels (soft under 0.4, noisy over 2.5; deploy/prometheus/rules)
+        assert metric(svc, "vad_camera_sharpness_ratio", camera="hall") > 0.5
+        assert 0 < metric(svc, "vad_camera_noise_ratio", camera="hall") < 2.5
     finally:
         svc.http.delete("/v1/cameras/hall")
+    gone = svc.http.get("/metrics").text
+    assert 'vad_camera_sharpness_ratio{camera="hall"}' not in gone and 'vad_camera_noise_ratio{camera="hall"}' not in gone
 
 
 def test_bad_camera_event_queries_are_4xx_json(world):

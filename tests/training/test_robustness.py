@@ -10,14 +10,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from amvad.cli.main import main
 from amvad.cli.robustness import CHANGES, parse_magnitudes
+from amvad.runtime.conditioning import fit_conditioning
 from amvad.runtime.events import EventConfig
 from amvad.runtime.scoring import DEFAULT_FORGET
 from amvad.runtime.types import Frame
 from amvad.service.h264 import H264Writer
+from amvad.training.data import find_clips, load_clip
 from amvad.training.evaluate import ClipScores
 from amvad.training.perturbations import BATTERY, get_change, perturb_clip, shake_offsets
 from amvad.training.robustness import (
@@ -29,6 +32,8 @@ from amvad.training.robustness import (
     table,
     variants,
 )
+from amvad.training.warm_start import exported_metadata
+from tests.support.model_files import with_metadata
 
 REPO = Path(__file__).resolve().parents[2]
 PER_FRAME = [c for c in BATTERY.values() if not c.whole_clip]
@@ -179,7 +184,26 @@ def test_benchmark_on_the_tiny_model_reports_every_figure(tiny_model, synthetic_
     assert res["normal"]["clips"] == ["01", "02"] and res["normal"]["frames_scored"] == 2 * (14 - 3)
     assert json.loads((tmp_path / "r.json").read_text())["rows"] == rows
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["lighting_step.png", "noise.png"]
+    # the tiny model is conditioned: the picture is measured on every row
+    assert all(r["sharpness_ratio"] > 0 and r["noise_ratio"] > 0 for r in rows)
     assert table(res).count("\n") == 2 + len(rows) - 1
+
+
+def test_the_picture_gauges_median_follows_blur_and_noise_on_a_conditioned_model(tiny_model, synthetic_dataset,
+                                                                                 tmp_path):
+    # the tiny model conditioned on its own normal footage: the picture as fitted reads about 1
+    meta = exported_metadata(onnx.load(str(tiny_model)), tiny_model)
+    fitted = np.concatenate([load_clip(src, height=meta.height, width=meta.width, channels=meta.channels)
+                             for src in find_clips(synthetic_dataset, "training")])
+    model = with_metadata(tiny_model, tmp_path / "conditioned.onnx",
+                          conditioning=fit_conditioning(fitted).model_dump())
+    res = run_robustness(model, synthetic_dataset, changes=["blur", "noise"], magnitudes={"blur": [1.5], "noise": [8]},
+                         progress=False)
+    clean, blurred, noisy = res["rows"]
+    assert 0.7 < clean["sharpness_ratio"] < 1.4 and 0.7 < clean["noise_ratio"] < 1.4
+    assert blurred["sharpness_ratio"] < 0.7 * clean["sharpness_ratio"]
+    assert noisy["noise_ratio"] > 1.3 * clean["noise_ratio"]
+    assert f"{clean['sharpness_ratio']:.2f} · {clean['noise_ratio']:.2f}" in table(res)
 
 
 def test_frames_the_camera_watch_held_count_as_not_flagged_and_their_anomalies_as_missed():
@@ -190,6 +214,8 @@ def test_frames_the_camera_watch_held_count_as_not_flagged_and_their_anomalies_a
                    np.arange(4, 10), np.arange(4, 10) / 10)
     normal = normal_figures([a, b], 1.0, EventConfig())
     assert normal["frames_flagged"] == round(2 / 12, 4) and normal["frames_held"] == round(8 / 12, 4)
+    # nothing measured of the picture (a model without conditioning): reported as such, not as 0
+    assert normal["sharpness_ratio"] is None and normal["noise_ratio"] is None
     labels = [np.array([0] * 4 + [0, 1, 1, 0, 1, 1]), np.array([0] * 4 + [1] * 6)]
     got = labelled_figures([a, b], labels, 1.0, np.ones(2), EventConfig())
     # 10 anomalous frames, 2 normal ones (score 0): the 2 scored at 3 outrank both, the 8 held rank below

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from amvad.runtime.types import Frame, FrameResult
-from amvad.service.cameras.sinks import Boundary, Published, ScoreTaps, message
+from amvad.runtime.types import Frame, FrameCondition, FrameResult
+from amvad.service.cameras.sinks import Boundary, MetricsSink, Published, ScoreTaps, message
 from amvad.service.metrics import Metrics
 
 
-def published(i: int, score: float | None = 1.0) -> Published:
+def published(i: int, score: float | None = 1.0, condition: FrameCondition | None = None) -> Published:
     frame = Frame("cam", i, 1, float(i), np.zeros((2, 2, 3), np.uint8))
-    r = FrameResult(i, float(i), score, False, "live", None, None, None)
+    r = FrameResult(i, float(i), score, False, "live", None, None, None, condition=condition)
     return Published("cam", "m", 2.0, frame, r, message("cam", "m", 2.0, "live", r))
 
 
@@ -48,3 +48,24 @@ def test_a_failing_sink_is_counted_and_skipped_and_recovers_by_itself():
 def test_messages_are_valid_json_for_non_finite_scores():
     r = FrameResult(7, 1.5, float("nan"), False, "live", None, None, None)
     assert message("cam", "m", 2.0, "live", r)["score"] is None
+
+
+def picture(metrics: Metrics) -> dict[str, float]:
+    return {line.split("{")[0]: float(line.split()[-1]) for line in metrics.render().decode().splitlines()
+            if line.startswith(("vad_camera_sharpness_ratio{", "vad_camera_noise_ratio{"))}
+
+
+def test_the_picture_gauges_follow_measured_frames_only_and_go_with_the_camera():
+    metrics = Metrics()
+    metrics.init_camera("cam", 2.0)
+    assert picture(metrics) == {}  # never created at 0, which would read as a defocused lens
+    sink = MetricsSink(metrics, heat_scale=lambda: None)
+    sink.publish(published(0, condition=FrameCondition(brightness=0.4, contrast=0.2)))  # a model without conditioning
+    assert picture(metrics) == {}
+    sink.publish(published(1, condition=FrameCondition(brightness=0.4, contrast=0.2, sharpness=0.23, noise=1.9)))
+    assert picture(metrics) == {"vad_camera_sharpness_ratio": 0.23, "vad_camera_noise_ratio": 1.9}
+    sink.publish(published(2, score=None))  # a frame without measurements keeps the last values
+    sink.publish(published(3, condition=FrameCondition(brightness=0.4, contrast=0.2, sharpness=0.95, noise=1.0)))
+    assert picture(metrics) == {"vad_camera_sharpness_ratio": 0.95, "vad_camera_noise_ratio": 1.0}
+    metrics.remove_camera("cam")
+    assert picture(metrics) == {}
