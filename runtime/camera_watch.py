@@ -181,7 +181,11 @@ class CameraWatch:
                 or (b is not None and texture(c) < cfg.flat_ratio * b.texture))
         sharp_ratio = (None if c.sharpness is None or b is None or not b.sharpness
                        else c.sharpness / b.sharpness)
-        blurred = sharp_ratio is not None and sharp_ratio < cfg.defocus_ratio
+        # on the view the model was fitted on, also against that footage (what c.sharpness is relative to): a
+        # camera already defocused when its baseline was learnt (added so, or restarted so) is still one.
+        # Not on another view, whose picture may be softer than the fitted footage to begin with.
+        fitted_ratio = c.sharpness if self.view_matched else None
+        blurred = any(r is not None and r < cfg.defocus_ratio for r in (sharp_ratio, fitted_ratio))
         darker = b is not None and c.brightness < b.brightness / cfg.level_ratio
         if flat:
             bright = c.brightness > (b.brightness if b is not None else 0.5)
@@ -233,10 +237,15 @@ class CameraWatch:
         dt = 0.0 if self._last_t is None else min(max(t - self._last_t, 0.0), 1.0)
         self._last_t = t
         found = self.classify(c)
-        if self.baseline is None and found is None:
+        learning = self.baseline is None and found is None
+        if learning:
             self._learn(t, c)
         if self.open is not None:
             verdict = self._update_open(t, frame_id, c, found)
+        elif learning and c.sharpness is not None and c.sharpness < self.cfg.defocus_ratio:
+            # far softer than the fitted footage while the baseline is learnt: maybe the fitted view defocused,
+            # which classify can tell only once the view is known; not scored meanwhile
+            verdict = WatchVerdict(hold=True)
         else:
             verdict = self._update_closed(t, frame_id, c, found, dt)
         hold = verdict.hold
@@ -295,8 +304,8 @@ class CameraWatch:
         kind, _, since, since_frame, first = self._suspect
         reason = found[1]
         hold_s = self.cfg.tamper_hold_s if kind == TAMPER else self.cfg.scene_hold_s
-        if t - since < hold_s:
-            return WatchVerdict(hold=self._seen >= self.cfg.hold_after_frames)
+        if t - since < hold_s:  # held from its second frame, or still held (a picture held while learning)
+            return WatchVerdict(hold=self._seen >= self.cfg.hold_after_frames or self._held)
         self._suspect = None
         return self._start(kind, reason, since, since_frame, first)
 

@@ -122,6 +122,34 @@ def test_moved_only_runs_on_the_view_the_model_was_fitted_on():
     assert [c[3] for c in changes(verdicts)] == ["covered"]
 
 
+def test_a_camera_defocused_from_its_first_frame_is_a_tamper_on_its_fitted_view_only():
+    # added (or restarted) while defocused: its baseline is learnt on the blurred picture, so only the fitted
+    # footage tells; refocused at 8 s
+    h, w, view = 32, 48, scenes.scene(110)
+
+    def run(fitted_on):
+        spec = fit_conditioning(np.stack(model_frames(fitted_on[:ONSET:2], h, w)))
+        conditioner, watch = Conditioner(spec, h, w), CameraWatch(max_shift_px=spec.max_shift * min(h, w))
+        verdicts = []
+        for i, f in enumerate(view):
+            _, condition = conditioner(to_model_frame(scenes.blurred(f, 12) if i < 80 else f, height=h, width=w,
+                                                      channels=1))
+            verdicts.append(watch.update(i / FPS, i, condition))
+        return verdicts, changes(verdicts), watch
+
+    verdicts, got, watch = run(view)
+    assert watch.view_matched
+    assert [(c, t, r) for _, c, t, r in got] == [("start", "tamper", "defocused"), ("end", "tamper", "defocused")]
+    assert got[0][0] / FPS <= 5.0 and (got[1][0] - 80) / FPS == pytest.approx(2.0, abs=0.15)
+    # no frame is scored before the tamper is raised (while the baseline is learnt, then while it is suspected)
+    assert all(v.hold for v in verdicts[:got[1][0]]) and not any(v.hold for v in verdicts[got[1][0]:])
+    # a model of another view: its footage says nothing about this camera's sharpness; only the frames of the
+    # baseline's first seconds wait
+    verdicts, got, watch = run(scenes.scene(110, seed=11))
+    learnt = next(i for i, v in enumerate(verdicts) if not v.hold)
+    assert not watch.view_matched and got == [] and learnt / FPS <= 2.5 and not any(v.hold for v in verdicts[learnt:])
+
+
 def test_without_the_models_conditioning_only_the_level_rules_run():
     frames = scenes.scene(150)
     for change, want in ((TAMPERS["covered"], [("start", "tamper")]), (TAMPERS["blinded"], [("start", "tamper")]),
