@@ -8,7 +8,8 @@ against a short running baseline of the camera's own picture, and raises two kin
 
 - ``tamper``: the lens is ``covered`` (dark and flat, or dark and blurred: a hand), ``blinded`` (bright
   and flat: a torch, a floodlight, overexposure), the picture ``defocused`` (sharpness collapsed: sprayed,
-  fogged, focus turned), the picture too ``noisy`` to judge (its sensor noise, after level matching, many
+  fogged, focus turned; on the fitted view also against the fitted footage, so a camera defocused before
+  its baseline was learnt is one too), the picture too ``noisy`` to judge (its sensor noise, after level matching, many
   times the training footage's: a dark scene at high gain), or the camera ``moved`` (the view shifted
   beyond what stabilisation undoes, or no longer looks like the view its model was fitted on). It starts
   once the condition has held for ``tamper_hold_s`` and ends once it has been gone for ``clear_hold_s``.
