@@ -182,11 +182,11 @@ class CameraWatch:
                 or (b is not None and texture(c) < cfg.flat_ratio * b.texture))
         sharp_ratio = (None if c.sharpness is None or b is None or not b.sharpness
                        else c.sharpness / b.sharpness)
-        # on the view the model was fitted on, also against that footage (what c.sharpness is relative to): a
-        # camera already defocused when its baseline was learnt (added so, or restarted so) is still one.
-        # Not on another view, whose picture may be softer than the fitted footage to begin with.
-        fitted_ratio = c.sharpness if self.view_matched else None
-        blurred = any(r is not None and r < cfg.defocus_ratio for r in (sharp_ratio, fitted_ratio))
+        # on the view the model was fitted on, also against that footage: a camera already defocused when its
+        # baseline was learnt (added so, or restarted so) is still one. Not on another view, whose picture may
+        # be softer than the fitted footage to begin with.
+        blurred = ((sharp_ratio is not None and sharp_ratio < cfg.defocus_ratio)
+                   or (self.view_matched and self._softer_than_fitted(c)))
         darker = b is not None and c.brightness < b.brightness / cfg.level_ratio
         if flat:
             bright = c.brightness > (b.brightness if b is not None else 0.5)
@@ -206,6 +206,10 @@ class CameraWatch:
         if _ratio(c.brightness, b.brightness) >= math.log(cfg.level_ratio):
             return SCENE_CHANGE, LIGHTING
         return None
+
+    def _softer_than_fitted(self, c: FrameCondition) -> bool:
+        """Sharpness under ``defocus_ratio`` of the fitted footage's (what ``c.sharpness`` is relative to)."""
+        return c.sharpness is not None and c.sharpness < self.cfg.defocus_ratio
 
     def _colour_mode(self, c: FrameCondition) -> str | None:
         """``infrared`` when a colour picture turned grey, ``daylight`` when a grey one turned colour (a grey
@@ -243,9 +247,9 @@ class CameraWatch:
             self._learn(t, c)
         if self.open is not None:
             verdict = self._update_open(t, frame_id, c, found)
-        elif learning and c.sharpness is not None and c.sharpness < self.cfg.defocus_ratio:
-            # far softer than the fitted footage while the baseline is learnt: maybe the fitted view defocused,
-            # which classify can tell only once the view is known; not scored meanwhile
+        elif learning and self._softer_than_fitted(c):
+            # while the baseline is learnt: maybe the fitted view defocused, which classify can tell only once
+            # the view is known; not scored meanwhile
             verdict = WatchVerdict(hold=True)
         else:
             verdict = self._update_closed(t, frame_id, c, found, dt)

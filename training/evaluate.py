@@ -70,9 +70,7 @@ def score_frames(engine: InferenceEngine, name: str, frames: Iterable[Frame],
     ids, times, comps, scores, held, picture, n = [], [], [], [], [], [], 0
     for frame, r in results_in_order(Stream(engine, stats=stats, forget=forget), frames):
         n += 1
-        c = r.condition
-        picture.append((np.nan, np.nan) if c is None else
-                       tuple(np.nan if v is None else v for v in (c.sharpness, c.noise)))
+        picture.append((None, None) if r.condition is None else (r.condition.sharpness, r.condition.noise))
         if r.score is not None:
             ids.append(frame.frame_id), times.append(frame.timestamp), comps.append(r.components)
             scores.append(r.score)
@@ -81,9 +79,10 @@ def score_frames(engine: InferenceEngine, name: str, frames: Iterable[Frame],
     if not ids and not held:
         raise ValueError(f"clip {name}: {n} frames, fewer than the model's clip length {engine.meta.clip_len}")
     k = len(engine.meta.components)
+    picture = np.array(picture, np.float64).reshape(-1, 2)  # None (not measured) -> NaN
     return ClipScores(name, n, np.array(ids, np.int64), np.array(times), np.stack(comps) if comps else np.empty((0, k)),
                       np.array(scores), np.array([i for i, _ in held], np.int64), np.array([t for _, t in held]),
-                      *np.array(picture, np.float64).reshape(-1, 2).T)
+                      sharpness=picture[:, 0], noise=picture[:, 1])
 
 
 def score_clips(model: str | Path, data: str | Path, split: str, engine_config: EngineConfig | None,
