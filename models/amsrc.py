@@ -77,7 +77,7 @@ class AMSRCNet(AnomalyModel):
                  lambda_grad: float = 1.0, lambda_sim: float = 1.0, lambda_flow: float = 1.0,
                  patch: int = 16, lambda_soft: float = 0.0,
                  soft_sigma: tuple[float, float] = (0.5, 1.6), soft_reach: str = "encoder",
-                 soft_match: str = "feature") -> None:
+                 soft_match: str = "feature", appearance_sigma: float = 0.0) -> None:
         super().__init__(clip_len=clip_len, channels=channels, height=height, width=width,
                          flow_scale=flow_scale)
         self.base_width = base_width
@@ -91,6 +91,9 @@ class AMSRCNet(AnomalyModel):
             raise ValueError(f"lambda_soft must be >= 0, soft_sigma a range 0 < lo <= hi, soft_reach one of "
                              f"{SOFT_REACH} and soft_match one of {SOFT_MATCH}, got {lambda_soft}, {soft_sigma}, "
                              f"{soft_reach!r}, {soft_match!r}")
+        if appearance_sigma < 0:
+            raise ValueError(f"appearance_sigma must be >= 0, got {appearance_sigma}")
+        self.appearance_sigma = float(appearance_sigma)
         self.lambda_soft = lambda_soft
         self.soft_sigma = (float(soft_sigma[0]), float(soft_sigma[1]))
         self.soft_reach = soft_reach
@@ -110,7 +113,7 @@ class AMSRCNet(AnomalyModel):
 
     def forward(self, frames: torch.Tensor, flows: torch.Tensor) -> dict[str, torch.Tensor]:
         self.check_inputs(frames, flows)
-        v = self.split(frames, flows)
+        v = self.views(frames, flows)
         fea_frame, fea_flow, fused, skips = self.encode(v)
         # The scoring predictor only renders: its loss does not reach the encoders (see the module docstring).
         pred = self.decoder(fused.detach(), [s.detach() for s in skips])
@@ -122,6 +125,17 @@ class AMSRCNet(AnomalyModel):
             if self.lambda_soft > 0:
                 out.update(self.soft_view(v["last"]))
         return out
+
+    def views(self, frames: torch.Tensor, flows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`split`, with the frame stream's input and the predicted frame band-limited by a fixed
+        Gaussian of ``appearance_sigma`` model pixels when it is > 0: a camera's softer picture (blur, a
+        low bitrate, a stabilised shake's resampling) takes detail the model then never relied on. The
+        flows stay as measured. Part of the graph, so training, export and serving compute the same."""
+        v = self.split(frames, flows)
+        if self.appearance_sigma > 0:
+            v["last"] = gaussian_blur(v["last"], self.appearance_sigma)
+            v["target"] = gaussian_blur(v["target"], self.appearance_sigma)
+        return v
 
     def encode(self, v: dict[str, torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -139,7 +153,7 @@ class AMSRCNet(AnomalyModel):
         return self.decoder
 
     def predictor_losses(self, frames: torch.Tensor, flows: torch.Tensor) -> dict[str, torch.Tensor]:
-        v = self.split(frames, flows)
+        v = self.views(frames, flows)
         with torch.no_grad():
             _, _, fused, skips = self.encode(v)
         return frame_losses(self.decoder(fused, skips), v["target"], self.lambda_int, self.lambda_grad)
@@ -167,7 +181,7 @@ class AMSRCNet(AnomalyModel):
                flows: torch.Tensor) -> dict[str, torch.Tensor]:
         """The ``flow`` (motion feature -> flow) and ``feature_*`` (fused feature -> frame t) terms exist only
         for a training-mode ``out``; ``intensity`` and ``gradient`` train the scoring predictor alone."""
-        v = self.split(frames, flows)
+        v = self.views(frames, flows)
         pred, target, last_flow = out["pred"], v["target"], v["last_flow"]
         terms = {
             **frame_losses(pred, target, self.lambda_int, self.lambda_grad),
@@ -194,7 +208,7 @@ class AMSRCNet(AnomalyModel):
         bilinearly upsampled 1-cos map, zero where masked; prediction in [0, 1]."""
         self.check_mask(frames, mask)
         out = self.forward(frames, flows)
-        v = self.split(frames, flows)
+        v = self.views(frames, flows)
         inc = out["inconsistency"]
         err = ((out["pred"] - v["target"]) ** 2).mean(1, keepdim=True)
         motion = (out["app_speed"] - speed(v["last_flow"])) ** 2
