@@ -130,7 +130,9 @@ class AMSRCNet(AnomalyModel):
         """:meth:`split`, with the frame stream's input and the predicted frame band-limited by a fixed
         Gaussian of ``appearance_sigma`` model pixels when it is > 0: a camera's softer picture (blur, a
         low bitrate, a stabilised shake's resampling) takes detail the model then never relied on. The
-        flows stay as measured. Part of the graph, so training, export and serving compute the same."""
+        flows stay as measured. Part of the graph, so training, export and serving compute the same. Not in
+        a recipe: on Ped2 it moved the seed spread from the frame error to the speed error and left blur
+        and compression flagged (model card, point 20)."""
         v = self.split(frames, flows)
         if self.appearance_sigma > 0:
             v["last"] = gaussian_blur(v["last"], self.appearance_sigma)
