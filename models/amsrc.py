@@ -61,7 +61,8 @@ def speed(flow: torch.Tensor) -> torch.Tensor:
 class AMSRCNet(AnomalyModel):
     """Two-stream encoder + consistency loss + flow-guided fusion + frame-prediction decoder.
 
-    forward outputs: ``pred`` (B, C, H, W) in [-1, 1]; ``fea_frame``, ``fea_flow`` (B, 4w, H/8, W/8);
+    forward outputs: ``pred`` (B, C, H, W) in [-1, 1] and ``target``, frame t as it is judged (band-limited
+    with ``appearance_sigma``, so the blur runs once per pass); ``fea_frame``, ``fea_flow`` (B, 4w, H/8, W/8);
     ``inconsistency`` (B, 1, H/8, W/8) = 1 - cos per bottleneck location; ``app_speed`` (B, 1, H, W) the
     speed (length of flow t-2 -> t-1) decoded from the frame stream's feature: the speed the appearance
     implies; in training mode also ``flow_rec``, flow t-2 -> t-1 decoded from the flow stream's feature,
@@ -117,7 +118,7 @@ class AMSRCNet(AnomalyModel):
         fea_frame, fea_flow, fused, skips = self.encode(v)
         # The scoring predictor only renders: its loss does not reach the encoders (see the module docstring).
         pred = self.decoder(fused.detach(), [s.detach() for s in skips])
-        out = {"pred": pred, "fea_frame": fea_frame, "fea_flow": fea_flow,
+        out = {"pred": pred, "target": v["target"], "fea_frame": fea_frame, "fea_flow": fea_flow,
                "inconsistency": inconsistency_map(fea_frame, fea_flow), "app_speed": self.speed_decoder(fea_frame)}
         if self.training:
             out["flow_rec"] = self.flow_decoder(fea_flow)
@@ -183,8 +184,7 @@ class AMSRCNet(AnomalyModel):
                flows: torch.Tensor) -> dict[str, torch.Tensor]:
         """The ``flow`` (motion feature -> flow) and ``feature_*`` (fused feature -> frame t) terms exist only
         for a training-mode ``out``; ``intensity`` and ``gradient`` train the scoring predictor alone."""
-        v = self.views(frames, flows)
-        pred, target, last_flow = out["pred"], v["target"], v["last_flow"]
+        pred, target, last_flow = out["pred"], out["target"], self.split(frames, flows)["last_flow"]
         terms = {
             **frame_losses(pred, target, self.lambda_int, self.lambda_grad),
             "consistency": self.lambda_sim * out["inconsistency"].mean(),
@@ -210,10 +210,9 @@ class AMSRCNet(AnomalyModel):
         bilinearly upsampled 1-cos map, zero where masked; prediction in [0, 1]."""
         self.check_mask(frames, mask)
         out = self.forward(frames, flows)
-        v = self.views(frames, flows)
         inc = out["inconsistency"]
-        err = ((out["pred"] - v["target"]) ** 2).mean(1, keepdim=True)
-        motion = (out["app_speed"] - speed(v["last_flow"])) ** 2
+        err = ((out["pred"] - out["target"]) ** 2).mean(1, keepdim=True)
+        motion = (out["app_speed"] - speed(self.split(frames, flows)["last_flow"])) ** 2
         inc_up = F.interpolate(inc, size=(self.height, self.width), mode="bilinear", align_corners=False)
         heatmap = err + motion + inc_up.clamp_min(0.0)
         if mask is not None:
