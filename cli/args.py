@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 def comma_floats(text: str, what: str) -> list[float]:
     """``"1,0.5,2"`` -> ``[1.0, 0.5, 2.0]`` (empty pieces skipped); ``what`` names the argument in the error."""
@@ -12,3 +14,18 @@ def comma_floats(text: str, what: str) -> list[float]:
     if not values:
         raise ValueError(f"{what}: no values")
     return values
+
+
+def score_args(items: list[str]) -> dict:
+    """``["speed_against=either", "patch=12"]`` -> ``{"speed_against": "either", "patch": 12}``: a value is
+    read as JSON where it is JSON (numbers, true/false), else kept as text."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--score-arg {item!r}: expected NAME=VALUE")
+        try:
+            out[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name.strip()] = value
+    return out

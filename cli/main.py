@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from .args import comma_floats
+from .args import comma_floats, score_args
 from .backup import add_parsers as add_backup_parsers
 from .robustness import add_parsers as add_robustness_parsers
 from .tls import add_parsers as add_tls_parsers
@@ -74,11 +74,17 @@ def _export(args: argparse.Namespace) -> None:
         raise ValueError("--condition-on goes with --onnx (a trained model gets its conditioning in training)")
     if args.weights and not args.condition_on:
         raise ValueError("--weights goes with --condition-on (the threshold is taken again under them)")
+    if args.score_arg and not args.condition_on:
+        raise ValueError("--score-arg goes with --condition-on (the score statistics are taken again under it)")
     if args.checkpoint:
         meta = export(args.checkpoint, args.out)
     elif args.condition_on:
         from amvad.training.condition import add_conditioning
-        meta = add_conditioning(args.onnx, args.out, args.condition_on, args.split, stabilise=not args.no_stabilise,
+        source = args.onnx
+        if args.score_arg:
+            meta = reexport(args.onnx, args.out, score_args=score_args(args.score_arg))
+            source = args.out
+        meta = add_conditioning(source, args.out, args.condition_on, args.split, stabilise=not args.no_stabilise,
                                 weights=comma_floats(args.weights, "--weights") if args.weights else None)
     else:
         meta = reexport(args.onnx, args.out)
@@ -230,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-stabilise", action="store_true", help="with --condition-on: level matching only")
     x.add_argument("--weights", metavar="W1,W2,...",
                    help="with --condition-on: new weights of the score's components, in the model's order")
+    x.add_argument("--score-arg", action="append", metavar="NAME=VALUE",
+                   help="with --condition-on: the same weights scoring with another value of a model argument "
+                        "that changes only how they score (AMSRC-Net: speed_against=either); repeatable")
     x.set_defaults(func=_export)
     f = sub.add_parser("flow-check", help="flow accuracy and speed on synthetic warps of real frames")
     f.add_argument("--data", required=True, type=Path)

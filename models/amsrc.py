@@ -14,8 +14,9 @@ motion (instead of settling, with the frame stream's, on anything the two can ag
 decoder turns the frame stream's feature into the speed that this appearance has in normal footage, and
 its error against the real speed is a second, pixel-space measure of appearance-motion inconsistency, one
 that keeps the speed (cosine similarity ignores a feature's length) and leaves out the direction (which one
-frame cannot tell). Every score component is that of the worst 16x16 patch (2x2 bottleneck cells for the
-cosine), so a small anomaly is not averaged away. The frame predictor's U-Net skips would let the
+frame cannot tell); with ``speed_against="either"`` it is taken against the nearer of the two flows beside
+frame t-1 (:meth:`AMSRCNet.speed_error`). Every score component is that of the worst 16x16 patch (2x2
+bottleneck cells for the cosine), so a small anomaly is not averaged away. The frame predictor's U-Net skips would let the
 appearance go around the frame feature (which then need not describe it before agreeing with the motion
 feature: cosine AUC 0.71 with them, 0.87 without), and without skips the prediction is too blurred to
 score; so the features learn through a second, skip-less decoder that predicts frame t from the fused
@@ -40,6 +41,7 @@ from .layers import BOTTLENECK_STRIDE, Decoder, Encoder, frame_losses
 
 SOFT_REACH = ("encoder", "bottleneck")  # what the soft view trains: the whole frame encoder, or past its skips
 SOFT_MATCH = ("feature", "speed")  # what it matches: the feature's direction and implied speed, or the speed alone
+SPEED_AGAINST = ("last", "either")  # the implied speed's error against flow t-2 -> t-1, or the nearer of it and t-1 -> t
 
 
 def inconsistency_map(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -72,13 +74,14 @@ class AMSRCNet(AnomalyModel):
     method = "amsrc"
     component_names = ("inconsistency_patch", "frame_patch", "speed_patch")
     default_weights = (1 / 3, 1 / 3, 1 / 3)
+    score_args = ("speed_against",)
 
     def __init__(self, *, clip_len: int, channels: int, height: int, width: int,
                  flow_scale: float = FLOW_SCALE, base_width: int = 16, lambda_int: float = 1.0,
                  lambda_grad: float = 1.0, lambda_sim: float = 1.0, lambda_flow: float = 1.0,
                  patch: int = 16, lambda_soft: float = 0.0,
                  soft_sigma: tuple[float, float] = (0.5, 1.6), soft_reach: str = "encoder",
-                 soft_match: str = "feature", appearance_sigma: float = 0.0) -> None:
+                 soft_match: str = "feature", appearance_sigma: float = 0.0, speed_against: str = "last") -> None:
         super().__init__(clip_len=clip_len, channels=channels, height=height, width=width,
                          flow_scale=flow_scale)
         self.base_width = base_width
@@ -94,6 +97,9 @@ class AMSRCNet(AnomalyModel):
                              f"{soft_reach!r}, {soft_match!r}")
         if appearance_sigma < 0:
             raise ValueError(f"appearance_sigma must be >= 0, got {appearance_sigma}")
+        if speed_against not in SPEED_AGAINST:
+            raise ValueError(f"speed_against must be one of {SPEED_AGAINST}, got {speed_against!r}")
+        self.speed_against = speed_against
         self.appearance_sigma = float(appearance_sigma)
         self.lambda_soft = lambda_soft
         self.soft_sigma = (float(soft_sigma[0]), float(soft_sigma[1]))
@@ -180,6 +186,18 @@ class AMSRCNet(AnomalyModel):
             fea = self.frame_encoder.bottleneck_of(skips[-1])
         return {"fea_soft": fea, "app_speed_soft": self.speed_decoder(fea)}
 
+    def speed_error(self, app_speed: torch.Tensor, v: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Squared error of the speed frame t-1's appearance implies, (B, 1, H, W). ``speed_against="last"``:
+        against flow t-2 -> t-1, the flow it was trained on; ``"either"``: against the nearer of that and flow
+        t-1 -> t. Frame t-1 lies between the two: the first flow is defined on frame t-2's grid, off a moving
+        object's place in t-1 by its own motion, and each carries its own estimation error, so a pixel
+        counts only where the appearance disagrees with the motion on both sides of its frame (a speed
+        anomaly does, with both). Score only: training is the same."""
+        err = (app_speed - speed(v["last_flow"])) ** 2
+        if self.speed_against == "either":
+            err = torch.minimum(err, (app_speed - speed(v["target_flow"])) ** 2)
+        return err
+
     def losses(self, out: dict[str, torch.Tensor], frames: torch.Tensor,
                flows: torch.Tensor) -> dict[str, torch.Tensor]:
         """The ``flow`` (motion feature -> flow) and ``feature_*`` (fused feature -> frame t) terms exist only
@@ -212,7 +230,7 @@ class AMSRCNet(AnomalyModel):
         out = self.forward(frames, flows)
         inc = out["inconsistency"]
         err = ((out["pred"] - out["target"]) ** 2).mean(1, keepdim=True)
-        motion = (out["app_speed"] - speed(self.split(frames, flows)["last_flow"])) ** 2
+        motion = self.speed_error(out["app_speed"], self.split(frames, flows))
         inc_up = F.interpolate(inc, size=(self.height, self.width), mode="bilinear", align_corners=False)
         heatmap = err + motion + inc_up.clamp_min(0.0)
         if mask is not None:

@@ -110,6 +110,9 @@ class AnomalyModel(nn.Module, abc.ABC):
     component_names: ClassVar[tuple[str, ...]] = ()
     # Weights of the components in the final score (service: z-scored sum; eval: min-max per clip).
     default_weights: ClassVar[tuple[float, ...]] = ()
+    # Constructor arguments that change only how a trained network scores (no weight, no training step):
+    # an exported model can be written again with another value (``amvad export --onnx M --score-arg``).
+    score_args: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs) -> None:
         """Wrap each method's ``__init__`` so the arguments it was called with are kept: the one way every

@@ -118,23 +118,39 @@ def rewrite_metadata(source: str | Path, out: str | Path, **update) -> ModelMeta
     return meta
 
 
-def reexport(source: str | Path, out: str | Path, *, atol: float = 1e-4) -> ModelMetadata:
+def reexport(source: str | Path, out: str | Path, *, atol: float = 1e-4,
+             score_args: dict | None = None) -> ModelMetadata:
     """An exported model (a bundled name or file, e.g. one made before masks) written again under the
     current contract: same weights (recovered from the graph), same metadata, checked against the old
-    file on random windows (full mask)."""
+    file on random windows (full mask). ``score_args`` sets constructor arguments that change only how
+    the network scores (the method's ``score_args``); the new graph is then checked against the rebuilt
+    network instead, and the score statistics are stale until taken again (``add_conditioning``)."""
     from .warm_start import exported_metadata, weights_from_exported  # warm_start imports this module
     path = resolve_model(source)
     old = exported_metadata(onnx.load(str(path)), path)
     model = build_model(old.method, **old.model_args)
-    model.load_state_dict(weights_from_exported(model, path))
+    unknown = sorted(set(score_args or {}) - set(model.score_args))
+    if unknown:
+        raise ValueError(f"{old.method} models take no score argument {unknown[0]!r}; they take "
+                         f"{list(model.score_args) or 'none'}")
+    state = weights_from_exported(model, path)
+    if score_args:
+        model = build_model(old.method, **{**old.model_args, **score_args})
+    model.load_state_dict(state)
     model.eval()
     gen = torch.Generator().manual_seed(0)
     frames = torch.rand(4, model.clip_len, model.channels, model.height, model.width, generator=gen)
     flows = torch.randn(4, model.clip_len - 1, 2, model.height, model.width, generator=gen)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {"frames": frames.numpy(), "flows": flows.numpy(), "mask": full_mask(frames).numpy()}
-    expected = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
+    if score_args:
+        with torch.no_grad():
+            expected = [t.numpy() for t in model.score(frames, flows)]
+    else:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feed = {"frames": frames.numpy(), "flows": flows.numpy(), "mask": full_mask(frames).numpy()}
+        expected = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
     meta = old.model_copy(update={"input_names": INPUT_NAMES, "output_names": OUTPUT_NAMES,
-                                  "training": {**old.training, "reexported": date.today().isoformat()}})
+                                  "model_args": model.model_args(),
+                                  "training": {**old.training, "reexported": date.today().isoformat(),
+                                               **({"score_args": score_args} if score_args else {})}})
     write_exported(model, meta, frames, flows, expected, out, atol)
     return meta

@@ -55,6 +55,9 @@ from .warm_start import weights_from_exported
 
 BUDGET_PIXELS = DEFAULT_MAX_PIXELS   # the bundled model's input: what keeps >= 25 frames/s on 2 CPU cores
 CLIP_LEN, BASE_WIDTH = 5, DEFAULT_BASE_WIDTH
+# what each method's bundled recipe sets beyond the sizes (AMSRC-Net: its speed error against either
+# adjacent flow, ped2-amsrc's card, point 21)
+METHOD_ARGS: dict[str, dict] = {"amsrc": {"speed_against": "either"}}
 
 
 @dataclass
@@ -155,7 +158,8 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     sources = find_footage(footage)
     first = next(iter_clip_frames(sources[0]))
     height, width = choose_size(first.pixels.shape[1], first.pixels.shape[0], max_pixels)
-    args = dict(clip_len=CLIP_LEN, channels=1, height=height, width=width, base_width=base_width)
+    args = dict(clip_len=CLIP_LEN, channels=1, height=height, width=width, base_width=base_width,
+                **METHOD_ARGS.get(method, {}))
     device = pick_device("auto")
     flow = build_flow("default").to(device).eval()
     changes = ROBUST_AUGMENT if augment else ()

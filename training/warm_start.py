@@ -35,11 +35,11 @@ def exported_metadata(proto: onnx.ModelProto, path: Path) -> ModelMetadata:
     return ModelMetadata.model_validate(json.loads(meta))
 
 
-def conv_call_order(model: AnomalyModel) -> list[str]:
-    """Names of the model's Conv2d/ConvTranspose2d modules in the order ``score`` calls them."""
+def score_call_order(model: AnomalyModel) -> list[str]:
+    """Names of the model's modules in the order ``score`` first calls them: what its export holds."""
     order: list[str] = []
     hooks = [m.register_forward_hook(lambda mod, i, o, name=name: order.append(name) if name not in order else None)
-             for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+             for name, m in model.named_modules() if name]
     try:
         with torch.no_grad():
             model.eval().score(torch.rand(1, model.clip_len, model.channels, model.height, model.width),
@@ -48,6 +48,13 @@ def conv_call_order(model: AnomalyModel) -> list[str]:
         for h in hooks:
             h.remove()
     return order
+
+
+def training_only(key: str, scored: set[str]) -> bool:
+    """A state-dict entry of a module that ``score`` never calls (AMSRC-Net's flow and feature decoders): it
+    shaped training and is not in the export, so a model rebuilt from the export keeps it as initialised."""
+    module = key.rpartition(".")[0]
+    return bool(module) and not any(module == n or module.startswith(n + ".") for n in scored)
 
 
 def following_batch_norm(model: AnomalyModel, conv_name: str) -> str:
@@ -77,7 +84,8 @@ def weights_from_exported(model: AnomalyModel, name_or_path: str | Path, *, atol
              if n.op_type in ("Conv", "ConvTranspose")]
     # the exported network at its own size: the call order of its convolutions is the graph's order
     twin = build_model(meta.method, **meta.model_args)
-    order = conv_call_order(twin)
+    scored = score_call_order(twin)
+    order = [n for n in scored if isinstance(twin.get_submodule(n), (nn.Conv2d, nn.ConvTranspose2d))]
     if len(order) != len(convs):
         raise ValueError(f"{path}: {len(convs)} convolutions in the graph, {len(order)} in a {meta.method} model")
     state = {k: v.clone() for k, v in twin.state_dict().items()}
@@ -105,7 +113,9 @@ def weights_from_exported(model: AnomalyModel, name_or_path: str | Path, *, atol
         if key not in filled and f"model.{key}" in inits:
             state[key] = torch.from_numpy(inits[f"model.{key}"].copy())
             filled.add(key)
-    missing = sorted(k for k in state if k not in filled and not k.endswith("num_batches_tracked"))
+    called = set(scored)
+    missing = sorted(k for k in state if k not in filled and not k.endswith("num_batches_tracked")
+                     and not training_only(k, called))
     if missing:
         raise ValueError(f"{path}: no weights found for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     twin.load_state_dict(state)

@@ -217,3 +217,39 @@ def test_appearance_sigma_is_checked():
 def test_soft_view_settings_are_checked(bad):
     with pytest.raises(ValueError, match="soft"):
         AMSRCNet(**ARGS, **bad)
+
+
+def test_the_speed_error_against_either_flow_counts_only_what_disagrees_with_both(clip, tmp_path):
+    """``speed_against="either"``: the implied speed of frame t-1 is judged against the nearer of the
+    speeds of flow t-2 -> t-1 and flow t-1 -> t, so a pixel that agrees with either scores no error, one
+    that disagrees with both (a speed anomaly) keeps the smaller error; same weights, score only."""
+    torch.manual_seed(0)
+    either = AMSRCNet(**ARGS, speed_against="either").eval()
+    last = AMSRCNet(**ARGS).eval()
+    last.load_state_dict(either.state_dict())
+    frames, flows = clip
+    flows = flows.clone()
+    flows[:, -1] = 3.0 * flows[:, -2]  # the newer flow three times as fast as the older one
+    with torch.no_grad():
+        v = either.split(frames, flows)
+        app = either(frames, flows)["app_speed"]
+        err_next = (app - speed(v["target_flow"])) ** 2
+        torch.testing.assert_close(either.speed_error(app, v), torch.minimum(last.speed_error(app, v), err_next))
+        moving = speed(v["last_flow"]) > 0.01  # where the squares move
+        implied_new = speed(v["target_flow"])  # an appearance that implies the newer flow's speed exactly
+        assert float(either.speed_error(implied_new, v).max()) == 0.0
+        assert float(last.speed_error(implied_new, v)[moving].min()) > 0.0
+        implied_neither = speed(v["target_flow"]) + 1.0  # faster than both: the smaller error stays
+        torch.testing.assert_close(either.speed_error(implied_neither, v)[moving],
+                                   torch.ones_like(implied_neither)[moving])
+        err_either = either.speed_error(app, v)
+        comps_either, _, _ = either.score(frames, flows)
+        comps_last, _, _ = last.score(frames, flows)
+    torch.testing.assert_close(comps_either[:, :2], comps_last[:, :2])  # cosine and frame error as they were
+    torch.testing.assert_close(comps_either[:, 2], patch_max(err_either, either.patch))
+    assert_onnx_matches_torch(either, frames, flows, tmp_path / "either.onnx")
+
+
+def test_speed_against_is_checked():
+    with pytest.raises(ValueError, match="speed_against"):
+        AMSRCNet(**ARGS, speed_against="next")

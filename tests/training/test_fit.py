@@ -7,13 +7,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from amvad.cli.main import main
 from amvad.models.registry import build_model
 from amvad.runtime.exported_model import ExportedModel
 from amvad.runtime.fit_job import FitSpec, read_progress, write_request
 from amvad.training.fit import Clip, choose_size, find_footage, holdout_scores, model_card, split_holdout
-from amvad.training.warm_start import weights_from_exported
+from amvad.training.warm_start import training_only, weights_from_exported
 from tests.support.synthetic import render_clip, write_clip, write_mp4
 
 
@@ -93,6 +94,21 @@ def test_weights_of_the_bundled_model_fit_any_input_size_of_the_same_widths():
     with pytest.raises(ValueError, match="comemory model; cannot start a amsrc model"):
         weights_from_exported(build_model("amsrc", clip_len=5, channels=1, height=48, width=64, base_width=12),
                               "ped2")
+
+
+def test_an_amsrc_export_rebuilds_without_its_training_only_heads():
+    """AMSRC-Net's flow and feature decoders shape training and never score, so its export does not hold
+    them: a model rebuilt from the export (fine-tuning, a re-export) keeps them as initialised, and
+    everything that scores comes from the graph (checked against ONNX Runtime inside)."""
+    torch.manual_seed(0)
+    model = build_model("amsrc", clip_len=5, channels=1, height=48, width=64, base_width=12)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(weights_from_exported(model, "ped2-amsrc"))
+    state = model.state_dict()
+    assert not torch.equal(state["speed_decoder.head.weight"], fresh["speed_decoder.head.weight"])
+    assert training_only("flow_decoder.blocks.0.0.weight", {"frame_encoder", "speed_decoder"})
+    assert not training_only("speed_decoder.head.weight", {"frame_encoder", "speed_decoder"})
+    assert not training_only("items", {"frame_encoder"})  # the model's own parameters always come from the graph
 
 
 @pytest.mark.parametrize("init", ["none", "ped2"])

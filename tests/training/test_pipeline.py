@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import yaml
+from onnx import numpy_helper
 
 from amvad.cli.main import main
 from amvad.runtime.exported_model import ExportedModel, read_metadata
@@ -123,4 +124,28 @@ def test_condition_on_takes_new_weights_and_their_threshold(tiny_model, syntheti
         assert main([*base, "--out", str(tmp_path / "bad.onnx"), "--weights", bad]) == 2
         assert "--weights" in capsys.readouterr().err and not (tmp_path / "bad.onnx").exists()
     assert main(["export", "--onnx", str(tiny_model), "--out", str(tmp_path / "bad.onnx"), "--weights", "1,1,1"]) == 2
+    assert "--condition-on" in capsys.readouterr().err
+
+
+def test_score_arg_rescores_the_same_weights_and_takes_the_statistics_again(tiny_model, synthetic_dataset, tmp_path,
+                                                                           capsys):
+    """``--score-arg speed_against=either``: AMSRC-Net's weights as they were (recovered from the graph),
+    its speed component judged against either adjacent flow, and statistics and threshold taken again
+    under it; an argument that would change the network, or one without --condition-on, is refused."""
+    same, either = tmp_path / "same.onnx", tmp_path / "either.onnx"
+    base = ["export", "--onnx", str(tiny_model), "--condition-on", str(synthetic_dataset), "--no-stabilise"]
+    assert main([*base, "--out", str(same)]) == 0
+    assert main([*base, "--out", str(either), "--score-arg", "speed_against=either"]) == 0
+    a, b = read_metadata(same), read_metadata(either)
+    assert a.model_args["speed_against"] == "last" and b.model_args["speed_against"] == "either"
+    assert b.training["score_args"] == {"speed_against": "either"}
+    assert [c.mean for c in b.components][:2] == pytest.approx([c.mean for c in a.components][:2])
+    assert b.components[2].mean < a.components[2].mean  # the nearer flow's error: never larger
+    weights = lambda path: sorted(numpy_helper.to_array(i).tobytes() for i in onnx.load(str(path)).graph.initializer)
+    assert weights(either) == weights(same)
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "bad.onnx"), "--score-arg", "base_width=8"]) == 2
+    assert "score argument 'base_width'" in capsys.readouterr().err and not (tmp_path / "bad.onnx").exists()
+    assert main(["export", "--onnx", str(tiny_model), "--out", str(tmp_path / "bad.onnx"),
+                 "--score-arg", "speed_against=either"]) == 2
     assert "--condition-on" in capsys.readouterr().err
