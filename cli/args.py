@@ -22,10 +22,11 @@ def score_args(items: list[str]) -> dict:
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not name.strip():
+        name = name.strip()
+        if not sep or not name:
             raise ValueError(f"--score-arg {item!r}: expected NAME=VALUE")
         try:
-            out[name.strip()] = json.loads(value)
+            out[name] = json.loads(value)
         except json.JSONDecodeError:
-            out[name.strip()] = value
+            out[name] = value
     return out
