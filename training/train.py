@@ -156,7 +156,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     start_epoch, elapsed, saved_ema, saved_head = 0, 0.0, None, None
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt["method"] != cfg.model.method or ckpt["model_args"] != model.model_args():
+        if ckpt["method"] != cfg.model.method or not _same_model_args(ckpt, model):
             raise ValueError(f"{ckpt_path}: checkpoint is for a different model; refusing to resume")
         model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
         saved_ema, saved_head = ckpt.get("ema"), ckpt.get("predictor_optimizer")
@@ -265,6 +265,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     ckpt["complete"] = True
     save_checkpoint(ckpt, ckpt_path)
     return ckpt_path
+
+
+def _same_model_args(ckpt: dict, model: AnomalyModel) -> bool:
+    """Whether a checkpoint's network is ``model``'s. Its arguments are filled in with the defaults of
+    today's code first, so a run saved before an argument was added resumes as the model it was, and the
+    method's score-only arguments (``score_args``, AMSRC-Net's ``speed_against``) may differ: they change
+    how the same weights score, not what training learns."""
+    saved = build_model(ckpt["method"], **ckpt["model_args"]).model_args()
+    now = model.model_args()
+    for name in model.score_args:
+        saved.pop(name, None), now.pop(name, None)
+    return saved == now
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float, schedule: str, step: int, steps: int) -> None:

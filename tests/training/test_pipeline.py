@@ -79,6 +79,26 @@ def test_resume_continues_and_export_refuses_unfinished(synthetic_dataset, tmp_p
     assert torch.load(ckpt2, weights_only=False)["epoch"] == 2
 
 
+def test_resume_takes_checkpoints_saved_before_an_argument_and_score_only_changes(synthetic_dataset, tmp_path):
+    import torch
+    raw = tiny_config(synthetic_dataset, tmp_path / "run", "amsrc")
+    ckpt = train(load_config(write_config(tmp_path, raw)), progress=False)
+    # given a checkpoint saved before AMSRC-Net had speed_against (its model_args lack it)
+    state = torch.load(ckpt, weights_only=False)
+    del state["model_args"]["speed_against"]
+    torch.save(state, ckpt)
+    # then it resumes, with the score-only argument set another way, into the stage it was given
+    raw["model"]["args"]["speed_against"] = "either"
+    raw["optim"].update(predictor_epochs=1, predictor_lr=1e-3)
+    resumed = torch.load(train(load_config(write_config(tmp_path, raw)), resume=True, progress=False),
+                         weights_only=False)
+    assert resumed["epoch"] == 2 and resumed["model_args"]["speed_against"] == "either"
+    # but an argument that changes the network is still refused
+    raw["model"]["args"]["base_width"] = raw["model"]["args"].get("base_width", 4) * 2
+    with pytest.raises(ValueError, match="different model; refusing to resume"):
+        train(load_config(write_config(tmp_path, raw)), resume=True, progress=False)
+
+
 def test_cli_reports_bad_config_and_missing_data(tmp_path, capsys, synthetic_dataset):
     raw = tiny_config(synthetic_dataset, tmp_path / "run", "amsrc")
     raw["optim"]["epochz"] = 3
