@@ -47,7 +47,16 @@ from amvad.runtime.scoring import gop_starts, training_scores
 from amvad.runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, open_source, stream_fps
 from amvad.runtime.windows import scored_frames, window
 
-from .config import ROBUST_AUGMENT, ConditioningConfig, DataConfig, ModelConfig, OptimConfig, ScoreConfig, TrainConfig
+from .config import (
+    ROBUST_AUGMENT,
+    ConditioningConfig,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    ScoreConfig,
+    TrainConfig,
+    load_config,
+)
 from .data import ClipSource, augmented, condition_clip, fit_footage_conditioning, iter_clip_frames, load_coded_clip
 from .export import export, rewrite_metadata
 from .train import train
@@ -55,9 +64,18 @@ from .warm_start import weights_from_exported
 
 BUDGET_PIXELS = DEFAULT_MAX_PIXELS   # the bundled model's input: what keeps >= 25 frames/s on 2 CPU cores
 CLIP_LEN, BASE_WIDTH = 5, DEFAULT_BASE_WIDTH
-# what each method's bundled recipe sets beyond the sizes (AMSRC-Net: its speed error against either
-# adjacent flow, ped2-amsrc's card, point 21)
-METHOD_ARGS: dict[str, dict] = {"amsrc": {"speed_against": "either"}}
+# each method's bundled model was trained by this recipe; fit takes its model arguments beyond the sizes and
+# its score weights from it, so a camera's model of a method trains and scores as the bundled one does
+RECIPES = {"comemory": "ped2_comemory_robust.yaml", "ammc": "ped2_ammc_robust.yaml", "amsrc": "ped2_amsrc_robust.yaml"}
+SIZE_ARGS = ("clip_len", "channels", "height", "width", "base_width")
+
+
+def bundled_recipe(method: str) -> tuple[dict, list[float] | None]:
+    """(model arguments beyond the sizes, score weights) of ``method``'s bundled recipe
+    (``training/configs``): AMMC-Net's commit weight, AMSRC-Net's speed error against either flow and
+    its weights, each measured on Ped2 (the model cards)."""
+    cfg = load_config(Path(__file__).parent / "configs" / RECIPES[method])
+    return {k: v for k, v in cfg.model.args.items() if k not in SIZE_ARGS}, cfg.score.weights
 
 
 @dataclass
@@ -158,8 +176,8 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     sources = find_footage(footage)
     first = next(iter_clip_frames(sources[0]))
     height, width = choose_size(first.pixels.shape[1], first.pixels.shape[0], max_pixels)
-    args = dict(clip_len=CLIP_LEN, channels=1, height=height, width=width, base_width=base_width,
-                **METHOD_ARGS.get(method, {}))
+    recipe_args, weights = bundled_recipe(method)
+    args = dict(clip_len=CLIP_LEN, channels=1, height=height, width=width, base_width=base_width, **recipe_args)
     device = pick_device("auto")
     flow = build_flow("default").to(device).eval()
     changes = ROBUST_AUGMENT if augment else ()
@@ -199,7 +217,7 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
                           model=ModelConfig(method=method, args=args),
                           optim=OptimConfig(epochs=100_000, batch_size=8, lr=5e-4, time_budget_min=minutes,
                                             freeze_bn=init_state is not None),
-                          score=ScoreConfig(smoothing=5, threshold_quantile=0.99))
+                          score=ScoreConfig(smoothing=5, threshold_quantile=0.99, weights=weights))
         bar = tqdm(total=round(minutes * 60), unit="s", desc="training", disable=not progress,
                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}] {postfix}")
 

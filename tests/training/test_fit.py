@@ -4,6 +4,7 @@ the bundled weights, and a whole (tiny) fit that writes a model and its card."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from amvad.cli.main import main
 from amvad.models.registry import build_model
 from amvad.runtime.exported_model import ExportedModel
 from amvad.runtime.fit_job import FitSpec, read_progress, write_request
+from amvad.training import fit as fit_module
+from amvad.training.config import load_config
 from amvad.training.fit import Clip, choose_size, find_footage, holdout_scores, model_card, split_holdout
 from amvad.training.warm_start import training_only, weights_from_exported
 from tests.support.synthetic import render_clip, write_clip, write_mp4
@@ -136,6 +139,24 @@ def test_a_tiny_fit_writes_a_model_and_its_card(tmp_path, capsys, init):
     assert res["augment"] == learned and model.meta.training["fit"]["augment"] == learned
     assert res["train_frames"] == 400 - 40  # the footage's own frames; the copies come on top
     assert ("noise 3, jpeg 25" in card) if learned else ("as filmed only" in card)
+
+
+@pytest.mark.parametrize("method", ["ammc", "amsrc"])
+def test_a_fit_trains_and_scores_as_the_methods_bundled_recipe(method, tmp_path, capsys):
+    recipe = load_config(Path(fit_module.__file__).parent / "configs" / f"ped2_{method}_robust.yaml")
+    clips = [write_mp4(tmp_path / f"cam{i}.mp4", render_clip(200, speed=1.0, seed=i)) for i in range(2)]
+    out = tmp_path / "cam.onnx"
+    assert main(["fit", *map(str, clips), "--out", str(out), "--minutes", "0.02", "--max-pixels", "1536",
+                 "--base-width", "4", "--method", method, "--threads", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    meta = ExportedModel(out).meta
+    # the recipe's arguments beyond the sizes (AMMC-Net's commit weight, AMSRC-Net's speed error) and weights
+    for name, value in recipe.model.args.items():
+        if name not in ("clip_len", "channels", "height", "width", "base_width"):
+            assert meta.model_args[name] == value, name
+    weights = [c.weight for c in meta.components]
+    want = recipe.score.weights or list(build_model(method, **recipe.model.args).default_weights)
+    assert weights == pytest.approx(want)
 
 
 def test_the_card_of_a_fit_the_service_registers_does_not_ask_to_upload_it():
