@@ -32,6 +32,11 @@ class Conditioning(BaseModel):
                                                             "measure of runtime.conditioning.sharpness)")
     noise: float | None = Field(None, gt=0, description="mean sensor noise of the level-matched training "
                                                         "frames, 0-1 grey (runtime.conditioning.noise_level)")
+    min_sharpness: float | None = Field(None, gt=0, lt=1, description="sharpness (against the training "
+                                        "frames') under which this model does not judge a picture: measured when "
+                                        "the conditioning is fitted (training.condition.blur_tolerance); the camera "
+                                        "watch holds softer frames as a defocused tamper. None: it judged every blur "
+                                        "tried, the watch's own defocus_ratio holds")
 
 
 class ModelMetadata(BaseModel):

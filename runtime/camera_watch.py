@@ -8,7 +8,8 @@ against a short running baseline of the camera's own picture, and raises two kin
 
 - ``tamper``: the lens is ``covered`` (dark and flat, or dark and blurred: a hand), ``blinded`` (bright
   and flat: a torch, a floodlight, overexposure), the picture ``defocused`` (sharpness collapsed: sprayed,
-  fogged, focus turned; on the fitted view also against the fitted footage, so a camera defocused before
+  fogged, focus turned, or softer than the model was measured to judge, its conditioning's
+  ``min_sharpness``; on the fitted view also against the fitted footage, so a camera defocused before
   its baseline was learnt is one too), the picture too ``noisy`` to judge (its sensor noise, after level matching, many
   times the training footage's: a dark scene at high gain), or the camera ``moved`` (the view shifted
   beyond what stabilisation undoes, or no longer looks like the view its model was fitted on). It starts
@@ -153,12 +154,15 @@ class CameraWatch:
     """Feed :meth:`update` every submitted frame in order; it returns a :class:`WatchVerdict`.
 
     ``max_shift_px``: the largest shift the conditioner undoes (model pixels; None without the model's
-    conditioning): a trusted shift beyond it that was not undone is a moved camera."""
+    conditioning): a trusted shift beyond it that was not undone is a moved camera. ``min_sharpness``: the
+    model's own limit (its conditioning's ``min_sharpness``): a picture softer than it, or than
+    ``defocus_ratio`` if that is higher, is defocused for this model."""
 
     def __init__(self, config: CameraWatchConfig | None = None, *, max_shift_px: float | None = None,
-                 keep: int = 100) -> None:
+                 min_sharpness: float | None = None, keep: int = 100) -> None:
         self.cfg = config or CameraWatchConfig()
         self.max_shift_px, self.keep = max_shift_px, keep
+        self.defocus_below = max(self.cfg.defocus_ratio, min_sharpness or 0.0)
         self.baseline: Baseline | None = None
         self.view_matched = False
         self.events: list[CameraEvent] = []
@@ -185,7 +189,7 @@ class CameraWatch:
         # on the view the model was fitted on, also against that footage: a camera already defocused when its
         # baseline was learnt (added so, or restarted so) is still one. Not on another view, whose picture may
         # be softer than the fitted footage to begin with.
-        blurred = ((sharp_ratio is not None and sharp_ratio < cfg.defocus_ratio)
+        blurred = ((sharp_ratio is not None and sharp_ratio < self.defocus_below)
                    or (self.view_matched and self._softer_than_fitted(c)))
         darker = b is not None and c.brightness < b.brightness / cfg.level_ratio
         if flat:
@@ -208,8 +212,8 @@ class CameraWatch:
         return None
 
     def _softer_than_fitted(self, c: FrameCondition) -> bool:
-        """Sharpness under ``defocus_ratio`` of the fitted footage's (what ``c.sharpness`` is relative to)."""
-        return c.sharpness is not None and c.sharpness < self.cfg.defocus_ratio
+        """Sharpness under ``defocus_below`` of the fitted footage's (what ``c.sharpness`` is relative to)."""
+        return c.sharpness is not None and c.sharpness < self.defocus_below
 
     def _colour_mode(self, c: FrameCondition) -> str | None:
         """``infrared`` when a colour picture turned grey, ``daylight`` when a grey one turned colour (a grey

@@ -73,7 +73,8 @@ class Stream:
         self.conditioner = Conditioner(meta.conditioning, meta.height, meta.width)
         spec = meta.conditioning
         self.watch = CameraWatch(config.camera_watch, keep=keep_events, max_shift_px=(
-            None if spec is None else spec.max_shift * min(meta.height, meta.width)))
+            None if spec is None else spec.max_shift * min(meta.height, meta.width)),
+            min_sharpness=None if spec is None else spec.min_sharpness)
         self._changed: list[np.ndarray] = []  # components of the frames of a scene change (model thread)
         self._lane = engine.open_lane(self, self.model)
         self.set_masks(masks or [])

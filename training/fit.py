@@ -47,6 +47,7 @@ from amvad.runtime.scoring import gop_starts, training_scores
 from amvad.runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, open_source, stream_fps
 from amvad.runtime.windows import scored_frames, window
 
+from .condition import blur_tolerance
 from .config import (
     ROBUST_AUGMENT,
     ConditioningConfig,
@@ -257,6 +258,11 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
                                                                   "validation_frames", "target_false_alarms_per_hour",
                                                                   "validation_false_alarms_per_hour",
                                                                   "training_quantile_threshold")}})
+    # how soft a picture the model still judges, on the footage blurred (a softer one is a defocused tamper)
+    result["min_sharpness"] = blur_tolerance(out, sources, progress=progress)
+    if result["min_sharpness"] is not None:
+        rewrite_metadata(out, out, conditioning=read_metadata(out).conditioning.model_copy(
+            update={"min_sharpness": result["min_sharpness"]}))
     write_atomic(out.with_suffix(".md"), model_card(result, registered_as))
     report({"stage": "done", "fraction": 1.0, "result": result})
     return result
@@ -306,6 +312,13 @@ def _changes(augment: list[str] | None) -> str:
     return f"the footage as filmed, and its training part again with each of: {', '.join(augment)} (training/config.py)"
 
 
+def _soft(limit: float | None) -> str:
+    if limit is None:
+        return "judged down to the camera watch's own defocus rule (it flagged no blur tried, up to sigma 3 px)"
+    return (f"not judged under {limit:g} of the footage's sharpness: such frames are held as a `defocused` "
+            f"tamper (the model flagged its footage blurred; training/condition.py blur_tolerance)")
+
+
 def model_card(r: dict, registered_as: str | None = None) -> str:
     """The model card written beside the exported file; ``registered_as``: see :func:`next_steps`."""
     footage = "\n".join(f"- `{f}`" for f in r["footage"])
@@ -324,6 +337,7 @@ def model_card(r: dict, registered_as: str | None = None) -> str:
 {r['training_quantile_threshold']:.3f}) |
 | false alarms | target {r['target_false_alarms_per_hour']:g}/h; on the held-out footage \
 {r['validation_false_alarms_per_hour']:g}/h |
+| soft pictures | {_soft(r.get('min_sharpness'))} |
 
 Footage:
 {footage}

@@ -26,13 +26,14 @@ def model_frames(frames: list[np.ndarray], h: int, w: int) -> list[np.ndarray]:
 
 
 def watched(frames: list[np.ndarray], change, *, until: int | None = None, size=(32, 48), fitted_on=None,
-            conditioned: bool = True):
+            conditioned: bool = True, min_sharpness: float | None = None):
     """Run ``frames`` (``change(frame, rng, i)`` applied from ONSET to ``until``) through a conditioner fitted
-    on the first 6 s of ``fitted_on`` (default: the same view) and a watch; returns (verdicts, watch)."""
+    on the first 6 s of ``fitted_on`` (default: the same view) and a watch (``min_sharpness``: the model's
+    own limit); returns (verdicts, watch)."""
     h, w = size
     spec = fit_conditioning(np.stack(model_frames((fitted_on or frames)[:ONSET:2], h, w))) if conditioned else None
     conditioner = Conditioner(spec, h, w)
-    watch = CameraWatch(max_shift_px=None if spec is None else spec.max_shift * min(h, w))
+    watch = CameraWatch(max_shift_px=None if spec is None else spec.max_shift * min(h, w), min_sharpness=min_sharpness)
     rng, verdicts = np.random.default_rng(0), []
     for i, f in enumerate(frames):
         if i >= ONSET and (until is None or i < until):
@@ -148,6 +149,26 @@ def test_a_camera_defocused_from_its_first_frame_is_a_tamper_on_its_fitted_view_
     verdicts, got, watch = run(scenes.scene(110, seed=11))
     learnt = next(i for i, v in enumerate(verdicts) if not v.hold)
     assert not watch.view_matched and got == [] and learnt / FPS <= 2.5 and not any(v.hold for v in verdicts[learnt:])
+
+
+def test_a_picture_softer_than_its_model_judges_is_a_defocused_tamper():
+    # a blur the watch lets through by its own rule (sharpness about 0.33 of the fitted footage's at 32x48)
+    soft = lambda f, rng, i: scenes.blurred(f, 5)
+    verdicts, _ = watched(scenes.scene(150), soft, until=110)
+    assert changes(verdicts) == [] and not any(v.hold for v in verdicts)
+    # is a tamper for a model measured not to judge a picture under 0.45 of its footage's sharpness:
+    # raised within 5 s, no frame scored meanwhile, over 2 s after the picture is sharp again
+    verdicts, watch = watched(scenes.scene(150), soft, until=110, min_sharpness=0.45)
+    got = changes(verdicts)
+    assert watch.defocus_below == 0.45
+    assert [(c, t, r) for _, c, t, r in got] == [("start", "tamper", "defocused"), ("end", "tamper", "defocused")]
+    assert (got[0][0] - ONSET) / FPS <= 5.0 and (got[1][0] - 110) / FPS == pytest.approx(2.0, abs=0.15)
+    assert all(v.hold for v in verdicts[ONSET + 1:got[1][0]])
+    # while a milder blur (about 0.82) is still judged by that model
+    verdicts, _ = watched(scenes.scene(150), lambda f, rng, i: scenes.blurred(f, 2), min_sharpness=0.45)
+    assert changes(verdicts) == [] and not any(v.hold for v in verdicts)
+    # and a limit under the watch's own rule does not weaken it
+    assert CameraWatch(min_sharpness=0.05).defocus_below == CameraWatchConfig().defocus_ratio
 
 
 def test_without_the_models_conditioning_only_the_level_rules_run():

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from amvad.models.registry import resolve_model
 from amvad.runtime.camera_watch import CameraWatchConfig
 from amvad.runtime.conditioning import fit_conditioning
 from amvad.runtime.engine import EngineConfig, InferenceEngine
@@ -111,3 +112,30 @@ def test_a_defocused_or_turned_camera_is_a_tamper_on_a_conditioned_model(conditi
     assert all(r.score is None for r in results[61:120]) and results[-1].score is not None
     # the condition rides on every result, warm-up included
     assert results[0].condition is not None and results[0].condition.alignment is not None
+
+
+def test_a_picture_softer_than_its_model_judges_is_a_tamper_not_an_anomaly(walkway, tmp_path):
+    # ped2-amsrc flags Ped2 blurred by sigma 1.5 px and more (its card, point 22); its conditioning says so
+    engine = InferenceEngine("ped2-amsrc", EngineConfig(flow_threads=1, model_threads=1))
+    limit = engine.meta.conditioning.min_sharpness
+    assert limit is not None and 0.15 < limit <= 0.5
+    onset = len(walkway)
+    frames = walkway + [scenes.blurred(p, 3) for p in walkway]
+    try:
+        stream, results = run(engine, frames)
+    finally:
+        engine.close()
+    # a defocused tamper within 5 s, no anomaly event, and no frame scored from the second blurred one on
+    assert [(e.type, e.reason, e.start_frame) for e in stream.watch.events] == [("tamper", "defocused", onset)]
+    raised = next(i for i, r in enumerate(results) if r.camera_event == "start")
+    assert (raised - onset) / FPS <= 5.0 and stream.events.events == []
+    assert all(r.held and r.score is None for r in results[onset + 1:])
+    # the same graph without the measured limit (as exported before it) alarms on the blurred walkway
+    spec = engine.meta.conditioning.model_copy(update={"min_sharpness": None})
+    plain = InferenceEngine(with_metadata(resolve_model("ped2-amsrc"), tmp_path / "plain.onnx", conditioning=spec.model_dump()),
+                            EngineConfig(flow_threads=1, model_threads=1))
+    try:
+        stream, _ = run(plain, frames)
+    finally:
+        plain.close()
+    assert stream.watch.events == [] and any(e.start_frame >= onset for e in stream.events.events)

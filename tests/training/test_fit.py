@@ -134,6 +134,8 @@ def test_a_tiny_fit_writes_a_model_and_its_card(tmp_path, capsys, init):
     assert model.meta.training["fit"]["init"] == init
     card = out.with_suffix(".md").read_text()
     assert "400 frames" in card and f"threshold {res['threshold']:.3f}" in card
+    # how soft a picture it still judges, measured on the footage blurred, is in the model and on the card
+    assert model.meta.conditioning.min_sharpness == res["min_sharpness"] and "| soft pictures |" in card
     # with --augment, noise and a codec's losses learned as normal: the training part again, changed
     learned = ["noise 3", "jpeg 25"] if augment else []
     assert res["augment"] == learned and model.meta.training["fit"]["augment"] == learned

@@ -121,6 +121,9 @@ def test_condition_on_adds_conditioning_to_the_same_graph(tiny_model, synthetic_
     assert [c.name for c in meta.components] == [c.name for c in before.components]
     assert [c.mean for c in meta.components] != [c.mean for c in before.components] and meta.threshold > 0
     assert "conditioned" in meta.training["statistics"]
+    # and how soft a picture it still judges was measured on that footage (the tiny model: maybe any)
+    limit = meta.conditioning.min_sharpness
+    assert limit is None or 0 < limit <= 0.5
     same = {"conditioning", "components", "threshold", "training"}
     assert meta.model_dump(exclude=same) == before.model_dump(exclude=same)
     # without a model to add it to, it is refused

@@ -1,0 +1,40 @@
+"""``training.condition.blur_tolerance``: how soft a picture a model still judges, from its own scores on
+its footage blurred along a ladder (the figures stubbed here; tests/training/test_pipeline.py runs it for
+real through ``amvad export --condition-on``)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from amvad.training import condition
+from amvad.training.condition import BLUR_LADDER, MAX_MIN_SHARPNESS, blur_tolerance
+from amvad.training.data import find_clips
+
+
+@pytest.fixture
+def ladder(monkeypatch):
+    """sigma -> (share of frames flagged, median sharpness) that the scored footage gives."""
+    table: dict[float, tuple[float, float | None]] = {}
+    monkeypatch.setattr(condition, "perturb_clip", lambda change, sigma, frames: sigma)
+    monkeypatch.setattr(condition, "score_frames", lambda engine, name, sigma: sigma)
+    monkeypatch.setattr(condition, "normal_figures", lambda scored, threshold, events: {
+        "frames_flagged": table[scored[0]][0], "sharpness_ratio": table[scored[0]][1]})
+    return table
+
+
+def test_the_limit_lies_between_the_mildest_blur_that_flags_and_the_one_before(ladder, tiny_model,
+                                                                                synthetic_dataset):
+    sources = find_clips(synthetic_dataset, "training")
+    ladder.update(zip(BLUR_LADDER, [(0.0, 0.8), (0.02, 0.6), (0.3, 0.4), (1.0, 0.25)]))
+    assert blur_tolerance(tiny_model, sources, progress=False) == round(math.sqrt(0.6 * 0.4), 3)
+    # a model that judges every blur of the ladder leaves the camera watch's own rule
+    ladder.update(zip(BLUR_LADDER, [(0.0, 0.8), (0.0, 0.6), (0.01, 0.4), (0.02, 0.25)]))
+    assert blur_tolerance(tiny_model, sources, progress=False) is None
+    # one that flags the mildest blur already never holds a picture nearly as sharp as its footage
+    ladder.update(zip(BLUR_LADDER, [(0.5, 0.8), (1.0, 0.6), (1.0, 0.4), (1.0, 0.25)]))
+    assert blur_tolerance(tiny_model, sources, progress=False) == MAX_MIN_SHARPNESS
+    # and without the sharpness measured (no conditioning) there is nothing to compare against
+    ladder.update(zip(BLUR_LADDER, [(0.5, None)] * 4))
+    assert blur_tolerance(tiny_model, sources, progress=False) is None
