@@ -11,11 +11,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .args import comma_floats, score_args
 from .backup import add_parsers as add_backup_parsers
 from .robustness import add_parsers as add_robustness_parsers
 from .tls import add_parsers as add_tls_parsers
+
+if TYPE_CHECKING:
+    from amvad.models.metadata import ModelMetadata
 from .users import add_parsers as add_user_parsers
 
 # runtime.backends' names, spelled here so that parsing imports nothing heavy (tests/cli/test_main.py checks
@@ -78,6 +82,8 @@ def _export(args: argparse.Namespace) -> None:
         raise ValueError("--score-arg goes with --condition-on (the score statistics are taken again under it)")
     if args.checkpoint:
         meta = export(args.checkpoint, args.out)
+        if meta.conditioning is not None:
+            meta = _blur_limit_from_training_data(args.out, meta)
     elif args.condition_on:
         from amvad.training.condition import add_conditioning
         source = args.onnx
@@ -90,6 +96,22 @@ def _export(args: argparse.Namespace) -> None:
         meta = reexport(args.onnx, args.out)
     print(f"exported {meta.method} to {args.out} (threshold {meta.threshold:.3f}, "
           f"components {[c.name for c in meta.components]})")
+
+
+def _blur_limit_from_training_data(out: Path, meta: ModelMetadata) -> ModelMetadata:
+    """A model trained with conditioning gets its blur limit (``min_sharpness``) measured on its training
+    split when that is on this machine; otherwise it is exported without one (the camera watch's own rule),
+    and the message says how to add it."""
+    from amvad.training.condition import set_blur_limit
+    from amvad.training.data import find_clips
+    data, split = meta.training.get("data"), meta.training.get("config", {}).get("data", {}).get("train_split")
+    try:
+        sources = find_clips(data, split or "training")
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        print(f"amvad export: blur limit not measured ({exc}); add it with `amvad export --onnx {out} --out "
+              f"{out} --condition-on DATA`", file=sys.stderr)
+        return meta
+    return set_blur_limit(out, sources)
 
 
 def _eval(args: argparse.Namespace) -> None:

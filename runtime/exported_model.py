@@ -196,9 +196,10 @@ def resolve_precision(requested: str, backend: str, device: torch.device, path: 
     return Precision("fp32", requested, "; ".join(notes) + ("; running fp32" if notes else ""))
 
 
-def read_metadata(path: Path) -> ModelMetadata:
+def read_metadata(path: str | Path) -> ModelMetadata:
     """The amvad metadata of an ONNX file, parsed and within the contract's bounds (InvalidModelFile
     naming the field otherwise)."""
+    path = Path(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several kinds on a file that is not an ONNX model

@@ -67,8 +67,16 @@ def add_conditioning(source: str | Path, out: str | Path, data: str | Path, spli
                        [c.components for c in clips if len(c.components)], meta.smoothing, quantile)
     rewrite_metadata(out, out, **stats,
                      training={**meta.training, "statistics": f"{split} split of {data}, conditioned"})
-    limit = blur_tolerance(out, sources, engine_config=engine_config, progress=progress)
-    return rewrite_metadata(out, out, conditioning=conditioning.model_copy(update={"min_sharpness": limit}))
+    return set_blur_limit(out, sources, engine_config=engine_config, progress=progress)
+
+
+def set_blur_limit(model: str | Path, sources: list[ClipSource], *, engine_config: EngineConfig | None = None,
+                   progress: bool = True) -> ModelMetadata:
+    """The exported ``model`` (with conditioning) written again with its ``min_sharpness`` measured on
+    ``sources``, its normal footage (:func:`blur_tolerance`)."""
+    limit = blur_tolerance(model, sources, engine_config=engine_config, progress=progress)
+    conditioning = read_metadata(model).conditioning.model_copy(update={"min_sharpness": limit})
+    return rewrite_metadata(model, model, conditioning=conditioning)
 
 
 def blur_tolerance(model: str | Path, sources: list[ClipSource], *, clips: int = TOLERANCE_CLIPS,

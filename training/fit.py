@@ -47,7 +47,7 @@ from amvad.runtime.scoring import gop_starts, training_scores
 from amvad.runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, open_source, stream_fps
 from amvad.runtime.windows import scored_frames, window
 
-from .condition import blur_tolerance
+from .condition import set_blur_limit
 from .config import (
     ROBUST_AUGMENT,
     ConditioningConfig,
@@ -259,10 +259,7 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
                                                                   "validation_false_alarms_per_hour",
                                                                   "training_quantile_threshold")}})
     # how soft a picture the model still judges, on the footage blurred (a softer one is a defocused tamper)
-    result["min_sharpness"] = blur_tolerance(out, sources, progress=progress)
-    if result["min_sharpness"] is not None:
-        rewrite_metadata(out, out, conditioning=read_metadata(out).conditioning.model_copy(
-            update={"min_sharpness": result["min_sharpness"]}))
+    result["min_sharpness"] = set_blur_limit(out, sources, progress=progress).conditioning.min_sharpness
     write_atomic(out.with_suffix(".md"), model_card(result, registered_as))
     report({"stage": "done", "fraction": 1.0, "result": result})
     return result

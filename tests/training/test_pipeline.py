@@ -99,6 +99,33 @@ def test_resume_takes_checkpoints_saved_before_an_argument_and_score_only_change
         train(load_config(write_config(tmp_path, raw)), resume=True, progress=False)
 
 
+def test_export_of_a_conditioned_run_measures_its_blur_limit_on_the_training_data(synthetic_dataset, tmp_path,
+                                                                                   monkeypatch, capsys):
+    from amvad.training import condition
+    ckpt = train(load_config(write_config(tmp_path, tiny_config(synthetic_dataset, tmp_path / "run", "amsrc"))),
+                 progress=False)
+    measured = []
+
+    def limit(model, sources, **kw):
+        measured.append([s.name for s in sources])
+        return 0.42
+    monkeypatch.setattr(condition, "blur_tolerance", limit)
+    # given the training split where the run's config says, the limit is measured on it and written
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    assert measured == [["01", "02"]] and read_metadata(out).conditioning.min_sharpness == 0.42
+    # without it (another machine) the model is exported all the same, and the message says how to add it
+    moved = synthetic_dataset.parent / "moved"
+    synthetic_dataset.rename(moved)
+    try:
+        capsys.readouterr()
+        assert main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+        assert read_metadata(out).conditioning.min_sharpness is None
+        assert "blur limit not measured" in capsys.readouterr().err and len(measured) == 1
+    finally:
+        moved.rename(synthetic_dataset)
+
+
 def test_cli_reports_bad_config_and_missing_data(tmp_path, capsys, synthetic_dataset):
     raw = tiny_config(synthetic_dataset, tmp_path / "run", "amsrc")
     raw["optim"]["epochz"] = 3
