@@ -73,10 +73,13 @@ def add_conditioning(source: str | Path, out: str | Path, data: str | Path, spli
 def set_blur_limit(model: str | Path, sources: list[ClipSource], *, engine_config: EngineConfig | None = None,
                    progress: bool = True) -> ModelMetadata:
     """The exported ``model`` (with conditioning) written again with its ``min_sharpness`` measured on
-    ``sources``, its normal footage (:func:`blur_tolerance`)."""
+    ``sources``, its normal footage (:func:`blur_tolerance`). A limit it had is cleared first: frames held
+    under it would not count as flagged."""
+    conditioning = read_metadata(model).conditioning
+    if conditioning.min_sharpness is not None:
+        rewrite_metadata(model, model, conditioning=conditioning.model_copy(update={"min_sharpness": None}))
     limit = blur_tolerance(model, sources, engine_config=engine_config, progress=progress)
-    conditioning = read_metadata(model).conditioning.model_copy(update={"min_sharpness": limit})
-    return rewrite_metadata(model, model, conditioning=conditioning)
+    return rewrite_metadata(model, model, conditioning=conditioning.model_copy(update={"min_sharpness": limit}))
 
 
 def blur_tolerance(model: str | Path, sources: list[ClipSource], *, clips: int = TOLERANCE_CLIPS,

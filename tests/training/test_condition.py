@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from amvad.runtime.exported_model import read_metadata
 from amvad.training import condition
 from amvad.training.condition import BLUR_LADDER, MAX_MIN_SHARPNESS, blur_tolerance
 from amvad.training.data import find_clips
@@ -38,3 +39,18 @@ def test_the_limit_lies_between_the_mildest_blur_that_flags_and_the_one_before(l
     # and without the sharpness measured (no conditioning) there is nothing to compare against
     ladder.update(zip(BLUR_LADDER, [(0.5, None)] * 4))
     assert blur_tolerance(tiny_model, sources, progress=False) is None
+
+
+def test_a_limit_is_measured_again_without_the_one_it_had(monkeypatch, tiny_model, synthetic_dataset, tmp_path):
+    model = tmp_path / "m.onnx"
+    condition.add_conditioning(tiny_model, model, synthetic_dataset, progress=False)
+    condition.rewrite_metadata(model, model, conditioning=read_metadata(model).conditioning.model_copy(
+        update={"min_sharpness": 0.45}))
+    seen = []
+
+    def measure(path, sources, **kw):  # frames held under an old limit would not count as flagged
+        seen.append(read_metadata(path).conditioning.min_sharpness)
+        return 0.3
+    monkeypatch.setattr(condition, "blur_tolerance", measure)
+    meta = condition.set_blur_limit(model, find_clips(synthetic_dataset, "training"), progress=False)
+    assert seen == [None] and meta.conditioning.min_sharpness == 0.3
