@@ -17,10 +17,10 @@ from .args import comma_floats, score_args
 from .backup import add_parsers as add_backup_parsers
 from .robustness import add_parsers as add_robustness_parsers
 from .tls import add_parsers as add_tls_parsers
+from .users import add_parsers as add_user_parsers
 
 if TYPE_CHECKING:
     from amvad.models.metadata import ModelMetadata
-from .users import add_parsers as add_user_parsers
 
 # runtime.backends' names, spelled here so that parsing imports nothing heavy (tests/cli/test_main.py checks
 # that they agree)
