@@ -102,16 +102,13 @@ def _blur_limit_from_training_data(out: Path, meta: ModelMetadata) -> ModelMetad
     """A model trained with conditioning gets its blur limit (``min_sharpness``) measured on its training
     split when that is on this machine; otherwise it is exported without one (the camera watch's own rule),
     and the message says how to add it."""
-    from amvad.training.condition import set_blur_limit
-    from amvad.training.data import find_clips
-    data, split = meta.training.get("data"), meta.training.get("config", {}).get("data", {}).get("train_split")
+    from amvad.training.condition import set_blur_limit_from_training
     try:
-        sources = find_clips(data, split or "training")
-    except (FileNotFoundError, ValueError, TypeError) as exc:
+        return set_blur_limit_from_training(out)
+    except FileNotFoundError as exc:
         print(f"amvad export: blur limit not measured ({exc}); add it with `amvad export --onnx {out} --out "
               f"{out} --condition-on DATA`", file=sys.stderr)
         return meta
-    return set_blur_limit(out, sources)
 
 
 def _eval(args: argparse.Namespace) -> None:

@@ -82,6 +82,17 @@ def set_blur_limit(model: str | Path, sources: list[ClipSource], *, engine_confi
     return rewrite_metadata(model, model, conditioning=conditioning.model_copy(update={"min_sharpness": limit}))
 
 
+def set_blur_limit_from_training(model: str | Path, *, progress: bool = True) -> ModelMetadata:
+    """:func:`set_blur_limit` on the training split a trained model's metadata names (a run exported from its
+    checkpoint, which carries no footage); FileNotFoundError when that split is not on this machine."""
+    meta = read_metadata(model)
+    data = meta.training.get("data")
+    if data is None:
+        raise FileNotFoundError(f"{model}: its metadata names no training data")
+    split = meta.training.get("config", {}).get("data", {}).get("train_split") or "training"
+    return set_blur_limit(model, find_clips(data, split), progress=progress)
+
+
 def blur_tolerance(model: str | Path, sources: list[ClipSource], *, clips: int = TOLERANCE_CLIPS,
                    max_frames: int = TOLERANCE_FRAMES, engine_config: EngineConfig | None = None,
                    progress: bool = True) -> float | None:

@@ -12,7 +12,7 @@ import torch
 
 from amvad.models.contract import INPUT_NAMES, OUTPUT_NAMES, AnomalyModel
 from amvad.models.metadata import METADATA_KEY, ModelMetadata
-from amvad.models.registry import build_model, resolve_model
+from amvad.models.registry import METHODS, build_model, resolve_model
 from amvad.runtime.files import atomic_path
 
 OPSET = 17
@@ -128,15 +128,13 @@ def reexport(source: str | Path, out: str | Path, *, atol: float = 1e-4,
     from .warm_start import exported_metadata, weights_from_exported  # warm_start imports this module
     path = resolve_model(source)
     old = exported_metadata(onnx.load(str(path)), path)
-    model = build_model(old.method, **old.model_args)
-    unknown = sorted(set(score_args or {}) - set(model.score_args))
+    allowed = METHODS[old.method].score_args
+    unknown = sorted(set(score_args or {}) - set(allowed))
     if unknown:
         raise ValueError(f"{old.method} models take no score argument {unknown[0]!r}; they take "
-                         f"{list(model.score_args) or 'none'}")
-    state = weights_from_exported(model, path)
-    if score_args:
-        model = build_model(old.method, **{**old.model_args, **score_args})
-    model.load_state_dict(state)
+                         f"{list(allowed) or 'none'}")
+    model = build_model(old.method, **{**old.model_args, **(score_args or {})})
+    model.load_state_dict(weights_from_exported(model, path))
     model.eval()
     gen = torch.Generator().manual_seed(0)
     frames = torch.rand(4, model.clip_len, model.channels, model.height, model.width, generator=gen)

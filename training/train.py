@@ -272,11 +272,9 @@ def _same_model_args(ckpt: dict, model: AnomalyModel) -> bool:
     today's code first, so a run saved before an argument was added resumes as the model it was, and the
     method's score-only arguments (``score_args``, AMSRC-Net's ``speed_against``) may differ: they change
     how the same weights score, not what training learns."""
-    saved = build_model(ckpt["method"], **ckpt["model_args"]).model_args()
-    now = model.model_args()
-    for name in model.score_args:
-        saved.pop(name, None), now.pop(name, None)
-    return saved == now
+    def network(args: dict) -> dict:
+        return {k: v for k, v in args.items() if k not in model.score_args}
+    return network(build_model(ckpt["method"], **ckpt["model_args"]).model_args()) == network(model.model_args())
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float, schedule: str, step: int, steps: int) -> None:
