@@ -270,7 +270,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
 def _same_model_args(ckpt: dict, model: AnomalyModel) -> bool:
     """Whether a checkpoint's network is ``model``'s. Its arguments are filled in with the defaults of
     today's code first, so a run saved before an argument was added resumes as the model it was, and the
-    method's score-only arguments (``score_args``, AMSRC-Net's ``speed_against``) may differ: they change
+    method's score-only arguments (``score_args``, AMSRC-Net's ``speed_against``, ...) may differ: they change
     how the same weights score, not what training learns."""
     def network(args: dict) -> dict:
         return {k: v for k, v in args.items() if k not in model.score_args}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amvad.models.amsrc import AMSRCNet, inconsistency_map, speed
+from amvad.models.amsrc import AMSRCNet, inconsistency_map, masked_quantile, speed
 from amvad.models.contract import patch_max
 from amvad.models.flow.tvl1 import gaussian_blur
 from tests.support.models import (
@@ -253,3 +253,67 @@ def test_the_speed_error_against_either_flow_counts_only_what_disagrees_with_bot
 def test_speed_against_is_checked():
     with pytest.raises(ValueError, match="speed_against"):
         AMSRCNet(**ARGS, speed_against="next")
+
+
+def test_masked_quantile_is_the_lower_quantile_of_the_kept_pixels_and_zero_without_any():
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 8, 8)
+    keep = torch.rand(3, 1, 8, 8) > 0.5
+    keep[2] = False
+    q = masked_quantile(x, keep, 0.9)
+    assert q.shape == (3, 1, 1, 1)
+    for b in range(2):
+        want = torch.quantile(x[b][keep[b]], 0.9, interpolation="lower")
+        assert float(q[b]) == pytest.approx(float(want))
+    assert float(q[2]) == 0.0
+
+
+def test_the_speed_floor_takes_out_motion_measured_where_the_appearance_implies_standing_still(clip, tmp_path):
+    """``speed_floor``: a flow raised everywhere (a shaking, noisy or coded picture) adds no error where the
+    appearance implies standing still, and an object moving well above that floor still scores; masked
+    pixels do not set the floor; with ``flow_sigma`` zero-mean noise in the flow's vectors cancels. Score
+    only: same weights, cosine and frame error unchanged, and the graph exports."""
+    torch.manual_seed(0)
+    floor = AMSRCNet(**ARGS, speed_against="either", speed_floor=0.9, flow_sigma=1.0).eval()
+    plain = AMSRCNet(**ARGS, speed_against="either").eval()
+    plain.load_state_dict(floor.state_dict())
+    frames, _ = clip
+    b = frames.shape[0]
+    app = torch.zeros(b, 1, H, W)
+    app[..., 8:16, 8:16] = 1.0  # the appearance implies one object moving at speed 1 (flow_scale units)
+    flow = torch.zeros(b, 2, H, W)
+    flow[:, 0] = 0.05  # the whole picture drifts (model units): what stabilisation left of a shake
+    flow[:, 0, 8:16, 8:16] = 1.0
+    flow[:, 0, 24:32, 30:40] = 3.0  # something fast where the appearance implies nothing: an anomaly
+    v = {"last_flow": flow, "target_flow": flow}
+    with torch.no_grad():
+        e_plain, e_floor = plain.speed_error(app, v), floor.speed_error(app, v)
+        moving = (speed(flow) > 0.5).float()
+        background = torch.nn.functional.max_pool2d(moving, 9, 1, 4) == 0  # away from both objects' smoothed flow
+        assert float(e_plain[background].min()) == pytest.approx(0.05 ** 2, rel=1e-3)
+        assert float(e_floor[background].max()) < 1e-4
+        assert float(e_floor[..., 26:30, 32:38].min()) > 8.0  # (3 - 0) ** 2, less the floor and the smoothing
+        masked = torch.ones(b, 1, H, W)
+        drifting = flow.clone()
+        drifting[:, 0, :, :8] = 0.5  # the strip a large shift uncovered (a sixth of the picture): masked, so it
+        masked[..., :8] = 0.0  # does not set the floor (unmasked, it would: 0.5 is over the 90th percentile)
+        unsmoothed = AMSRCNet(**ARGS, speed_against="either", speed_floor=0.9).eval()
+        e_masked = unsmoothed.speed_error(app, {"last_flow": drifting, "target_flow": drifting}, masked)
+        e_unmasked = unsmoothed.speed_error(app, {"last_flow": drifting, "target_flow": drifting})
+        # the object moving as its appearance implies: nothing over the true floor (0.05), (1 - 0.75 ** 0.5) ** 2
+        # over the strip's (0.5)
+        assert float(e_masked[..., 8:16, 8:16].max()) < 1e-5
+        assert float(e_unmasked[..., 8:16, 8:16].min()) == pytest.approx((1 - 0.75 ** 0.5) ** 2, rel=1e-3)
+        noise = 0.05 * torch.randn(b, 2, H, W)  # zero-mean noise in the vectors
+        smooth = AMSRCNet(**ARGS, flow_sigma=1.0).eval()
+        assert float(smooth.measured_speed(noise, app).mean()) < 0.6 * float(speed(noise).mean())
+        comps_floor, _, _ = floor.score(frames, clip[1])
+        comps_plain, _, _ = plain.score(frames, clip[1])
+    torch.testing.assert_close(comps_floor[:, :2], comps_plain[:, :2])
+    assert_onnx_matches_torch(floor, frames, clip[1], tmp_path / "floor.onnx")
+
+
+@pytest.mark.parametrize("bad", [{"speed_floor": -0.1}, {"speed_floor": 1.0}, {"flow_sigma": -1.0}])
+def test_speed_floor_and_flow_sigma_are_checked(bad):
+    with pytest.raises(ValueError, match="speed_floor"):
+        AMSRCNet(**ARGS, **bad)
