@@ -15,9 +15,10 @@ decoder turns the frame stream's feature into the speed that this appearance has
 its error against the real speed is a second, pixel-space measure of appearance-motion inconsistency, one
 that keeps the speed (cosine similarity ignores a feature's length) and leaves out the direction (which one
 frame cannot tell); with ``speed_against="either"`` it is taken against the nearer of the two flows beside
-frame t-1 (:meth:`AMSRCNet.speed_error`), and with ``speed_floor`` / ``flow_sigma`` the flow's noise floor (what a
-shaking, noisy or coded picture adds to the flow everywhere) is taken out first. Every score component is that of the worst 16x16 patch (2x2
-bottleneck cells for the cosine), so a small anomaly is not averaged away. The frame predictor's U-Net skips would let the
+frame t-1 (:meth:`AMSRCNet.speed_error`), and with ``speed_floor`` / ``flow_sigma`` the flow's noise
+floor (what a shaking, noisy or coded picture adds to the flow everywhere) is taken out first. Every score
+component is that of the worst 16x16 patch (2x2 bottleneck cells for the cosine), so a small anomaly is not
+averaged away. The frame predictor's U-Net skips would let the
 appearance go around the frame feature (which then need not describe it before agreeing with the motion
 feature: cosine AUC 0.71 with them, 0.87 without), and without skips the prediction is too blurred to
 score; so the features learn through a second, skip-less decoder that predicts frame t from the fused
