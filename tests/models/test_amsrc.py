@@ -317,3 +317,28 @@ def test_the_speed_floor_takes_out_motion_measured_where_the_appearance_implies_
 def test_speed_floor_and_flow_sigma_are_checked(bad):
     with pytest.raises(ValueError, match="speed_floor"):
         AMSRCNet(**ARGS, **bad)
+
+
+def test_the_floor_read_on_a_strided_grid_is_the_quantile_of_those_pixels_and_exports(clip, tmp_path):
+    """``floor_stride``: the floor is the quantile over every k-th pixel of each row and column (the sort,
+    the floor's main cost, a k-squared-th as long); 1, the default, keeps models made before it as they were."""
+    torch.manual_seed(0)
+    full = AMSRCNet(**ARGS, speed_floor=0.9).eval()
+    strided = AMSRCNet(**ARGS, speed_floor=0.9, floor_stride=4).eval()
+    strided.load_state_dict(full.state_dict())
+    assert AMSRCNet(**ARGS).floor_stride == 1 and strided.model_args()["floor_stride"] == 4
+    app = torch.zeros(2, 1, H, W)
+    flow = torch.rand(2, 2, H, W)
+    with torch.no_grad():
+        s = speed(flow)
+        for net, k in ((full, 1), (strided, 4)):
+            floor = torch.quantile(s[:, :, ::k, ::k].reshape(2, -1), 0.9, dim=1, interpolation="lower")
+            want = (s * s - floor.view(2, 1, 1, 1) ** 2).clamp_min(0.0).add(1e-8).sqrt()
+            torch.testing.assert_close(net.measured_speed(flow, app), want)
+    assert_onnx_matches_torch(strided, clip[0], clip[1], tmp_path / "strided.onnx")
+
+
+@pytest.mark.parametrize("bad", [0, 17, 2.0])
+def test_floor_stride_is_checked(bad):
+    with pytest.raises(ValueError, match="floor_stride"):
+        AMSRCNet(**ARGS, floor_stride=bad)
