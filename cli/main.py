@@ -221,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--threads", type=int, help="torch CPU threads (default all cores)")
     fi.add_argument("--seed", type=int, default=0)
     fi.add_argument("--augment", action="store_true",
-                    help="also train on a noisy and a JPEG copy of the footage, as the default model's recipe does "
-                         "(in a 20-minute fit it cost accuracy: README)")
+                    help="also train on the changed copies of the footage the method's recipe learns as normal "
+                         "(noise and JPEG); in a 20-minute fit it cost accuracy: README")
     fi.add_argument("--progress-json", type=Path, help="keep the latest progress (stage, fraction, epoch; the "
                     "result or the error at the end) in this JSON file (runtime/fit_job.py: FitProgress)")
     fi.add_argument("--job", type=Path, metavar="DIR", help="run the fit a job folder's request.json asks for, "

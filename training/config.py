@@ -89,11 +89,6 @@ class Augment(Strict):
     magnitude: float = Field(gt=0)
 
 
-# The camera changes the default model's recipe (configs/ped2_comemory_robust.yaml) learns as normal, and
-# ``amvad fit --augment``: a little sensor noise and a lossy codec, which every camera's picture has some of.
-ROBUST_AUGMENT = (Augment(change="noise", magnitude=3), Augment(change="jpeg", magnitude=25))
-
-
 class TrainConfig(Strict):
     seed: int = 0
     out_dir: Path = Path("runs/default")

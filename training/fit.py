@@ -49,7 +49,7 @@ from amvad.runtime.windows import scored_frames, window
 
 from .condition import set_blur_limit
 from .config import (
-    ROBUST_AUGMENT,
+    Augment,
     ConditioningConfig,
     DataConfig,
     ModelConfig,
@@ -71,12 +71,12 @@ RECIPES = {"comemory": "ped2_comemory_robust.yaml", "ammc": "ped2_ammc_robust.ya
 SIZE_ARGS = ("clip_len", "channels", "height", "width", "base_width")
 
 
-def bundled_recipe(method: str) -> tuple[dict, list[float] | None]:
-    """(model arguments beyond the sizes, score weights) of ``method``'s bundled recipe
-    (``training/configs``): AMMC-Net's commit weight, AMSRC-Net's speed error against either flow and
-    its weights, each measured on Ped2 (the model cards)."""
+def bundled_recipe(method: str) -> tuple[dict, list[float] | None, tuple[Augment, ...]]:
+    """(model arguments beyond the sizes, score weights, the changes it learns as normal) of ``method``'s
+    bundled recipe (``training/configs``): AMMC-Net's commit weight, AMSRC-Net's speed error against either
+    flow and its weights, each measured on Ped2 (the model cards)."""
     cfg = load_config(Path(__file__).parent / "configs" / RECIPES[method])
-    return {k: v for k, v in cfg.model.args.items() if k not in SIZE_ARGS}, cfg.score.weights
+    return {k: v for k, v in cfg.model.args.items() if k not in SIZE_ARGS}, cfg.score.weights, tuple(cfg.augment)
 
 
 @dataclass
@@ -177,11 +177,11 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     sources = find_footage(footage)
     first = next(iter_clip_frames(sources[0]))
     height, width = choose_size(first.pixels.shape[1], first.pixels.shape[0], max_pixels)
-    recipe_args, weights = bundled_recipe(method)
+    recipe_args, weights, recipe_changes = bundled_recipe(method)
     args = dict(clip_len=CLIP_LEN, channels=1, height=height, width=width, base_width=base_width, **recipe_args)
     device = pick_device("auto")
     flow = build_flow("default").to(device).eval()
-    changes = ROBUST_AUGMENT if augment else ()
+    changes = recipe_changes if augment else ()
     steps = len(sources) * (2 + len(changes))  # loading: read, then condition + flow each version
     raw, keyframes = [], []
     for i, src in enumerate(tqdm(sources, desc="footage", disable=not progress)):
@@ -306,7 +306,7 @@ def next_steps(name: str | None) -> str:
 def _changes(augment: list[str] | None) -> str:
     if not augment:
         return "the footage as filmed only (no `--augment`)"
-    return f"the footage as filmed, and its training part again with each of: {', '.join(augment)} (training/config.py)"
+    return f"the footage as filmed, and its training part again with each of: {', '.join(augment)} (the method's recipe, training/configs)"
 
 
 def _soft(limit: float | None) -> str:

@@ -11,7 +11,7 @@ import torch
 
 from amvad.models.registry import build_model, resolve_model
 from amvad.runtime.exported_model import read_metadata
-from amvad.training.config import ROBUST_AUGMENT, Augment, TrainConfig, load_config
+from amvad.training.config import Augment, TrainConfig, load_config
 from amvad.training.data import ClipDataset, augmented, find_clips, load_clip, load_labels
 from amvad.training.train import load_split
 from tests.support.synthetic import render_clip, tiny_config, write_clip, write_mp4
@@ -116,8 +116,9 @@ CONFIGS = Path(__file__).parents[2] / "training" / "configs"
 
 
 @pytest.mark.parametrize("name", ["ped2_comemory_robust.yaml", "ped2_ammc_robust.yaml", "ped2_amsrc_robust.yaml"])
-def test_amvad_fit_and_the_robust_recipes_learn_the_same_changes(name):
-    assert tuple(load_config(CONFIGS / name).augment) == ROBUST_AUGMENT
+def test_every_robust_recipe_learns_sensor_noise_and_a_codec_as_normal(name):
+    changes = {a.change for a in load_config(CONFIGS / name).augment}
+    assert "noise" in changes and changes & {"jpeg", "h264"}
 
 
 def test_the_ammc_robust_recipe_is_the_plain_one_with_the_changes_and_as_many_steps():

@@ -149,9 +149,11 @@ def test_a_fit_trains_and_scores_as_the_methods_bundled_recipe(method, tmp_path,
     clips = [write_mp4(tmp_path / f"cam{i}.mp4", render_clip(200, speed=1.0, seed=i)) for i in range(2)]
     out = tmp_path / "cam.onnx"
     assert main(["fit", *map(str, clips), "--out", str(out), "--minutes", "0.02", "--max-pixels", "1536",
-                 "--base-width", "4", "--method", method, "--threads", "1", "--quiet"]) == 0
-    capsys.readouterr()
+                 "--base-width", "4", "--method", method, "--threads", "1", "--quiet", "--augment"]) == 0
+    res = json.loads(capsys.readouterr().out)
     meta = ExportedModel(out).meta
+    # --augment learns what the method's recipe learns as normal
+    assert res["augment"] == [f"{a.change} {a.magnitude:g}" for a in recipe.augment] != []
     # the recipe's arguments beyond the sizes (AMMC-Net's commit weight, AMSRC-Net's speed error) and weights
     for name, value in recipe.model.args.items():
         if name not in ("clip_len", "channels", "height", "width", "base_width"):
