@@ -87,6 +87,10 @@ class Augment(Strict):
         description="noise: Gaussian σ (grey levels, 0-255); jpeg: quality (1-100); h264: the whole clip "
                     "through libx264 at this CRF (0-51), block and motion artefacts both; blur: Gaussian σ (px)")
     magnitude: float = Field(gt=0)
+    at: Literal["model", "camera"] = Field(
+        "model", description="model: applied to the frames at the model's size; camera: to the clip's frames as "
+                             "decoded, before they are scaled down, as a camera's own encoder or sensor does (a "
+                             "milder change at the same magnitude)")
 
 
 class TrainConfig(Strict):

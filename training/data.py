@@ -115,17 +115,21 @@ def condition_clip(frames: np.ndarray, conditioning: Conditioning) -> np.ndarray
 
 def h264_round_trip(frames: np.ndarray, crf: int, fps: float = FRAME_FOLDER_FPS) -> np.ndarray:
     """Model frames ((N, C, H, W) in [0, 1], C = 1 or 3, even H and W) encoded as one H.264 stream at
-    ``crf`` and decoded again, in memory. One encoder thread, so the same frames give the same result."""
+    ``crf`` and decoded again, in memory, one keyframe a second as the service's writer codes (a camera's
+    stream has one every 1-2 s). One encoder thread, so the same frames give the same result."""
     grey = frames.shape[1] == 1
     buf = io.BytesIO()
     with av.open(buf, "w", format="h264") as out:
         stream = out.add_stream("libx264", rate=round(fps))
         stream.width, stream.height, stream.pix_fmt = frames.shape[3], frames.shape[2], "yuv420p"
         stream.options = {"crf": str(int(crf)), "preset": "veryfast", "threads": "1"}
-        for f in frames:
+        for i, f in enumerate(frames):
             rgb = np.rint(f.transpose(1, 2, 0) * 255).astype(np.uint8)
             rgb = np.repeat(rgb, 3, axis=2) if grey else rgb
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            if i % max(1, round(fps)) == 0:
+                vf.pict_type = av.video.frame.PictureType.I
+            out.mux(stream.encode(vf))
         out.mux(stream.encode())
     with av.open(io.BytesIO(buf.getvalue()), format="h264") as inp:
         decoded = [f.to_ndarray(format="gray" if grey else "rgb24") for f in inp.decode(video=0)]
@@ -135,10 +139,28 @@ def h264_round_trip(frames: np.ndarray, crf: int, fps: float = FRAME_FOLDER_FPS)
     return out_frames[:, None] if grey else out_frames.transpose(0, 3, 1, 2)
 
 
+def augmented_clip(src: ClipSource, frames: np.ndarray, aug: Augment, seed: int) -> np.ndarray:
+    """The model frames ``frames`` ((N, C, H, W) in [0, 1]) of clip ``src`` (its first N) with ``aug`` applied
+    where ``aug.at`` says: at the model's size, or to the clip's decoded frames before they are scaled down
+    (read again from ``src``; an odd side loses its last row or column, as an encoder's frame does)."""
+    if aug.at == "model":
+        return augmented(frames, aug, seed)
+    n, c, h, w = frames.shape
+    source = []
+    for f in iter_clip_frames(src):
+        if len(source) == n:
+            break
+        px = f.pixels[: f.pixels.shape[0] // 2 * 2, : f.pixels.shape[1] // 2 * 2]
+        source.append(px.transpose(2, 0, 1).astype(np.float32) / 255)
+    changed = np.rint(augmented(np.stack(source), aug, seed) * 255).astype(np.uint8)
+    return np.stack([to_model_frame(np.ascontiguousarray(f.transpose(1, 2, 0)), height=h, width=w, channels=c)
+                     for f in changed])
+
+
 def augmented(frames: np.ndarray, aug: Augment, seed: int) -> np.ndarray:
-    """A clip's model frames ((N, C, H, W) in [0, 1]) with ``aug`` applied at the model's size, seeded.
-    H.264 at the model's size is harsher than at the camera's: CRF 35 at 192 x 128 leaves Ped2 about as far
-    from the original (PSNR 30.8 dB) as CRF 42 at the camera's 360 x 240 does once scaled down."""
+    """Frames ((N, C, H, W) in [0, 1]) with ``aug`` applied at their size, seeded. H.264 at the model's size
+    is harsher than at the camera's: CRF 35 at 192 x 128 leaves Ped2 about as far from the original (PSNR
+    30.8 dB) as CRF 42 at the camera's 360 x 240 does once scaled down."""
     if aug.change == "noise":
         rng = np.random.default_rng(seed)
         return np.clip(frames + rng.normal(0, aug.magnitude / 255, frames.shape), 0, 1).astype(np.float32)

@@ -58,7 +58,14 @@ from .config import (
     TrainConfig,
     load_config,
 )
-from .data import ClipSource, augmented, condition_clip, fit_footage_conditioning, iter_clip_frames, load_coded_clip
+from .data import (
+    ClipSource,
+    augmented_clip,
+    condition_clip,
+    fit_footage_conditioning,
+    iter_clip_frames,
+    load_coded_clip,
+)
 from .export import export, rewrite_metadata
 from .train import train
 from .warm_start import weights_from_exported
@@ -202,10 +209,11 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     n_train = sum(len(c.frames) for c in train_clips)
     # the training part of every clip again with each change learned as normal (the held-out end stays as
     # filmed: the threshold is set on the camera's own picture)
-    copies = [(aug, raw_frames, part) for aug in changes for raw_frames, part in zip(raw, train_clips)]
-    for n, (aug, raw_frames, part) in enumerate(tqdm(copies, desc="changes learned as normal", disable=not progress)):
+    copies = [(aug, src, raw_frames, part) for aug in changes for src, raw_frames, part in zip(sources, raw, train_clips)]
+    for n, (aug, src, raw_frames, part) in enumerate(tqdm(copies, desc="changes learned as normal", disable=not progress)):
         report({"stage": "loading", "fraction": (2 * len(sources) + n) / steps})
-        frames = condition_clip(augmented(raw_frames[:len(part.frames)], aug, seed=seed * 100_003 + n), conditioning)
+        frames = condition_clip(augmented_clip(src, raw_frames[:len(part.frames)], aug, seed=seed * 100_003 + n),
+                                conditioning)
         train_clips.append(Clip(f"{part.name} + {aug.change} {aug.magnitude:g}", frames,
                                 compute_flows(flow, frames, device), part.fps))
     del raw

@@ -27,7 +27,15 @@ from amvad.runtime.files import atomic_path
 from amvad.runtime.scoring import training_scores
 
 from .config import Augment, TrainConfig
-from .data import ClipDataset, augmented, cached_flows, condition_clip, find_clips, fit_footage_conditioning, load_clip
+from .data import (
+    ClipDataset,
+    augmented_clip,
+    cached_flows,
+    condition_clip,
+    find_clips,
+    fit_footage_conditioning,
+    load_clip,
+)
 from .ema import WeightAverage
 
 CHECKPOINT = "last.pt"
@@ -50,7 +58,7 @@ def load_split(cfg: TrainConfig, model: AnomalyModel, split: str, device: torch.
     versions += [(aug, src, f) for aug in augment or [] for src, f in zip(sources, frames)]
     for n, (aug, src, f) in enumerate(tqdm(versions, desc=f"{split}: conditioning + flow", disable=not progress)):
         if aug is not None:
-            f = augmented(f, aug, seed=cfg.seed * 100_003 + n)
+            f = augmented_clip(src, f, aug, seed=cfg.seed * 100_003 + n)
         if conditioning is not None:
             f = condition_clip(f, conditioning)
         with torch.no_grad():

@@ -12,7 +12,7 @@ import torch
 from amvad.models.registry import build_model, resolve_model
 from amvad.runtime.exported_model import read_metadata
 from amvad.training.config import Augment, TrainConfig, load_config
-from amvad.training.data import ClipDataset, augmented, find_clips, load_clip, load_labels
+from amvad.training.data import ClipDataset, augmented, augmented_clip, find_clips, load_clip, load_labels
 from amvad.training.train import load_split
 from tests.support.synthetic import render_clip, tiny_config, write_clip, write_mp4
 
@@ -110,6 +110,23 @@ def test_an_h264_copy_has_the_codecs_block_and_motion_losses_and_is_the_same_eac
     assert float(np.abs(augmented(frames, Augment(change="h264", magnitude=20), seed=0) - frames).mean()) < loss
     colour = np.repeat(frames, 3, axis=1)
     assert augmented(colour, aug, seed=0).shape == colour.shape
+
+
+def test_a_change_at_the_camera_is_applied_before_the_frames_are_scaled_down(synthetic_dataset):
+    """``at: camera`` codes the clip's decoded frames, as a camera's encoder does, and then scales them down:
+    the same CRF then costs the model's frames less than coding them at the model's size."""
+    src = find_clips(synthetic_dataset, "training")[0]
+    frames = load_clip(src, height=32, width=48, channels=1)[:10]
+    at_model = augmented_clip(src, frames, Augment(change="h264", magnitude=40), seed=0)
+    at_camera = augmented_clip(src, frames, Augment(change="h264", magnitude=40, at="camera"), seed=0)
+    assert at_camera.shape == frames.shape and at_camera.dtype == np.float32
+    assert np.array_equal(at_camera, augmented_clip(src, frames, Augment(change="h264", magnitude=40, at="camera"),
+                                                    seed=3))  # reproducible
+    assert 0 < float(np.abs(at_camera - frames).mean()) < float(np.abs(at_model - frames).mean())
+    noisy = augmented_clip(src, frames, Augment(change="noise", magnitude=8, at="camera"), seed=0)
+    assert np.array_equal(noisy, augmented_clip(src, frames, Augment(change="noise", magnitude=8, at="camera"),
+                                                seed=0))
+    assert 0 < float(np.std(noisy - frames)) < 8 / 255  # averaged down with the pixels
 
 
 CONFIGS = Path(__file__).parents[2] / "training" / "configs"
