@@ -114,7 +114,7 @@ def condition_clip(frames: np.ndarray, conditioning: Conditioning) -> np.ndarray
 
 
 def h264_round_trip(frames: np.ndarray, crf: int, fps: float = FRAME_FOLDER_FPS) -> np.ndarray:
-    """Model frames ((N, C, H, W) in [0, 1], C = 1 or 3, even H and W) encoded as one H.264 stream at
+    """Frames ((N, C, H, W) in [0, 1], C = 1 or 3, even H and W) encoded as one H.264 stream at
     ``crf`` and decoded again, in memory, one keyframe a second as the service's writer codes (a camera's
     stream has one every 1-2 s). One encoder thread, so the same frames give the same result."""
     grey = frames.shape[1] == 1
@@ -142,15 +142,16 @@ def h264_round_trip(frames: np.ndarray, crf: int, fps: float = FRAME_FOLDER_FPS)
 def augmented_clip(src: ClipSource, frames: np.ndarray, aug: Augment, seed: int) -> np.ndarray:
     """The model frames ``frames`` ((N, C, H, W) in [0, 1]) of clip ``src`` (its first N) with ``aug`` applied
     where ``aug.at`` says: at the model's size, or to the clip's decoded frames before they are scaled down
-    (read again from ``src``; an odd side loses its last row or column, as an encoder's frame does)."""
+    (read again from ``src``; for H.264 an odd side loses its last row or column, as an encoder's frame does)."""
     if aug.at == "model":
         return augmented(frames, aug, seed)
     n, c, h, w = frames.shape
+    even = 2 if aug.change == "h264" else 1
     source = []
     for f in iter_clip_frames(src):
         if len(source) == n:
             break
-        px = f.pixels[: f.pixels.shape[0] // 2 * 2, : f.pixels.shape[1] // 2 * 2]
+        px = f.pixels[: f.pixels.shape[0] // even * even, : f.pixels.shape[1] // even * even]
         source.append(px.transpose(2, 0, 1).astype(np.float32) / 255)
     changed = np.rint(augmented(np.stack(source), aug, seed) * 255).astype(np.uint8)
     return np.stack([to_model_frame(np.ascontiguousarray(f.transpose(1, 2, 0)), height=h, width=w, channels=c)

@@ -209,7 +209,8 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     n_train = sum(len(c.frames) for c in train_clips)
     # the training part of every clip again with each change learned as normal (the held-out end stays as
     # filmed: the threshold is set on the camera's own picture)
-    copies = [(aug, src, raw_frames, part) for aug in changes for src, raw_frames, part in zip(sources, raw, train_clips)]
+    copies = [(aug, src, raw_frames, part) for aug in changes
+              for src, raw_frames, part in zip(sources, raw, train_clips)]
     for n, (aug, src, raw_frames, part) in enumerate(tqdm(copies, desc="changes learned as normal", disable=not progress)):
         report({"stage": "loading", "fraction": (2 * len(sources) + n) / steps})
         frames = condition_clip(augmented_clip(src, raw_frames[:len(part.frames)], aug, seed=seed * 100_003 + n),
