@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 METADATA_KEY = "amvad"
 FORMAT_VERSION = 1
+
+
+def check_smoothing_drop(smoothing: int, drop: int) -> None:
+    """A window keeps more than half its frames: leaving out more would score it by its quietest frames."""
+    if not 0 <= drop <= (smoothing - 1) // 2:
+        raise ValueError(f"smoothing_drop must be in [0, {(smoothing - 1) // 2}] for a window of {smoothing} "
+                         f"frames, got {drop}")
 
 
 class ComponentStats(BaseModel):
@@ -56,9 +63,16 @@ class ModelMetadata(BaseModel):
     components: list[ComponentStats]
     threshold: float = Field(description="default anomaly threshold on the causal score")
     smoothing: int = Field(ge=1, description="causal moving-average window of the score, frames")
+    smoothing_drop: int = Field(0, ge=0, description="the window's highest frame scores left out of its mean "
+                                                     "(runtime.scoring)")
     training: dict = Field(default_factory=dict, description="data, epochs, time, machine, date")
     conditioning: Conditioning | None = Field(None, description="level matching and stabilisation; None: "
                                                                 "exported before them, frames are only measured")
+
+    @model_validator(mode="after")
+    def _drop_within_window(self) -> ModelMetadata:
+        check_smoothing_drop(self.smoothing, self.smoothing_drop)
+        return self
 
     def to_json(self) -> str:
         return self.model_dump_json()

@@ -1,8 +1,9 @@
 """Causal scoring: training statistics, running normalisation and smoothing over past frames only.
 
 score(t) = mean over the last ``smoothing`` frames of sum_k w_k * (c_k - mu_k) / sigma_k, where mu and
-sigma start at the training statistics and follow frames judged normal with exponential forgetting.
-Higher = more anomalous; ``score >= threshold`` flags an anomaly.
+sigma start at the training statistics and follow frames judged normal with exponential forgetting; with
+``smoothing_drop`` = d the window's d highest frame scores are left out of that mean, so a one-frame spike
+(a codec's block jumping, a flow's mistake) does not raise it, while an object that stays anomalous does. Higher = more anomalous; ``score >= threshold`` flags an anomaly.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from amvad.models.metadata import ComponentStats, ModelMetadata
+from amvad.models.metadata import ComponentStats, ModelMetadata, check_smoothing_drop
 
 # Running-stats forgetting per frame judged normal (time constant ~500 frames); the service config's default.
 DEFAULT_FORGET = 0.002
@@ -50,7 +51,8 @@ class StreamScorer:
 
     def __init__(self, components: list[ComponentStats], *, threshold: float, smoothing: int,
                  forget: float = DEFAULT_FORGET, min_std_ratio: float = 0.5,
-                 stats: RunningStats | None = None) -> None:
+                 stats: RunningStats | None = None, drop: int = 0) -> None:
+        check_smoothing_drop(smoothing, drop)
         self.weights = np.array([c.weight for c in components], dtype=np.float64)
         self.train_std = np.array([c.std for c in components], dtype=np.float64)
         self.threshold = threshold
@@ -58,11 +60,12 @@ class StreamScorer:
         self.min_std_ratio = min_std_ratio  # running std never drops below this share of training std
         self.stats = stats or RunningStats.from_components(components)
         self._recent: deque[float] = deque(maxlen=smoothing)
+        self.drop = drop
 
     @classmethod
     def from_metadata(cls, meta: ModelMetadata, **kwargs) -> StreamScorer:
         kwargs.setdefault("threshold", meta.threshold)
-        return cls(meta.components, smoothing=meta.smoothing, **kwargs)
+        return cls(meta.components, smoothing=meta.smoothing, drop=meta.smoothing_drop, **kwargs)
 
     def normalise(self, components: np.ndarray) -> float:
         """Weighted z-score of one frame's components under the current running stats."""
@@ -74,13 +77,21 @@ class StreamScorer:
         errors measure the codec rather than the scene (:func:`gop_starts`): it scores the window's mean as
         it stands, with nothing added and nothing learned (unless the window is empty)."""
         if carried and self._recent:
-            return float(np.mean(self._recent))
+            return self.window_score()
         components = np.asarray(components, dtype=np.float64)
         self._recent.append(self.normalise(components))
-        score = float(np.mean(self._recent))
+        score = self.window_score()
         if score < self.threshold and self.forget > 0:
             self.stats.update(components, self.forget)
         return score
+
+    def window_score(self) -> float:
+        """The mean of the window's frame scores but its ``drop`` highest (fewer while the window fills:
+        it always keeps more than half of what it holds)."""
+        if not self.drop:
+            return float(np.mean(self._recent))
+        kept = sorted(self._recent)[:len(self._recent) - min(self.drop, (len(self._recent) - 1) // 2)]
+        return float(np.mean(kept))
 
     def score_clip(self, components: np.ndarray, carried: np.ndarray | None = None) -> np.ndarray:
         """Causal scores of consecutive frames, (N, K) -> (N,); ``carried``: (N,) bool, see :meth:`update`."""
@@ -118,11 +129,11 @@ def gop_starts(keyframes: np.ndarray) -> np.ndarray:
 
 
 def training_scores(components: list[ComponentStats], clip_components: np.ndarray, smoothing: int,
-                    carried: np.ndarray | None = None) -> np.ndarray:
+                    carried: np.ndarray | None = None, drop: int = 0) -> np.ndarray:
     """Causal scores of one clip under the training statistics alone (no running updates, no threshold):
     what thresholds are set on, so a threshold never chases itself. (N, K) -> (N,); ``carried``: the frames
     that start a group of pictures (:func:`gop_starts`), scored as a stream scores them."""
-    return StreamScorer(components, threshold=np.inf, smoothing=smoothing, forget=0.0).score_clip(
+    return StreamScorer(components, threshold=np.inf, smoothing=smoothing, forget=0.0, drop=drop).score_clip(
         clip_components, carried)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from amvad.models.metadata import ModelMetadata
+from amvad.models.metadata import ModelMetadata, check_smoothing_drop
 from amvad.models.registry import resolve_model
 from amvad.runtime.engine import EngineConfig, InferenceEngine
 from amvad.runtime.events import EventConfig
@@ -43,14 +43,17 @@ TOLERANCE_CLIPS, TOLERANCE_FRAMES = 4, 200  # clips of the footage, frames of ea
 
 
 def add_conditioning(source: str | Path, out: str | Path, data: str | Path, split: str = "training", *,
-                     stabilise: bool = True, weights: list[float] | None = None,
+                     stabilise: bool = True, weights: list[float] | None = None, smoothing_drop: int | None = None,
                      engine_config: EngineConfig | None = None, progress: bool = True) -> ModelMetadata:
     """``source`` (a bundled name or a file) written to ``out`` with conditioning fitted on ``split`` of
     ``data`` and the score statistics of that split under it (the model's own smoothing and quantile).
-    ``weights`` replaces the components' weights (the threshold is then taken under the new ones)."""
+    ``weights`` replaces the components' weights and ``smoothing_drop`` the window's (the threshold is then
+    taken under the new ones)."""
     meta = read_metadata(resolve_model(source))
     names = [c.name for c in meta.components]
     weights = checked_weights(names, weights, "--weights") if weights is not None else None
+    drop = meta.smoothing_drop if smoothing_drop is None else smoothing_drop
+    check_smoothing_drop(meta.smoothing, drop)  # before the long part
     conditioning = split_conditioning(data, split, height=meta.height, width=meta.width, channels=meta.channels,
                                       cfg=ConditioningConfig(stabilise=stabilise))
     rewrite_metadata(source, out, conditioning=conditioning)
@@ -64,7 +67,7 @@ def add_conditioning(source: str | Path, out: str | Path, data: str | Path, spli
     quantile = (meta.training.get("config", {}).get("score", {}).get("threshold_quantile")
                 or ScoreConfig().threshold_quantile)
     stats = statistics(names, weights or [c.weight for c in meta.components],
-                       [c.components for c in clips if len(c.components)], meta.smoothing, quantile)
+                       [c.components for c in clips if len(c.components)], meta.smoothing, quantile, drop)
     rewrite_metadata(out, out, **stats,
                      training={**meta.training, "statistics": f"{split} split of {data}, conditioned"})
     return set_blur_limit(out, sources, engine_config=engine_config, progress=progress)

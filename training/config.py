@@ -8,6 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from amvad.models.metadata import check_smoothing_drop
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -65,8 +67,15 @@ class OptimConfig(Strict):
 class ScoreConfig(Strict):
     weights: list[float] | None = Field(None, description="component weights; default: the method's")
     smoothing: int = Field(5, ge=1, description="causal moving-average window, frames")
+    smoothing_drop: int = Field(0, ge=0, description="the window's highest frame scores left out of its mean "
+                                                     "(runtime/scoring.py)")
     threshold_quantile: float = Field(0.99, gt=0, lt=1,
                                       description="default threshold = this quantile of training scores")
+
+    @model_validator(mode="after")
+    def _drop_within_window(self) -> ScoreConfig:
+        check_smoothing_drop(self.smoothing, self.smoothing_drop)
+        return self
 
 
 class ConditioningConfig(Strict):

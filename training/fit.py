@@ -78,12 +78,12 @@ RECIPES = {"comemory": "ped2_comemory_robust.yaml", "ammc": "ped2_ammc_robust.ya
 SIZE_ARGS = ("clip_len", "channels", "height", "width", "base_width")
 
 
-def bundled_recipe(method: str) -> tuple[dict, list[float] | None, tuple[Augment, ...]]:
-    """(model arguments beyond the sizes, score weights, the changes it learns as normal) of ``method``'s
-    bundled recipe (``training/configs``): AMMC-Net's commit weight, AMSRC-Net's speed error against either
-    flow and its weights, each measured on Ped2 (the model cards)."""
+def bundled_recipe(method: str) -> tuple[dict, ScoreConfig, tuple[Augment, ...]]:
+    """(model arguments beyond the sizes, how it scores, the changes it learns as normal) of ``method``'s
+    bundled recipe (``training/configs``): AMMC-Net's weights and window, AMSRC-Net's speed error against
+    either flow and its weights, each measured on Ped2 (the model cards)."""
     cfg = load_config(Path(__file__).parent / "configs" / RECIPES[method])
-    return {k: v for k, v in cfg.model.args.items() if k not in SIZE_ARGS}, cfg.score.weights, tuple(cfg.augment)
+    return {k: v for k, v in cfg.model.args.items() if k not in SIZE_ARGS}, cfg.score, tuple(cfg.augment)
 
 
 @dataclass
@@ -157,7 +157,7 @@ def holdout_scores(model: ExportedModel, clips: list[Clip]) -> list[np.ndarray]:
         wins = [window(c.frames, c.flows, i, meta.clip_len) for i in ids]
         comps = model.run(np.stack([w[0] for w in wins]), np.stack([w[1] for w in wins])).components
         carried = None if c.keyframes is None else gop_starts(c.keyframes)[ids]
-        out.append(training_scores(meta.components, comps, meta.smoothing, carried))
+        out.append(training_scores(meta.components, comps, meta.smoothing, carried, meta.smoothing_drop))
     return out
 
 
@@ -184,7 +184,7 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     sources = find_footage(footage)
     first = next(iter_clip_frames(sources[0]))
     height, width = choose_size(first.pixels.shape[1], first.pixels.shape[0], max_pixels)
-    recipe_args, weights, recipe_changes = bundled_recipe(method)
+    recipe_args, recipe_score, recipe_changes = bundled_recipe(method)
     args = dict(clip_len=CLIP_LEN, channels=1, height=height, width=width, base_width=base_width, **recipe_args)
     device = pick_device("auto")
     flow = build_flow("default").to(device).eval()
@@ -227,7 +227,7 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
                           model=ModelConfig(method=method, args=args),
                           optim=OptimConfig(epochs=100_000, batch_size=8, lr=5e-4, time_budget_min=minutes,
                                             freeze_bn=init_state is not None),
-                          score=ScoreConfig(smoothing=5, threshold_quantile=0.99, weights=weights))
+                          score=recipe_score)
         bar = tqdm(total=round(minutes * 60), unit="s", desc="training", disable=not progress,
                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}] {postfix}")
 
@@ -259,7 +259,8 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
         "threshold": threshold, "training_quantile_threshold": meta.threshold,
         "target_false_alarms_per_hour": false_alarms_per_hour,
         "validation_false_alarms_per_hour": round(events_per_hour(scores, fps, threshold, events), 3),
-        "flow": exported.flow.spec, "smoothing": meta.smoothing, "seconds": round(time.time() - t_start, 1),
+        "flow": exported.flow.spec, "smoothing": meta.smoothing,
+        "smoothing_drop": meta.smoothing_drop, "seconds": round(time.time() - t_start, 1),
         "machine": f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} threads, {device}",
         "date": date.today().isoformat(),
     }
@@ -312,6 +313,10 @@ def next_steps(name: str | None) -> str:
             f"(`POST /v1/cameras/<id>/calibrate`).")
 
 
+def _dropped(drop: int | None) -> str:
+    return f" less the {drop} highest" if drop else ""
+
+
 def _changes(augment: list[str] | None) -> str:
     if not augment:
         return "the footage as filmed only (no `--augment`)"
@@ -339,7 +344,7 @@ def model_card(r: dict, registered_as: str | None = None) -> str:
 | training | {r['epochs']} epochs in {r['train_seconds']} s ({r['machine']}) |
 | learned as normal | {_changes(r.get('augment'))} |
 | flow | `{json.dumps(r['flow'])}` (the serving flow) |
-| score | causal, smoothing {r['smoothing']} frames; threshold {r['threshold']:.3f} (training 99th percentile \
+| score | causal, smoothing {r['smoothing']} frames{_dropped(r.get('smoothing_drop'))}; threshold {r['threshold']:.3f} (training 99th percentile \
 {r['training_quantile_threshold']:.3f}) |
 | false alarms | target {r['target_false_alarms_per_hour']:g}/h; on the held-out footage \
 {r['validation_false_alarms_per_hour']:g}/h |

@@ -92,10 +92,11 @@ def clip_components(model: AnomalyModel, ds: ClipDataset, device: torch.device,
 
 
 def score_stats(model: AnomalyModel, per_clip: list[np.ndarray], cfg: TrainConfig) -> dict:
-    """:func:`statistics` of a model being trained, with the config's weights, smoothing and quantile."""
+    """:func:`statistics` of a model being trained, with the config's weights, window and quantile."""
     weights = checked_weights(model.component_names, cfg.score.weights or list(model.default_weights),
                               "score.weights")
-    return statistics(model.component_names, weights, per_clip, cfg.score.smoothing, cfg.score.threshold_quantile)
+    return statistics(model.component_names, weights, per_clip, cfg.score.smoothing, cfg.score.threshold_quantile,
+                      cfg.score.smoothing_drop)
 
 
 def checked_weights(names: list[str], weights: list[float], what: str) -> list[float]:
@@ -108,15 +109,15 @@ def checked_weights(names: list[str], weights: list[float], what: str) -> list[f
 
 
 def statistics(names: list[str], weights: list[float], per_clip: list[np.ndarray], smoothing: int,
-               quantile: float) -> dict:
+               quantile: float, drop: int = 0) -> dict:
     """Statistics of each component over normal clips' components ((N, K) per clip) and the default
     threshold: the ``quantile`` of the causal scores (no running updates, so the threshold does not chase
-    itself). The metadata fields ``components``, ``smoothing`` and ``threshold``."""
+    itself). The metadata fields ``components``, ``smoothing``, ``smoothing_drop`` and ``threshold``."""
     allc = np.concatenate(per_clip)
     comps = [ComponentStats(name=n, weight=w, mean=float(m), std=max(float(s), 1e-6))
              for n, w, m, s in zip(names, weights, allc.mean(0), allc.std(0))]
-    scores = np.concatenate([training_scores(comps, c, smoothing) for c in per_clip])
-    return {"components": [c.model_dump() for c in comps], "smoothing": smoothing,
+    scores = np.concatenate([training_scores(comps, c, smoothing, drop=drop) for c in per_clip])
+    return {"components": [c.model_dump() for c in comps], "smoothing": smoothing, "smoothing_drop": drop,
             "threshold": float(np.quantile(scores, quantile))}
 
 

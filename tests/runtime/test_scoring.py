@@ -49,6 +49,29 @@ def test_a_carried_frame_keeps_the_window_and_teaches_nothing():
     assert s.update(np.array([1.0, -30.0])) == pytest.approx((1.0 + 0.0) / 2, abs=0.1)
 
 
+def test_a_window_that_drops_its_highest_frame_ignores_a_one_frame_spike_but_not_an_object():
+    normal = np.tile([1.0, -30.0], (12, 1))
+    spike = normal.copy()
+    spike[6] = [5.0, -14.0]  # one frame's codec jump: z = 8 in both components
+    plain = StreamScorer(COMPONENTS, threshold=3.0, smoothing=5, forget=0.0).score_clip(spike)
+    dropped = StreamScorer(COMPONENTS, threshold=3.0, smoothing=5, forget=0.0, drop=1).score_clip(spike)
+    assert plain.max() == pytest.approx(8 / 5) and dropped.max() == 0.0
+    lasting = normal.copy()
+    lasting[4:] = [5.0, -14.0]  # an object that stays: the window fills with it
+    scores = StreamScorer(COMPONENTS, threshold=3.0, smoothing=5, forget=0.0, drop=1).score_clip(lasting)
+    assert scores[4] == 0.0 and scores[5] == pytest.approx(8 / 4) and scores[-1] == pytest.approx(8.0)
+    np.testing.assert_array_equal(  # training statistics are taken the same way
+        training_scores(COMPONENTS, lasting, 5, drop=1), scores)
+
+
+def test_a_filling_window_keeps_more_than_half_of_its_frames():
+    s = StreamScorer(COMPONENTS, threshold=np.inf, smoothing=5, forget=0.0, drop=2)
+    z = [s.update(np.array([1.0 + 0.5 * k, -30.0 + 2.0 * k])) for k in (4, 2, 0, 6, 8)]  # frame scores 4, 2, 0, 6, 8
+    assert z == pytest.approx([4.0, 3.0, 1.0, 2.0, 2.0])  # 1 kept of 1, 2 of 2, 2 of 3, 3 of 4, 3 of 5
+    with pytest.raises(ValueError, match="smoothing_drop"):
+        StreamScorer(COMPONENTS, threshold=3.0, smoothing=5, drop=3)
+
+
 def test_a_group_of_pictures_starts_at_a_keyframe_after_predicted_frames():
     keyframes = np.array([1, 0, 0, 1, 1, 0, 1, 0], bool)
     assert gop_starts(keyframes).tolist() == [False, False, False, True, False, False, True, False]

@@ -161,6 +161,7 @@ def test_a_fit_trains_and_scores_as_the_methods_bundled_recipe(method, tmp_path,
     weights = [c.weight for c in meta.components]
     want = recipe.score.weights or list(build_model(method, **recipe.model.args).default_weights)
     assert weights == pytest.approx(want)
+    assert meta.smoothing_drop == recipe.score.smoothing_drop  # and its window (AMMC-Net leaves out 2 of 5)
 
 
 def test_the_card_of_a_fit_the_service_registers_does_not_ask_to_upload_it():

@@ -177,6 +177,23 @@ def test_condition_on_takes_new_weights_and_their_threshold(tiny_model, syntheti
     assert "--condition-on" in capsys.readouterr().err
 
 
+def test_condition_on_takes_a_window_that_drops_its_highest_frames(tiny_model, synthetic_dataset, tmp_path,
+                                                                    capsys):
+    five = with_metadata(tiny_model, tmp_path / "five.onnx", smoothing=5)  # a window of 5 frames, as shipped
+    same, dropped = tmp_path / "same.onnx", tmp_path / "dropped.onnx"
+    base = ["export", "--onnx", str(five), "--condition-on", str(synthetic_dataset), "--no-stabilise"]
+    assert main([*base, "--out", str(same)]) == 0
+    assert main([*base, "--out", str(dropped), "--smoothing-drop", "2"]) == 0
+    a, b = read_metadata(same), read_metadata(dropped)
+    assert a.smoothing_drop == 0 and b.smoothing_drop == 2 and b.smoothing == a.smoothing == 5
+    assert b.components == a.components and b.threshold < a.threshold  # the same frames, each window lower
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "bad.onnx"), "--smoothing-drop", "3"]) == 2  # most of the window
+    assert "smoothing_drop" in capsys.readouterr().err and not (tmp_path / "bad.onnx").exists()
+    assert main(["export", "--onnx", str(tiny_model), "--out", str(tmp_path / "bad.onnx"), "--smoothing-drop", "1"]) == 2
+    assert "--condition-on" in capsys.readouterr().err
+
+
 def test_score_arg_rescores_the_same_weights_and_takes_the_statistics_again(tiny_model, synthetic_dataset, tmp_path,
                                                                            capsys):
     """``--score-arg speed_against=either``: AMSRC-Net's weights as they were (recovered from the graph),
