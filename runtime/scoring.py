@@ -3,7 +3,8 @@
 score(t) = mean over the last ``smoothing`` frames of sum_k w_k * (c_k - mu_k) / sigma_k, where mu and
 sigma start at the training statistics and follow frames judged normal with exponential forgetting; with
 ``smoothing_drop`` = d the window's d highest frame scores are left out of that mean, so a one-frame spike
-(a codec's block jumping, a flow's mistake) does not raise it, while an object that stays anomalous does. Higher = more anomalous; ``score >= threshold`` flags an anomaly.
+(a codec's block jumping, a flow's mistake) does not raise it, while an object that stays anomalous does.
+Higher = more anomalous; ``score >= threshold`` flags an anomaly.
 """
 
 from __future__ import annotations

@@ -344,8 +344,8 @@ def model_card(r: dict, registered_as: str | None = None) -> str:
 | training | {r['epochs']} epochs in {r['train_seconds']} s ({r['machine']}) |
 | learned as normal | {_changes(r.get('augment'))} |
 | flow | `{json.dumps(r['flow'])}` (the serving flow) |
-| score | causal, smoothing {r['smoothing']} frames{_dropped(r.get('smoothing_drop'))}; threshold {r['threshold']:.3f} (training 99th percentile \
-{r['training_quantile_threshold']:.3f}) |
+| score | causal, smoothing {r['smoothing']} frames{_dropped(r.get('smoothing_drop'))}; \
+threshold {r['threshold']:.3f} (training 99th percentile {r['training_quantile_threshold']:.3f}) |
 | false alarms | target {r['target_false_alarms_per_hour']:g}/h; on the held-out footage \
 {r['validation_false_alarms_per_hour']:g}/h |
 | soft pictures | {_soft(r.get('min_sharpness'))} |

@@ -153,7 +153,8 @@ BUNDLED_RECIPES = {"ped2": "ped2_comemory_robust.yaml", "ped2-ammc": "ped2_ammc_
 @pytest.mark.parametrize("bundled, recipe", BUNDLED_RECIPES.items())
 def test_each_bundled_model_scores_with_the_weights_of_its_recipe(bundled, recipe):
     """A bundled model's score weights and window may be set again after training (``amvad export
-    --weights --smoothing-drop``); its recipe must then say the same, so that training it again gives the model that ships."""
+    --weights --smoothing-drop``); its recipe must then say the same, so that training it again gives the
+    model that ships."""
     cfg = load_config(CONFIGS / recipe)
     model = build_model(cfg.model.method, **cfg.model.args)
     meta = read_metadata(resolve_model(bundled))

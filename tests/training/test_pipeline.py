@@ -190,7 +190,8 @@ def test_condition_on_takes_a_window_that_drops_its_highest_frames(tiny_model, s
     capsys.readouterr()
     assert main([*base, "--out", str(tmp_path / "bad.onnx"), "--smoothing-drop", "3"]) == 2  # most of the window
     assert "smoothing_drop" in capsys.readouterr().err and not (tmp_path / "bad.onnx").exists()
-    assert main(["export", "--onnx", str(tiny_model), "--out", str(tmp_path / "bad.onnx"), "--smoothing-drop", "1"]) == 2
+    assert main(["export", "--onnx", str(tiny_model), "--out", str(tmp_path / "bad.onnx"),
+                 "--smoothing-drop", "1"]) == 2
     assert "--condition-on" in capsys.readouterr().err
 
 
