@@ -8,6 +8,7 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import av
@@ -147,13 +148,9 @@ def augmented_clip(src: ClipSource, frames: np.ndarray, aug: Augment, seed: int)
         return augmented(frames, aug, seed)
     n, c, h, w = frames.shape
     even = 2 if aug.change == "h264" else 1
-    source = []
-    for f in iter_clip_frames(src):
-        if len(source) == n:
-            break
-        px = f.pixels[: f.pixels.shape[0] // even * even, : f.pixels.shape[1] // even * even]
-        source.append(px.transpose(2, 0, 1).astype(np.float32) / 255)
-    changed = np.rint(augmented(np.stack(source), aug, seed) * 255).astype(np.uint8)
+    source = np.stack([f.pixels[: f.pixels.shape[0] // even * even, : f.pixels.shape[1] // even * even]
+                       for f in islice(iter_clip_frames(src), n)]).transpose(0, 3, 1, 2).astype(np.float32) / 255
+    changed = np.rint(augmented(source, aug, seed) * 255).astype(np.uint8)
     return np.stack([to_model_frame(np.ascontiguousarray(f.transpose(1, 2, 0)), height=h, width=w, channels=c)
                      for f in changed])
 
