@@ -76,9 +76,10 @@ def _export(args: argparse.Namespace) -> None:
         raise ValueError("give exactly one of --checkpoint (a finished training run) or --onnx (an exported model)")
     if args.condition_on and not args.onnx:
         raise ValueError("--condition-on goes with --onnx (a trained model gets its conditioning in training)")
-    if (args.weights or args.smoothing_drop is not None) and not args.condition_on:
-        raise ValueError("--weights and --smoothing-drop go with --condition-on (the threshold is taken again "
-                         "under them)")
+    if (args.weights or args.smoothing or args.smoothing_drop is not None or args.threshold_quantile) \
+            and not args.condition_on:
+        raise ValueError("--weights, --smoothing, --smoothing-drop and --threshold-quantile go with --condition-on "
+                         "(the threshold is taken again under them)")
     if args.score_arg and not args.condition_on:
         raise ValueError("--score-arg goes with --condition-on (the score statistics are taken again under it)")
     if args.checkpoint:
@@ -93,7 +94,8 @@ def _export(args: argparse.Namespace) -> None:
             source = args.out
         meta = add_conditioning(source, args.out, args.condition_on, args.split, stabilise=not args.no_stabilise,
                                 weights=comma_floats(args.weights, "--weights") if args.weights else None,
-                                smoothing_drop=args.smoothing_drop)
+                                smoothing=args.smoothing, smoothing_drop=args.smoothing_drop,
+                                threshold_quantile=args.threshold_quantile)
     else:
         meta = reexport(args.onnx, args.out)
     print(f"exported {meta.method} to {args.out} (threshold {meta.threshold:.3f}, "
@@ -257,9 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-stabilise", action="store_true", help="with --condition-on: level matching only")
     x.add_argument("--weights", metavar="W1,W2,...",
                    help="with --condition-on: new weights of the score's components, in the model's order")
+    x.add_argument("--smoothing", type=int, metavar="N",
+                   help="with --condition-on: the score's causal window, frames (default: the model's)")
     x.add_argument("--smoothing-drop", type=int, metavar="K",
                    help="with --condition-on: leave the K highest frame scores out of the score's causal window "
                         "(a one-frame spike is a codec's or the flow's; README, Robustness)")
+    x.add_argument("--threshold-quantile", type=float, metavar="Q",
+                   help="with --condition-on: the threshold is this quantile of the footage's causal scores "
+                        "(default: the model's, 0.99 for every recipe but ped2-amsrc's)")
     x.add_argument("--score-arg", action="append", metavar="NAME=VALUE",
                    help="with --condition-on: the same weights scoring with another value of a model argument "
                         "that changes only how they score (AMSRC-Net: speed_against=either, speed_floor=0.9, "

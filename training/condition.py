@@ -6,8 +6,9 @@ threshold taken again from that split, scored as the service now scores it (cond
 :class:`~runtime.stream.Stream`): the statistics it was trained with are of frames that were not
 conditioned, and the two differ (measured on ``ped2-amsrc`` with level matching: 7 % of the bundled
 sample's normal frames over the threshold with its old statistics, 1.8 % with statistics taken again).
-``--weights`` gives the components new weights on the way (a recipe's new score weights reach a trained
-model without training it again: training does not use them). Last, :func:`blur_tolerance` measures how
+``--weights``, ``--smoothing``, ``--smoothing-drop`` and ``--threshold-quantile`` give the score new weights,
+window and quantile on the way (a recipe's new ``score`` reaches a trained model without training it again:
+training does not use it). Last, :func:`blur_tolerance` measures how
 soft a picture the model still judges, and the camera watch holds a softer one as a defocused tamper
 instead of letting it raise anomalies.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from amvad.models.metadata import ModelMetadata, check_smoothing_drop
+from amvad.models.metadata import ModelMetadata
 from amvad.models.registry import resolve_model
 from amvad.runtime.engine import EngineConfig, InferenceEngine
 from amvad.runtime.events import EventConfig
@@ -43,17 +44,24 @@ TOLERANCE_CLIPS, TOLERANCE_FRAMES = 4, 200  # clips of the footage, frames of ea
 
 
 def add_conditioning(source: str | Path, out: str | Path, data: str | Path, split: str = "training", *,
-                     stabilise: bool = True, weights: list[float] | None = None, smoothing_drop: int | None = None,
+                     stabilise: bool = True, weights: list[float] | None = None, smoothing: int | None = None,
+                     smoothing_drop: int | None = None, threshold_quantile: float | None = None,
                      engine_config: EngineConfig | None = None, progress: bool = True) -> ModelMetadata:
     """``source`` (a bundled name or a file) written to ``out`` with conditioning fitted on ``split`` of
-    ``data`` and the score statistics of that split under it (the model's own smoothing and quantile).
-    ``weights`` replaces the components' weights and ``smoothing_drop`` the window's (the threshold is then
-    taken under the new ones)."""
+    ``data`` and the score statistics of that split under it. ``weights``, ``smoothing`` (the window),
+    ``smoothing_drop`` and ``threshold_quantile`` replace the model's own (the threshold is then taken under
+    the new ones); the score it ends with is recorded as its training config's ``score``, where the next
+    conditioning and a recipe check read it."""
     meta = read_metadata(resolve_model(source))
     names = [c.name for c in meta.components]
-    weights = checked_weights(names, weights, "--weights") if weights is not None else None
-    drop = meta.smoothing_drop if smoothing_drop is None else smoothing_drop
-    check_smoothing_drop(meta.smoothing, drop)  # before the long part
+    recorded = meta.training.get("config", {}).get("score", {})
+    score = ScoreConfig(  # checked before the long part
+        weights=(checked_weights(names, weights, "--weights") if weights is not None
+                 else [c.weight for c in meta.components]),
+        smoothing=meta.smoothing if smoothing is None else smoothing,
+        smoothing_drop=meta.smoothing_drop if smoothing_drop is None else smoothing_drop,
+        threshold_quantile=(threshold_quantile or recorded.get("threshold_quantile")
+                            or ScoreConfig().threshold_quantile))
     conditioning = split_conditioning(data, split, height=meta.height, width=meta.width, channels=meta.channels,
                                       cfg=ConditioningConfig(stabilise=stabilise))
     rewrite_metadata(source, out, conditioning=conditioning)
@@ -64,12 +72,11 @@ def add_conditioning(source: str | Path, out: str | Path, data: str | Path, spli
                                                           disable=not progress)]
     finally:
         engine.close()
-    quantile = (meta.training.get("config", {}).get("score", {}).get("threshold_quantile")
-                or ScoreConfig().threshold_quantile)
-    stats = statistics(names, weights or [c.weight for c in meta.components],
-                       [c.components for c in clips if len(c.components)], meta.smoothing, quantile, drop)
-    rewrite_metadata(out, out, **stats,
-                     training={**meta.training, "statistics": f"{split} split of {data}, conditioned"})
+    stats = statistics(names, score.weights, [c.components for c in clips if len(c.components)], score.smoothing,
+                       score.threshold_quantile, score.smoothing_drop)
+    config = {**meta.training.get("config", {}), "score": score.model_dump()}
+    rewrite_metadata(out, out, **stats, training={**meta.training, "config": config,
+                                                  "statistics": f"{split} split of {data}, conditioned"})
     return set_blur_limit(out, sources, engine_config=engine_config, progress=progress)
 
 

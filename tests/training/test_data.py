@@ -152,9 +152,9 @@ BUNDLED_RECIPES = {"ped2": "ped2_comemory_robust.yaml", "ped2-ammc": "ped2_ammc_
 
 @pytest.mark.parametrize("bundled, recipe", BUNDLED_RECIPES.items())
 def test_each_bundled_model_scores_with_the_weights_of_its_recipe(bundled, recipe):
-    """A bundled model's score weights and window may be set again after training (``amvad export
-    --weights --smoothing-drop``); its recipe must then say the same, so that training it again gives the
-    model that ships."""
+    """A bundled model's score weights, window and quantile may be set again after training (``amvad
+    export --weights --smoothing --smoothing-drop --threshold-quantile``); its recipe must then say the
+    same, so that training it again gives the model that ships."""
     cfg = load_config(CONFIGS / recipe)
     model = build_model(cfg.model.method, **cfg.model.args)
     meta = read_metadata(resolve_model(bundled))
@@ -162,6 +162,7 @@ def test_each_bundled_model_scores_with_the_weights_of_its_recipe(bundled, recip
     assert [c.name for c in meta.components] == list(model.component_names)
     assert [c.weight for c in meta.components] == pytest.approx(cfg.score.weights or list(model.default_weights))
     assert (meta.smoothing, meta.smoothing_drop) == (cfg.score.smoothing, cfg.score.smoothing_drop)
+    assert meta.training["config"]["score"]["threshold_quantile"] == cfg.score.threshold_quantile
 
 
 @pytest.mark.parametrize("bundled", BUNDLED_RECIPES)

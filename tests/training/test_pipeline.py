@@ -195,6 +195,28 @@ def test_condition_on_takes_a_window_that_drops_its_highest_frames(tiny_model, s
     assert "--condition-on" in capsys.readouterr().err
 
 
+def test_condition_on_takes_a_longer_window_and_another_quantile_and_keeps_them(tiny_model, synthetic_dataset,
+                                                                              tmp_path, capsys):
+    """``--smoothing 7 --smoothing-drop 3 --threshold-quantile 0.997``: the score the threshold is taken under
+    is recorded as the model's, so conditioning the result again (no options) gives the same threshold."""
+    base = ["export", "--condition-on", str(synthetic_dataset), "--no-stabilise"]
+    seven, higher, again = tmp_path / "seven.onnx", tmp_path / "higher.onnx", tmp_path / "again.onnx"
+    window = ["--smoothing", "7", "--smoothing-drop", "3"]
+    assert main([*base, "--onnx", str(tiny_model), "--out", str(seven), *window]) == 0
+    assert main([*base, "--onnx", str(tiny_model), "--out", str(higher), *window, "--threshold-quantile", "0.997"]) == 0
+    assert main([*base, "--onnx", str(higher), "--out", str(again)]) == 0
+    a, b, c = read_metadata(seven), read_metadata(higher), read_metadata(again)
+    assert (a.smoothing, a.smoothing_drop) == (b.smoothing, b.smoothing_drop) == (c.smoothing, c.smoothing_drop) == (7, 3)
+    assert b.threshold > a.threshold and c.threshold == pytest.approx(b.threshold)
+    assert b.training["config"]["score"]["threshold_quantile"] == 0.997
+    capsys.readouterr()
+    assert main([*base, "--onnx", str(tiny_model), "--out", str(tmp_path / "bad.onnx"),
+                 "--threshold-quantile", "1.5"]) == 2
+    assert "threshold_quantile" in capsys.readouterr().err and not (tmp_path / "bad.onnx").exists()
+    assert main(["export", "--onnx", str(tiny_model), "--out", str(tmp_path / "bad.onnx"), "--smoothing", "7"]) == 2
+    assert "--condition-on" in capsys.readouterr().err
+
+
 def test_score_arg_rescores_the_same_weights_and_takes_the_statistics_again(tiny_model, synthetic_dataset, tmp_path,
                                                                            capsys):
     """``--score-arg speed_against=either``: AMSRC-Net's weights as they were (recovered from the graph),
