@@ -76,8 +76,8 @@ def _export(args: argparse.Namespace) -> None:
         raise ValueError("give exactly one of --checkpoint (a finished training run) or --onnx (an exported model)")
     if args.condition_on and not args.onnx:
         raise ValueError("--condition-on goes with --onnx (a trained model gets its conditioning in training)")
-    if (args.weights or args.smoothing or args.smoothing_drop is not None or args.threshold_quantile) \
-            and not args.condition_on:
+    rescored = (args.smoothing, args.smoothing_drop, args.threshold_quantile)
+    if (args.weights or any(v is not None for v in rescored)) and not args.condition_on:
         raise ValueError("--weights, --smoothing, --smoothing-drop and --threshold-quantile go with --condition-on "
                          "(the threshold is taken again under them)")
     if args.score_arg and not args.condition_on:
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(a one-frame spike is a codec's or the flow's; README, Robustness)")
     x.add_argument("--threshold-quantile", type=float, metavar="Q",
                    help="with --condition-on: the threshold is this quantile of the footage's causal scores "
-                        "(default: the model's, 0.99 for every recipe but ped2-amsrc's)")
+                        "(default: the model's own)")
     x.add_argument("--score-arg", action="append", metavar="NAME=VALUE",
                    help="with --condition-on: the same weights scoring with another value of a model argument "
                         "that changes only how they score (AMSRC-Net: speed_against=either, speed_floor=0.9, "

@@ -60,8 +60,8 @@ def add_conditioning(source: str | Path, out: str | Path, data: str | Path, spli
                  else [c.weight for c in meta.components]),
         smoothing=meta.smoothing if smoothing is None else smoothing,
         smoothing_drop=meta.smoothing_drop if smoothing_drop is None else smoothing_drop,
-        threshold_quantile=(threshold_quantile or recorded.get("threshold_quantile")
-                            or ScoreConfig().threshold_quantile))
+        threshold_quantile=(threshold_quantile if threshold_quantile is not None
+                            else recorded.get("threshold_quantile", ScoreConfig().threshold_quantile)))
     conditioning = split_conditioning(data, split, height=meta.height, width=meta.width, channels=meta.channels,
                                       cfg=ConditioningConfig(stabilise=stabilise))
     rewrite_metadata(source, out, conditioning=conditioning)
