@@ -257,6 +257,7 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
         "validation_seconds": round(sum(len(c.frames) / c.fps for c in val_clips), 1),
         "epochs": ckpt["epoch"], "train_seconds": round(ckpt["train_seconds"], 1),
         "threshold": threshold, "training_quantile_threshold": meta.threshold,
+        "training_quantile": recipe_score.threshold_quantile,
         "target_false_alarms_per_hour": false_alarms_per_hour,
         "validation_false_alarms_per_hour": round(events_per_hour(scores, fps, threshold, events), 3),
         "flow": exported.flow.spec, "smoothing": meta.smoothing,
@@ -345,7 +346,8 @@ def model_card(r: dict, registered_as: str | None = None) -> str:
 | learned as normal | {_changes(r.get('augment'))} |
 | flow | `{json.dumps(r['flow'])}` (the serving flow) |
 | score | causal, smoothing {r['smoothing']} frames{_dropped(r.get('smoothing_drop'))}; \
-threshold {r['threshold']:.3f} (training 99th percentile {r['training_quantile_threshold']:.3f}) |
+threshold {r['threshold']:.3f} (training {r.get('training_quantile', 0.99) * 100:g}th percentile \
+{r['training_quantile_threshold']:.3f}) |
 | false alarms | target {r['target_false_alarms_per_hour']:g}/h; on the held-out footage \
 {r['validation_false_alarms_per_hour']:g}/h |
 | soft pictures | {_soft(r.get('min_sharpness'))} |
