@@ -47,7 +47,7 @@ def _robustness(args: argparse.Namespace) -> None:
     changes = parse_changes(args.changes)
     magnitudes = parse_magnitudes(args.magnitudes, changes)
     from amvad.service.h264 import H264Writer
-    from amvad.training.robustness import run_robustness, table
+    from amvad.training.robustness import run_robustness, table, where
     res = run_robustness(args.model, args.data, changes=changes, magnitudes=magnitudes,
                          clips=args.clips, seed=args.seed, writer=H264Writer, normal_split=args.normal_split,
                          test_split=args.test_split, json_out=args.json, plot_dir=args.plot, progress=not args.quiet,
@@ -58,6 +58,8 @@ def _robustness(args: argparse.Namespace) -> None:
           f"test: {len(res['test']['clips'])} {res['test']['split']} clips; {res['date']}, {res['machine']}, "
           f"{res['seconds']:.0f} s")
     print(table(res))
+    if spots := where(res):
+        print(spots)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -16,7 +16,8 @@ magnitude it reports:
   model's threshold, and the share the camera watch held as a camera event (tamper, scene change: the
   service scores them not at all, so they count as not flagged), and the median of what the camera's
   picture gauges read (``vad_camera_sharpness_ratio`` and ``vad_camera_noise_ratio``: the frames'
-  sharpness and noise over the fitted footage's), so an alert level can be read against what a change costs;
+  sharpness and noise over the fitted footage's), so an alert level can be read against what a change costs,
+  and where each event was and how high the footage peaks (:func:`where` prints them);
 - on the labelled ``test_split``: frame-level ROC AUC of the causal score (``auc_stream``) and of the papers'
   per-clip min-max protocol (``auc_paper``), false alarms per hour of its normal frames and events caught
   at the model's threshold (:mod:`training.alarms`).
@@ -36,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from amvad.runtime.engine import EngineConfig, InferenceEngine
-from amvad.runtime.events import EventConfig
+from amvad.runtime.events import EventConfig, replay_events
 from amvad.runtime.scoring import DEFAULT_FORGET, RunningStats, min_max_per_clip
 from amvad.runtime.video import FRAME_EXTS
 
@@ -134,7 +135,9 @@ def with_held(clip: ClipScores, scores: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def normal_figures(clips: list[ClipScores], threshold: float, events: EventConfig) -> dict:
-    """Events and flagged (and held) frames on footage that is all normal."""
+    """Events and flagged (and held) frames on footage that is all normal, with the evidence to read them
+    by: where each event was (``false_alarms``) and the footage's highest score (``peak``), whose distance
+    to the threshold says how little a change needs to add to raise one."""
     merged = [with_held(c, c.stream) for c in clips]
     scored = [LabelledScores(ids, s, np.zeros(len(s), np.int64), t) for ids, s, t in merged]
     point = operating_point(scored, threshold, events)  # with no anomalous frame, every event is a false one
@@ -144,7 +147,21 @@ def normal_figures(clips: list[ClipScores], threshold: float, events: EventConfi
     return {"events": point["false_alarms"], "minutes": round(minutes, 3),
             "events_per_10min": round(point["false_alarms"] / minutes * 10, 3) if minutes else None,
             "frames_flagged": round(float(flagged.mean()), 4), "frames_held": round(held / len(flagged), 4),
-            "sharpness_ratio": _median(c.sharpness for c in clips), "noise_ratio": _median(c.noise for c in clips)}
+            "sharpness_ratio": _median(c.sharpness for c in clips), "noise_ratio": _median(c.noise for c in clips),
+            "false_alarms": [{"clip": c.name, "start_frame": int(ids[e.start_frame]),
+                              "end_frame": int(ids[e.end_frame]),
+                              "peak_score": round(float(s[e.start_frame:e.end_frame + 1].max()), 3)}
+                             for c, (ids, s, t) in zip(clips, merged) for e in replay_events(s, t, threshold, events)],
+            "peak": _peak(clips, merged)}
+
+
+def _peak(clips: list[ClipScores], merged: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict | None:
+    """The highest causal score on the footage and where (None when nothing was scored)."""
+    best = None
+    for c, (ids, s, _) in zip(clips, merged):
+        if len(s) and np.isfinite(s.max()) and (best is None or s.max() > best["score"]):
+            best = {"clip": c.name, "frame": int(ids[int(np.argmax(s))]), "score": round(float(s.max()), 3)}
+    return best
 
 
 def _median(parts) -> float | None:
@@ -262,6 +279,24 @@ def table(result: dict) -> str:
                      f"{r['test_events_caught']} / {r['test_events_total']} | "
                      f"{_fmt(r.get('sharpness_ratio'), '.2f')} · {_fmt(r.get('noise_ratio'), '.2f')} | "
                      f"{'met' if r['within_targets'] else 'missed'} |")
+    return "\n".join(lines)
+
+
+def where(result: dict) -> str:
+    """Where the normal footage's events were, row by row, and how high the clean footage peaks against the
+    threshold: what to look at when a row misses (one spot that any change tips over, or many)."""
+    lines = []
+    clean = result["rows"][0]
+    if clean.get("peak"):
+        p = clean["peak"]
+        lines.append(f"clean normal footage peaks at {p['score']:.2f} (clip {p['clip']}, frame {p['frame']}) "
+                     f"against the threshold {result['threshold']:.2f}")
+    for r in result["rows"]:
+        if r.get("false_alarms"):
+            spots = ", ".join(f"clip {e['clip']} frames {e['start_frame']}-{e['end_frame']} "
+                              f"(peak {e['peak_score']:.2f})" for e in r["false_alarms"])
+            name = r["change"] if r["magnitude"] is None else f"{r['change']} {r['magnitude']:g}"
+            lines.append(f"{name}: {spots}")
     return "\n".join(lines)
 
 

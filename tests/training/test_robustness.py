@@ -31,6 +31,7 @@ from amvad.training.robustness import (
     score_variants,
     table,
     variants,
+    where,
 )
 from amvad.training.warm_start import exported_metadata
 from tests.support.model_files import with_metadata
@@ -216,11 +217,33 @@ def test_frames_the_camera_watch_held_count_as_not_flagged_and_their_anomalies_a
     assert normal["frames_flagged"] == round(2 / 12, 4) and normal["frames_held"] == round(8 / 12, 4)
     # nothing measured of the picture (a model without conditioning): reported as such, not as 0
     assert normal["sharpness_ratio"] is None and normal["noise_ratio"] is None
+    # two high frames are shorter than an event; the peak is a scored frame's, never a held one's
+    assert normal["false_alarms"] == [] and normal["peak"] == {"clip": "a", "frame": 5, "score": 3.0}
     labels = [np.array([0] * 4 + [0, 1, 1, 0, 1, 1]), np.array([0] * 4 + [1] * 6)]
     got = labelled_figures([a, b], labels, 1.0, np.ones(2), EventConfig())
     # 10 anomalous frames, 2 normal ones (score 0): the 2 scored at 3 outrank both, the 8 held rank below
     assert got["auc_stream"] == pytest.approx(4 / 20)
     assert got["test_events_total"] == 3 and got["test_events_caught"] == 1  # the held ones are missed
+
+
+def test_each_false_alarm_on_normal_footage_says_where_it_was_and_the_table_is_followed_by_the_spots():
+    # clip 01 stays over the threshold for frames 10-17 (0.8 s at 10 frames/s: an event, which ends at its first
+    # low frame, 18) and peaks before the event is confirmed (0.3 s in); clip 02 never goes over
+    ids = np.arange(4, 40)
+    high = np.where((ids >= 10) & (ids <= 17), 2.5, 0.2)
+    high[ids == 12] = 4.0
+    a = ClipScores("01", 40, ids, ids / 10, np.ones((len(ids), 2)), high)
+    b = ClipScores("02", 40, ids, ids / 10, np.ones((len(ids), 2)), np.full(len(ids), 0.9))
+    normal = normal_figures([a, b], 1.0, EventConfig())
+    assert normal["events"] == 1 == len(normal["false_alarms"])
+    assert normal["false_alarms"][0] == {"clip": "01", "start_frame": 10, "end_frame": 18, "peak_score": 4.0}
+    assert normal["peak"] == {"clip": "01", "frame": 12, "score": 4.0}
+    # where() reads the clean row's peak against the threshold and lists every row's events
+    quiet = {**normal_figures([b], 1.0, EventConfig()), "change": "clean", "magnitude": None}
+    shaken = {**normal, "change": "shake", "magnitude": 3.0}
+    text = where({"threshold": 1.0, "rows": [quiet, shaken]})
+    assert text.splitlines() == ["clean normal footage peaks at 0.90 (clip 02, frame 4) against the threshold 1.00",
+                                 "shake 3: clip 01 frames 10-18 (peak 4.00)"]
 
 
 def test_clean_scores_are_those_of_amvad_eval(tiny_model, synthetic_dataset):
