@@ -112,7 +112,8 @@ def score_variants(engine: InferenceEngine, sources: list[ClipSource], runs: lis
         frames = list(iter_clip_frames(src))
         clip_seed = zlib.crc32(f"{seed}:{src.name}".encode())
         for k, (change, magnitude) in enumerate(runs):
-            bar.set_postfix_str(f"{src.name} {label(change, magnitude)}", refresh=False)
+            bar.set_postfix_str(f"{src.name} {label('clean' if change is None else change.name, magnitude)}",
+                                refresh=False)
             pixels = frames if change is None else perturb_clip(change, magnitude, frames, seed=clip_seed,
                                                                 writer=writer)
             out[k].append(score_frames(engine, src.name, pixels, None if cameras is None else cameras[k], forget))
@@ -120,8 +121,9 @@ def score_variants(engine: InferenceEngine, sources: list[ClipSource], runs: lis
     return out
 
 
-def label(change: Change | None, magnitude: float | None) -> str:
-    return "clean" if change is None else f"{change.name} {magnitude:g}"
+def label(change: str, magnitude: float | None) -> str:
+    """A variant's name: "clean", "shake 3"."""
+    return change if magnitude is None else f"{change} {magnitude:g}"
 
 
 def with_held(clip: ClipScores, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -139,20 +141,20 @@ def normal_figures(clips: list[ClipScores], threshold: float, events: EventConfi
     by: where each event was (``false_alarms``) and the footage's highest score (``peak``), whose distance
     to the threshold says how little a change needs to add to raise one."""
     merged = [with_held(c, c.stream) for c in clips]
-    scored = [LabelledScores(ids, s, np.zeros(len(s), np.int64), t) for ids, s, t in merged]
-    point = operating_point(scored, threshold, events)  # with no anomalous frame, every event is a false one
-    minutes = point["normal_hours"] * 60
+    # with no anomalous frame every event is a false one; hours as training.alarms.operating_point counts them
+    alarms = [{"clip": c.name, "start_frame": int(ids[e.start_frame]), "end_frame": int(ids[e.end_frame]),
+               "peak_score": round(float(s[e.start_frame:e.end_frame + 1].max()), 3)}
+              for c, (ids, s, t) in zip(clips, merged) for e in replay_events(s, t, threshold, events)]
+    hours = round(sum(len(s) / LabelledScores(ids, s, np.zeros(len(s), np.int64), t).fps for ids, s, t in merged)
+                  / 3600, 5)
+    minutes = hours * 60
     flagged = np.concatenate([s >= threshold for _, s, _ in merged])
     held = sum(len(c.held_ids) for c in clips)
-    return {"events": point["false_alarms"], "minutes": round(minutes, 3),
-            "events_per_10min": round(point["false_alarms"] / minutes * 10, 3) if minutes else None,
+    return {"events": len(alarms), "minutes": round(minutes, 3),
+            "events_per_10min": round(len(alarms) / minutes * 10, 3) if minutes else None,
             "frames_flagged": round(float(flagged.mean()), 4), "frames_held": round(held / len(flagged), 4),
             "sharpness_ratio": _median(c.sharpness for c in clips), "noise_ratio": _median(c.noise for c in clips),
-            "false_alarms": [{"clip": c.name, "start_frame": int(ids[e.start_frame]),
-                              "end_frame": int(ids[e.end_frame]),
-                              "peak_score": round(float(s[e.start_frame:e.end_frame + 1].max()), 3)}
-                             for c, (ids, s, t) in zip(clips, merged) for e in replay_events(s, t, threshold, events)],
-            "peak": _peak(clips, merged)}
+            "false_alarms": alarms, "peak": _peak(clips, merged)}
 
 
 def _peak(clips: list[ClipScores], merged: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict | None:
@@ -295,8 +297,7 @@ def where(result: dict) -> str:
         if r.get("false_alarms"):
             spots = ", ".join(f"clip {e['clip']} frames {e['start_frame']}-{e['end_frame']} "
                               f"(peak {e['peak_score']:.2f})" for e in r["false_alarms"])
-            name = r["change"] if r["magnitude"] is None else f"{r['change']} {r['magnitude']:g}"
-            lines.append(f"{name}: {spots}")
+            lines.append(f"{label(r['change'], r['magnitude'])}: {spots}")
     return "\n".join(lines)
 
 
