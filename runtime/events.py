@@ -1,6 +1,7 @@
 """Per-frame anomaly flags -> anomaly events with hysteresis, minimum duration and cooldown.
 
-An event starts when the score stays >= ``threshold`` for ``min_duration_s``; it ends once the score
+An event starts when the score stays >= ``threshold`` for ``min_duration_s`` (counting only scores over a
+full smoothing window: ``StreamScorer.settled``); it ends once the score
 has stayed below ``threshold - hysteresis`` for ``cooldown_s`` (re-crossings meanwhile extend it), so
 one bike crossing is one event. Times are the frames' timestamps in seconds.
 """
@@ -110,12 +111,14 @@ class EventTracker:
         self.close()
 
 
-def replay_events(scores: np.ndarray, times: np.ndarray, threshold: float, config: EventConfig) -> list[AnomalyEvent]:
+def replay_events(scores: np.ndarray, times: np.ndarray, threshold: float, config: EventConfig,
+                  settled: np.ndarray | None = None) -> list[AnomalyEvent]:
     """The events the service would raise on a finished series of scores (frame i at ``times[i]`` s);
-    their ``start_frame`` / ``end_frame`` are indices into the series."""
+    their ``start_frame`` / ``end_frame`` are indices into the series. ``settled``: which scores were over
+    a full window (``FrameResult.settled``; the others start nothing, as in a stream); None = all."""
     tracker = EventTracker.from_config(threshold, config, keep=max(len(scores), 1))
     for i, (t, s) in enumerate(zip(times, scores)):
-        tracker.update(float(t), i, float(s))
+        tracker.update(float(t), i, float(s) if settled is None or settled[i] else None)
     if len(scores):
         tracker.finish(float(times[-1]), len(scores) - 1)
     return tracker.events

@@ -86,6 +86,13 @@ class StreamScorer:
             self.stats.update(components, self.forget)
         return score
 
+    @property
+    def settled(self) -> bool:
+        """The window is full: the score is the mean over ``smoothing`` frames it is meant to be, not that of
+        the first few frames of a stream (or of those after a gap), whose mean of one or two frame scores
+        swings as far as a single frame's. Only a settled score may start an event (runtime/stream.py)."""
+        return len(self._recent) == self._recent.maxlen
+
     def window_score(self) -> float:
         """The mean of the window's frame scores but its ``drop`` highest (fewer while the window fills:
         it always keeps more than half of what it holds)."""

@@ -95,6 +95,9 @@ class FrameResult:
     camera_event: str | None = None
     camera_event_record: CameraEvent | None = None
     held: bool = False
+    # the score is over a full window (StreamScorer.settled): before that (a stream's first frames, after a
+    # gap) it is reported and flagged but starts no event
+    settled: bool = False
 
 
 @dataclass(frozen=True)

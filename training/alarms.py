@@ -25,11 +25,13 @@ RECALL_TARGET = 0.9  # the operating point that catches this share of anomalous 
 
 @dataclass(frozen=True)
 class LabelledScores:
-    """One clip's scored frames: ids, scores, labels (1 = anomalous) and timestamps in seconds."""
+    """One clip's scored frames: ids, scores, labels (1 = anomalous) and timestamps in seconds; ``settled``:
+    which scores could start an event (``runtime.events.replay_events``), None = all."""
     frame_ids: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
     timestamps: np.ndarray
+    settled: np.ndarray | None = None
 
     @property
     def fps(self) -> float:
@@ -70,7 +72,7 @@ def operating_point(clips: list[LabelledScores], threshold: float | None, events
         normal_s += float((~labels).sum()) / fps
         flagged_pos += int((flagged & labels).sum())
         total_pos += int(labels.sum())
-        alarms = replay_events(clip.scores, clip.timestamps, threshold, events)
+        alarms = replay_events(clip.scores, clip.timestamps, threshold, events, clip.settled)
         false_alarms += sum(not labels[e.start_frame:e.end_frame + 1].any() for e in alarms)
         for a, b in runs(labels):
             hits = np.flatnonzero(flagged[a:b + 1])

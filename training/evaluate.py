@@ -55,6 +55,9 @@ class ClipScores:
     # .noise), NaN where not measured (a model without conditioning)
     sharpness: np.ndarray = field(default_factory=lambda: np.empty(0))
     noise: np.ndarray = field(default_factory=lambda: np.empty(0))
+    # per scored frame: its score was over a full window (FrameResult.settled), so it could start an event;
+    # None = all were
+    settled: np.ndarray | None = None
 
 
 def score_clip(engine: InferenceEngine, src: ClipSource) -> ClipScores:
@@ -67,13 +70,13 @@ def score_frames(engine: InferenceEngine, name: str, frames: Iterable[Frame],
     """:func:`score_clip` for frames from anywhere (e.g. a perturbed clip, training/robustness.py);
     ``stats``: running statistics to start from, updated in place (a camera's, carried from clip to clip),
     at the stream's rate ``forget``."""
-    ids, times, comps, scores, held, picture, n = [], [], [], [], [], [], 0
+    ids, times, comps, scores, settled, held, picture, n = [], [], [], [], [], [], [], 0
     for frame, r in results_in_order(Stream(engine, stats=stats, forget=forget), frames):
         n += 1
         picture.append((None, None) if r.condition is None else (r.condition.sharpness, r.condition.noise))
         if r.score is not None:
             ids.append(frame.frame_id), times.append(frame.timestamp), comps.append(r.components)
-            scores.append(r.score)
+            scores.append(r.score), settled.append(r.settled)
         elif r.held:
             held.append((frame.frame_id, frame.timestamp))
     if not ids and not held:
@@ -82,7 +85,7 @@ def score_frames(engine: InferenceEngine, name: str, frames: Iterable[Frame],
     picture = np.array(picture, np.float64).reshape(-1, 2)  # None (not measured) -> NaN
     return ClipScores(name, n, np.array(ids, np.int64), np.array(times), np.stack(comps) if comps else np.empty((0, k)),
                       np.array(scores), np.array([i for i, _ in held], np.int64), np.array([t for _, t in held]),
-                      sharpness=picture[:, 0], noise=picture[:, 1])
+                      sharpness=picture[:, 0], noise=picture[:, 1], settled=np.array(settled, bool))
 
 
 def score_clips(model: str | Path, data: str | Path, split: str, engine_config: EngineConfig | None,
@@ -132,7 +135,7 @@ def report(engine: InferenceEngine, data: str | Path, split: str, sources: list[
         lab = lab[clip.frame_ids]
         paper = min_max_per_clip(clip.components, weights)
         paper_clips.append(LabelledScores(clip.frame_ids, paper, lab, clip.timestamps))
-        stream_clips.append(LabelledScores(clip.frame_ids, clip.stream, lab, clip.timestamps))
+        stream_clips.append(LabelledScores(clip.frame_ids, clip.stream, lab, clip.timestamps, clip.settled))
         rows.append({"clip": clip.name, "frames": clip.frames, "frames_scored": len(clip.frame_ids),
                      "anomalous": int(lab.sum()), "auc_paper": roc_auc(lab, paper),
                      "auc_stream": roc_auc(lab, clip.stream), "stream_scores": np.round(clip.stream, 4).tolist()})

@@ -126,14 +126,20 @@ def label(change: str, magnitude: float | None) -> str:
     return change if magnitude is None else f"{change} {magnitude:g}"
 
 
-def with_held(clip: ClipScores, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(frame ids, ``scores``, timestamps) of every frame with a full window, in order: the scored ones and
-    those the camera watch held, which score -inf (the service raises nothing on them, so an anomaly there
-    is missed and a held normal frame is no false alarm)."""
+Merged = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # ids, scores, timestamps, settled
+
+
+def with_held(clip: ClipScores, scores: np.ndarray) -> Merged:
+    """(frame ids, ``scores``, timestamps, settled) of every frame with a full history, in order: the scored
+    ones and those the camera watch held, which score -inf (the service raises nothing on them, so an
+    anomaly there is missed and a held normal frame is no false alarm); ``settled``: whether a frame's score
+    could start an event (:attr:`ClipScores.settled`)."""
     ids = np.concatenate([clip.frame_ids, clip.held_ids])
     order = np.argsort(ids, kind="stable")
+    settled = np.ones(len(clip.frame_ids), bool) if clip.settled is None else clip.settled
     return (ids[order], np.concatenate([scores, np.full(len(clip.held_ids), -np.inf)])[order],
-            np.concatenate([clip.timestamps, clip.held_timestamps])[order])
+            np.concatenate([clip.timestamps, clip.held_timestamps])[order],
+            np.concatenate([settled, np.ones(len(clip.held_ids), bool)])[order])
 
 
 def normal_figures(clips: list[ClipScores], threshold: float, events: EventConfig) -> dict:
@@ -144,11 +150,11 @@ def normal_figures(clips: list[ClipScores], threshold: float, events: EventConfi
     # with no anomalous frame every event is a false one; hours as training.alarms.operating_point counts them
     alarms = [{"clip": c.name, "start_frame": int(ids[e.start_frame]), "end_frame": int(ids[e.end_frame]),
                "peak_score": round(float(s[e.start_frame:e.end_frame + 1].max()), 3)}
-              for c, (ids, s, t) in zip(clips, merged) for e in replay_events(s, t, threshold, events)]
-    hours = round(sum(len(s) / LabelledScores(ids, s, np.zeros(len(s), np.int64), t).fps for ids, s, t in merged)
-                  / 3600, 5)
+              for c, (ids, s, t, ok) in zip(clips, merged) for e in replay_events(s, t, threshold, events, ok)]
+    hours = round(sum(len(s) / LabelledScores(ids, s, np.zeros(len(s), np.int64), t).fps
+                      for ids, s, t, _ in merged) / 3600, 5)
     minutes = hours * 60
-    flagged = np.concatenate([s >= threshold for _, s, _ in merged])
+    flagged = np.concatenate([s >= threshold for _, s, _, _ in merged])
     held = sum(len(c.held_ids) for c in clips)
     return {"events": len(alarms), "minutes": round(minutes, 3),
             "events_per_10min": round(len(alarms) / minutes * 10, 3) if minutes else None,
@@ -157,10 +163,10 @@ def normal_figures(clips: list[ClipScores], threshold: float, events: EventConfi
             "false_alarms": alarms, "peak": _peak(clips, merged)}
 
 
-def _peak(clips: list[ClipScores], merged: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict | None:
+def _peak(clips: list[ClipScores], merged: list[Merged]) -> dict | None:
     """The highest causal score on the footage and where (None when nothing was scored)."""
     best = None
-    for c, (ids, s, _) in zip(clips, merged):
+    for c, (ids, s, _, _) in zip(clips, merged):
         if len(s) and np.isfinite(s.max()) and (best is None or s.max() > best["score"]):
             best = {"clip": c.name, "frame": int(ids[int(np.argmax(s))]), "score": round(float(s.max()), 3)}
     return best
@@ -180,11 +186,12 @@ def labelled_figures(clips: list[ClipScores], labels: list[np.ndarray], threshol
     (frames the camera watch held count as not flagged: :func:`with_held`)."""
     stream = [with_held(c, c.stream) for c in clips]
     paper = [with_held(c, min_max_per_clip(c.components, weights) if len(c.stream) else c.stream) for c in clips]
-    lab = [lab[ids] for (ids, _, _), lab in zip(stream, labels)]
+    lab = [lab[ids] for (ids, _, _, _), lab in zip(stream, labels)]
     pooled = np.concatenate(lab)
-    point = operating_point([LabelledScores(ids, s, y, t) for (ids, s, t), y in zip(stream, lab)], threshold, events)
-    return {"auc_stream": roc_auc(pooled, np.concatenate([s for _, s, _ in stream])),
-            "auc_paper": roc_auc(pooled, np.concatenate([s for _, s, _ in paper])),
+    point = operating_point([LabelledScores(ids, s, y, t, ok) for (ids, s, t, ok), y in zip(stream, lab)],
+                            threshold, events)
+    return {"auc_stream": roc_auc(pooled, np.concatenate([s for _, s, _, _ in stream])),
+            "auc_paper": roc_auc(pooled, np.concatenate([s for _, s, _, _ in paper])),
             "test_false_alarms_per_hour": point["false_alarms_per_hour"],
             "test_events_caught": point["events_caught"], "test_events_total": point["events_total"]}
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from amvad.runtime.events import EventTracker
+import numpy as np
+
+from amvad.runtime.events import EventConfig, EventTracker, replay_events
 
 
 def feed(tracker: EventTracker, scores: list[float | None]) -> list[str | None]:
@@ -35,3 +37,16 @@ def test_separate_crossings_after_cooldown_are_two_events_and_finish_closes_open
     assert [e.start_frame for e in t.events] == [0, 6] and t.events[0].end_frame == 2
     t.finish(0.8, 8)
     assert t.events[1].end_frame == 8 and t.open is None
+
+
+def test_a_replay_starts_no_event_on_scores_that_were_not_settled():
+    # given a stream's first frames scoring high on a window still filling (the mean of one or two frame
+    # scores), then normal, then an object that stays
+    scores = np.array([3.0, 3.0, 3.0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                       2.0, 2.0, 2.0, 2.0, 2.0])
+    times = np.arange(len(scores)) / 10
+    config = EventConfig(hysteresis=0.5, min_duration_s=0.2, cooldown_s=0.5)
+    settled = np.arange(len(scores)) >= 3
+    # then the replay raises what the stream raises: the object, not the unsettled start
+    assert [e.start_frame for e in replay_events(scores, times, 1.0, config)] == [0, 26]
+    assert [e.start_frame for e in replay_events(scores, times, 1.0, config, settled)] == [26]

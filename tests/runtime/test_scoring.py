@@ -72,6 +72,21 @@ def test_a_filling_window_keeps_more_than_half_of_its_frames():
         StreamScorer(COMPONENTS, threshold=3.0, smoothing=5, drop=3)
 
 
+def test_a_score_is_settled_once_its_window_is_full_and_again_after_a_gap():
+    s = StreamScorer(COMPONENTS, threshold=np.inf, smoothing=3, forget=0.0)
+    settled = []
+    for _ in range(4):
+        s.update(np.array([1.0, -30.0]))
+        settled.append(s.settled)
+    assert settled == [False, False, True, True]
+    s.update(np.array([1.0, -30.0]), carried=True)  # a carried frame adds nothing to the window
+    s.reset_window()  # a gap in the stream
+    assert not s.settled
+    s.update(np.array([1.0, -30.0]), carried=True)
+    s.update(np.array([1.0, -30.0]))
+    assert not s.settled  # the carried frame started an empty window: 2 of 3
+
+
 def test_a_group_of_pictures_starts_at_a_keyframe_after_predicted_frames():
     keyframes = np.array([1, 0, 0, 1, 1, 0, 1, 0], bool)
     assert gop_starts(keyframes).tolist() == [False, False, False, True, False, False, True, False]

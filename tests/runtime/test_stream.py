@@ -11,6 +11,7 @@ import pytest
 
 from amvad.runtime.conditioning import Conditioner
 from amvad.runtime.engine import EngineConfig, InferenceEngine
+from amvad.runtime.events import EventConfig
 from amvad.runtime.preprocess import to_model_frame
 from amvad.runtime.scoring import StreamScorer
 from amvad.runtime.stream import Stream, results_in_order
@@ -61,6 +62,18 @@ def test_warm_up_then_scores_match_batch_scoring(model):
     # and the streamed components equal the batch path (whole-clip flows, all windows) on the same frames
     np.testing.assert_allclose(np.stack([r.components for r in results[t - 1:]]),
                                batch_components(model, frames(12)), rtol=1e-4, atol=1e-4)
+
+
+def test_no_event_starts_before_the_window_is_full(model):
+    # given a stream whose every score is over its threshold, from the first scored frame on
+    pipe = Stream(model, threshold=-1e9, events=EventConfig(min_duration_s=0.0))
+    n = model.meta.smoothing
+    assert n >= 2  # the tiny model's window: 2 frames
+    live = [r for r in (pipe.process(f) for f in frames(12)) if r.state == LIVE]
+    # then every score is flagged, but the event starts on the first score over a full window
+    assert all(r.anomaly for r in live)
+    assert [r.settled for r in live[:n + 1]] == [False] * (n - 1) + [True, True]
+    assert [r.event for r in live[:n + 1]] == [None] * (n - 1) + ["start", None]
 
 
 def test_pipelined_submission_gives_the_same_results_in_order(model):

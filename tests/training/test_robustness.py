@@ -4,6 +4,8 @@ through the service's path and reports every figure; the command runs."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import subprocess
 import sys
@@ -244,6 +246,20 @@ def test_each_false_alarm_on_normal_footage_says_where_it_was_and_the_table_is_f
     text = where({"threshold": 1.0, "rows": [quiet, shaken]})
     assert text.splitlines() == ["clean normal footage peaks at 0.90 (clip 02, frame 4) against the threshold 1.00",
                                  "shake 3: clip 01 frames 10-18 (peak 4.00)"]
+
+
+def test_a_rise_on_a_window_still_filling_is_flagged_but_raises_no_event_with_a_held_frame_between():
+    # a stream's first 8 scored frames are high, 5 of them on a window still filling (to frame 9); a held
+    # frame sits among them and breaks the run
+    ids = np.array([4, 5, 6, 8, 9, 10, 11, 12, 13, 14])
+    scores = np.array([3.0, 3, 3, 3, 3, 3, 3, 3, 0, 0])
+    settled = ids >= 10
+    clip = ClipScores("01", 20, ids, ids / 10, np.ones((len(ids), 2)), scores, np.array([7]), np.array([0.7]),
+                      settled=settled)
+    normal = normal_figures([clip], 1.0, EventConfig())
+    assert normal["frames_flagged"] == round(8 / 11, 4) and normal["events"] == 0  # settled: 0.2 s high
+    # the same scores all settled are an event (frames 8-12: 0.4 s over the threshold)
+    assert normal_figures([dataclasses.replace(clip, settled=None)], 1.0, EventConfig())["events"] == 1
 
 
 def test_clean_scores_are_those_of_amvad_eval(tiny_model, synthetic_dataset):
