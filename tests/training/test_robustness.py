@@ -5,7 +5,6 @@ through the service's path and reports every figure; the command runs."""
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import subprocess
 import sys
