@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .args import comma_floats, score_args
 from .backup import add_parsers as add_backup_parsers
+from .robustness import CHANGES, parse_changes
 from .robustness import add_parsers as add_robustness_parsers
 from .tls import add_parsers as add_tls_parsers
 from .users import add_parsers as add_user_parsers
@@ -49,8 +50,9 @@ def _fit(args: argparse.Namespace) -> None:
     if args.job is not None:
         if args.footage or args.out:
             raise ValueError("--job DIR takes no footage or --out: the job's request.json names them")
+        from amvad.service.h264 import H264Writer
         from amvad.training.fit import run_job
-        res = run_job(args.job)
+        res = run_job(args.job, H264Writer)
     else:
         if not args.footage or args.out is None:
             raise ValueError("give the footage and --out PATH.onnx (or --job DIR)")
@@ -66,7 +68,8 @@ def _fit(args: argparse.Namespace) -> None:
         except ValidationError as exc:
             raise ValueError("; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}"
                                        for e in exc.errors(include_input=False))) from None
-        res = run_fit(spec, progress_file=args.progress_json, progress=not args.quiet)
+        from amvad.service.h264 import H264Writer
+        res = run_fit(spec, progress_file=args.progress_json, progress=not args.quiet, h264=H264Writer)
     print(json.dumps(res, indent=1))
 
 
@@ -76,10 +79,10 @@ def _export(args: argparse.Namespace) -> None:
         raise ValueError("give exactly one of --checkpoint (a finished training run) or --onnx (an exported model)")
     if args.condition_on and not args.onnx:
         raise ValueError("--condition-on goes with --onnx (a trained model gets its conditioning in training)")
-    rescored = (args.smoothing, args.smoothing_drop, args.threshold_quantile)
+    rescored = (args.smoothing, args.smoothing_drop, args.threshold_quantile, args.calibrate_under)
     if (args.weights or any(v is not None for v in rescored)) and not args.condition_on:
-        raise ValueError("--weights, --smoothing, --smoothing-drop and --threshold-quantile go with --condition-on "
-                         "(the threshold is taken again under them)")
+        raise ValueError("--weights, --smoothing, --smoothing-drop, --threshold-quantile and --calibrate-under go "
+                         "with --condition-on (the threshold is taken again under them)")
     if args.score_arg and not args.condition_on:
         raise ValueError("--score-arg goes with --condition-on (the score statistics are taken again under it)")
     if args.checkpoint:
@@ -87,6 +90,7 @@ def _export(args: argparse.Namespace) -> None:
         if meta.conditioning is not None:
             meta = _blur_limit_from_training_data(args.out, meta)
     elif args.condition_on:
+        from amvad.service.h264 import H264Writer
         from amvad.training.condition import add_conditioning
         source = args.onnx
         if args.score_arg:
@@ -95,20 +99,31 @@ def _export(args: argparse.Namespace) -> None:
         meta = add_conditioning(source, args.out, args.condition_on, args.split, stabilise=not args.no_stabilise,
                                 weights=comma_floats(args.weights, "--weights") if args.weights else None,
                                 smoothing=args.smoothing, smoothing_drop=args.smoothing_drop,
-                                threshold_quantile=args.threshold_quantile)
+                                threshold_quantile=args.threshold_quantile,
+                                calibrate_under=calibrate_under(args.calibrate_under), writer=H264Writer)
     else:
         meta = reexport(args.onnx, args.out)
     print(f"exported {meta.method} to {args.out} (threshold {meta.threshold:.3f}, "
           f"components {[c.name for c in meta.components]})")
 
 
+def calibrate_under(text: str | None) -> list[str] | None:
+    """``--calibrate-under``: None (the model's own), [] for 'none', the battery for 'all', else the names."""
+    if text is None:
+        return None
+    named = {"none": [], "all": list(CHANGES)}
+    return named[text.strip()] if text.strip() in named else parse_changes(text)
+
+
 def _blur_limit_from_training_data(out: Path, meta: ModelMetadata) -> ModelMetadata:
-    """A model trained with conditioning gets its blur limit (``min_sharpness``) measured on its training
-    split when that is on this machine; otherwise it is exported without one (the camera watch's own rule),
-    and the message says how to add it."""
+    """A model trained with conditioning gets its blur limit (``min_sharpness``), and its threshold under
+    its recipe's benign changes, measured on its training split when that is on this machine; otherwise it
+    is exported without them (the camera watch's own rule, the clean footage's threshold), and the message
+    says how to add them."""
+    from amvad.service.h264 import H264Writer
     from amvad.training.condition import set_blur_limit_from_training
     try:
-        return set_blur_limit_from_training(out)
+        return set_blur_limit_from_training(out, writer=H264Writer)
     except FileNotFoundError as exc:
         print(f"amvad export: blur limit not measured ({exc}); add it with `amvad export --onnx {out} --out "
               f"{out} --condition-on DATA`", file=sys.stderr)
@@ -267,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--threshold-quantile", type=float, metavar="Q",
                    help="with --condition-on: the threshold is this quantile of the footage's causal scores "
                         "(default: the model's own)")
+    x.add_argument("--calibrate-under", metavar="CHANGES",
+                   help="with --condition-on: take the threshold under these benign changes of `amvad robustness` "
+                        "too (comma-separated, 'all' for the battery, 'none' for the clean footage alone; "
+                        "default: the model's own; README, Robustness)")
     x.add_argument("--score-arg", action="append", metavar="NAME=VALUE",
                    help="with --condition-on: the same weights scoring with another value of a model argument "
                         "that changes only how they score (AMSRC-Net: speed_against=either, speed_floor=0.9, "

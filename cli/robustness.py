@@ -52,7 +52,9 @@ def _robustness(args: argparse.Namespace) -> None:
                          clips=args.clips, seed=args.seed, writer=H264Writer, normal_split=args.normal_split,
                          test_split=args.test_split, json_out=args.json, plot_dir=args.plot, progress=not args.quiet,
                          live=args.live, forget=args.forget)
-    print(f"{res['method']} {res['model']} ({res['backend']} {res['precision']}), threshold {res['threshold']:.3f}, "
+    learned = "" if res.get("learn_threshold") is None else f" (learning under {res['learn_threshold']:.3f})"
+    print(f"{res['method']} {res['model']} ({res['backend']} {res['precision']}), threshold {res['threshold']:.3f}"
+          f"{learned}, "
           f"{res['protocol']} protocol, forget {res['forget']:g}; "
           f"normal: {len(res['normal']['clips'])} {res['normal']['split']} clips, {res['normal']['minutes']:.1f} min; "
           f"test: {len(res['test']['clips'])} {res['test']['split']} clips; {res['date']}, {res['machine']}, "

@@ -62,6 +62,10 @@ class ModelMetadata(BaseModel):
     flow: dict = Field(description="models.flow spec: build_flow(**flow) rebuilds the estimator")
     components: list[ComponentStats]
     threshold: float = Field(description="default anomaly threshold on the causal score")
+    learn_threshold: float | None = Field(None, description="the running statistics learn only from frames "
+                                          "scoring under this too: the clean normal footage's quantile, where the "
+                                          "threshold was taken under benign changes as well (higher; "
+                                          "training.condition.benign_threshold). None: the threshold")
     smoothing: int = Field(ge=1, description="causal moving-average window of the score, frames")
     smoothing_drop: int = Field(0, ge=0, description="the window's highest frame scores left out of its mean "
                                                      "(runtime.scoring)")

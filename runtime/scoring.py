@@ -1,7 +1,8 @@
 """Causal scoring: training statistics, running normalisation and smoothing over past frames only.
 
 score(t) = mean over the last ``smoothing`` frames of sum_k w_k * (c_k - mu_k) / sigma_k, where mu and
-sigma start at the training statistics and follow frames judged normal with exponential forgetting; with
+sigma start at the training statistics and follow frames judged normal (under the threshold and under the
+model's ``learn_threshold``) with exponential forgetting; with
 ``smoothing_drop`` = d the window's d highest frame scores are left out of that mean, so a one-frame spike
 (a codec's block jumping, a flow's mistake) does not raise it, while an object that stays anomalous does.
 Higher = more anomalous; ``score >= threshold`` flags an anomaly.
@@ -52,11 +53,14 @@ class StreamScorer:
 
     def __init__(self, components: list[ComponentStats], *, threshold: float, smoothing: int,
                  forget: float = DEFAULT_FORGET, min_std_ratio: float = 0.5,
-                 stats: RunningStats | None = None, drop: int = 0) -> None:
+                 stats: RunningStats | None = None, drop: int = 0, learn_threshold: float | None = None) -> None:
         check_smoothing_drop(smoothing, drop)
         self.weights = np.array([c.weight for c in components], dtype=np.float64)
         self.train_std = np.array([c.std for c in components], dtype=np.float64)
         self.threshold = threshold
+        # frames are learned from under both: a threshold raised for benign changes (or by an operator) does
+        # not let the statistics learn frames the clean footage never scored
+        self.learn_threshold = np.inf if learn_threshold is None else learn_threshold
         self.forget = forget                # exponential forgetting per frame judged normal
         self.min_std_ratio = min_std_ratio  # running std never drops below this share of training std
         self.stats = stats or RunningStats.from_components(components)
@@ -66,7 +70,8 @@ class StreamScorer:
     @classmethod
     def from_metadata(cls, meta: ModelMetadata, **kwargs) -> StreamScorer:
         kwargs.setdefault("threshold", meta.threshold)
-        return cls(meta.components, smoothing=meta.smoothing, drop=meta.smoothing_drop, **kwargs)
+        return cls(meta.components, smoothing=meta.smoothing, drop=meta.smoothing_drop,
+                   learn_threshold=meta.learn_threshold, **kwargs)
 
     def normalise(self, components: np.ndarray) -> float:
         """Weighted z-score of one frame's components under the current running stats."""
@@ -82,7 +87,7 @@ class StreamScorer:
         components = np.asarray(components, dtype=np.float64)
         self._recent.append(self.normalise(components))
         score = self.window_score()
-        if score < self.threshold and self.forget > 0:
+        if score < min(self.threshold, self.learn_threshold) and self.forget > 0:
             self.stats.update(components, self.forget)
         return score
 

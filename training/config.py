@@ -71,10 +71,23 @@ class ScoreConfig(Strict):
                                                      "(runtime/scoring.py)")
     threshold_quantile: float = Field(0.99, gt=0, lt=1,
                                       description="default threshold = this quantile of training scores")
+    calibrate_under: list[str] = Field(
+        default_factory=list, description="benign changes of the robustness battery (training/perturbations.py) "
+        "the threshold is also taken under: the normal footage is scored once more under each, every clip at a "
+        "magnitude drawn from the change's sweep, and the threshold is the quantile of those scores and the "
+        "clean ones together; the running statistics still learn only under the clean quantile "
+        "(training.condition.benign_threshold). Empty: the clean footage alone")
 
     @model_validator(mode="after")
     def _drop_within_window(self) -> ScoreConfig:
         check_smoothing_drop(self.smoothing, self.smoothing_drop)
+        return self
+
+    @model_validator(mode="after")
+    def _known_changes(self) -> ScoreConfig:
+        from .perturbations import get_change  # cv2 and numpy: only when a recipe names changes
+        for name in self.calibrate_under:
+            get_change(name)
         return self
 
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ from amvad.runtime.scoring import gop_starts, training_scores
 from amvad.runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, open_source, stream_fps
 from amvad.runtime.windows import scored_frames, window
 
-from .condition import set_blur_limit
+from .condition import benign_threshold, set_blur_limit
 from .config import (
     Augment,
     ConditioningConfig,
@@ -67,11 +68,13 @@ from .data import (
     load_coded_clip,
 )
 from .export import export, rewrite_metadata
+from .perturbations import WriterFactory
 from .train import train
 from .warm_start import weights_from_exported
 
 BUDGET_PIXELS = DEFAULT_MAX_PIXELS   # the bundled model's input: what keeps >= 25 frames/s on 2 CPU cores
 CLIP_LEN, BASE_WIDTH = 5, DEFAULT_BASE_WIDTH
+BENIGN_FRAMES = 300  # held-out frames of each clip scored under each of the recipe's benign changes, at most
 # each method's bundled model was trained by this recipe; fit takes its model arguments beyond the sizes and
 # its score weights from it, so a camera's model of a method trains and scores as the bundled one does
 RECIPES = {"comemory": "ped2_comemory_robust.yaml", "ammc": "ped2_ammc_robust.yaml", "amsrc": "ped2_amsrc_robust.yaml"}
@@ -170,10 +173,12 @@ def set_threshold(path: Path, threshold: float, training: dict) -> None:
 def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, method: str = "comemory",
         init: str = "none", false_alarms_per_hour: float = 1.0, threads: int | None = None, seed: int = 0,
         base_width: int = BASE_WIDTH, max_pixels: int = BUDGET_PIXELS, augment: bool = False, progress: bool = True,
-        on_progress: Callable[[dict], None] | None = None, registered_as: str | None = None) -> dict:
+        on_progress: Callable[[dict], None] | None = None, registered_as: str | None = None,
+        writer: WriterFactory | None = None) -> dict:
     """Fit, export to ``out`` and write the model card ``out`` with ``.md``; returns the fit's report.
     ``registered_as``: the name the service registers the result under (the card then says so instead of
-    telling the user to upload it)."""
+    telling the user to upload it). ``writer``: H.264 for the recipe's compression in the threshold's
+    benign changes (``amvad fit`` passes the service's); without one compression is left out of them."""
     t_start = time.time()
     out = Path(out)
     report = on_progress or (lambda d: None)
@@ -247,7 +252,16 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     scores = holdout_scores(exported, val_clips)
     fps = [c.fps for c in val_clips]
     events = EventConfig()
-    threshold = pick_threshold(scores, fps, false_alarms_per_hour, floor=meta.threshold, events=events)
+    floor, benign = meta.threshold, [c for c in recipe_score.calibrate_under if writer or c != "compression"]
+    limit = None
+    if benign:  # the recipe's benign changes on the held-out footage too, as the bundled model's threshold
+        # (the blur limit first, at the clean threshold: a picture too soft to judge is held under them too)
+        limit = set_blur_limit(out, sources, progress=progress).conditioning.min_sharpness
+        footage = ((src.name, list(islice(iter_clip_frames(src), len(cut.frames), len(cut.frames) + BENIGN_FRAMES)))
+                   for src, (cut, held) in zip(sources, parts) if held is not None)
+        floor = benign_threshold(out, footage, len(val_clips), benign, scores, recipe_score.threshold_quantile,
+                                 floor=meta.threshold, writer=writer, progress=progress).threshold
+    threshold = pick_threshold(scores, fps, false_alarms_per_hour, floor=floor, events=events)
     val_frames = sum(len(s) for s in scores)
     result = {
         "model": str(out), "method": method, "init": init, "height": height, "width": width, "base_width": base_width,
@@ -257,7 +271,8 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
         "validation_seconds": round(sum(len(c.frames) / c.fps for c in val_clips), 1),
         "epochs": ckpt["epoch"], "train_seconds": round(ckpt["train_seconds"], 1),
         "threshold": threshold, "training_quantile_threshold": meta.threshold,
-        "training_quantile": recipe_score.threshold_quantile,
+        "training_quantile": recipe_score.threshold_quantile, "calibrated_under": benign,
+        "benign_threshold": floor,
         "target_false_alarms_per_hour": false_alarms_per_hour,
         "validation_false_alarms_per_hour": round(events_per_hour(scores, fps, threshold, events), 3),
         "flow": exported.flow.spec, "smoothing": meta.smoothing,
@@ -268,27 +283,30 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     set_threshold(out, threshold, {"fit": {k: result[k] for k in ("footage", "init", "epochs", "train_frames", "augment",
                                                                   "validation_frames", "target_false_alarms_per_hour",
                                                                   "validation_false_alarms_per_hour",
-                                                                  "training_quantile_threshold")}})
+                                                                  "training_quantile_threshold",
+                                                                  "calibrated_under", "benign_threshold")}})
     # how soft a picture the model still judges, on the footage blurred (a softer one is a defocused tamper)
-    result["min_sharpness"] = set_blur_limit(out, sources, progress=progress).conditioning.min_sharpness
+    result["min_sharpness"] = limit if benign else set_blur_limit(out, sources, progress=progress).conditioning.min_sharpness
     write_atomic(out.with_suffix(".md"), model_card(result, registered_as))
     report({"stage": "done", "fraction": 1.0, "result": result})
     return result
 
 
-def run_fit(spec: FitSpec, *, progress_file: Path | None = None, progress: bool = True) -> dict:
+def run_fit(spec: FitSpec, *, progress_file: Path | None = None, progress: bool = True,
+            h264: WriterFactory | None = None) -> dict:
     """:func:`fit` as ``spec`` asks; with ``progress_file`` its progress, and its error if it fails (then
-    re-raised), are kept there as :class:`~runtime.fit_job.FitProgress` records."""
+    re-raised), are kept there as :class:`~runtime.fit_job.FitProgress` records; ``h264``: :func:`fit`'s
+    ``writer``."""
     writer = ProgressWriter(progress_file) if progress_file else None
     try:
-        return fit(**spec.model_dump(), progress=progress, on_progress=writer)
+        return fit(**spec.model_dump(), progress=progress, on_progress=writer, writer=h264)
     except (Exception, KeyboardInterrupt) as exc:
         if writer is not None:
             writer.fail(exc)
         raise
 
 
-def run_job(folder: str | Path) -> dict:
+def run_job(folder: str | Path, h264: WriterFactory | None = None) -> dict:
     """Run the fit a job folder's ``request.json`` asks for (``amvad fit --job DIR``, the service's worker),
     keeping its ``progress.json``; a request that cannot be read is recorded there as the error too."""
     job = JobFolder(Path(folder))
@@ -298,7 +316,7 @@ def run_job(folder: str | Path) -> dict:
         if job.root.is_dir():
             ProgressWriter(job.progress).fail(exc)
         raise
-    return run_fit(spec, progress_file=job.progress, progress=False)
+    return run_fit(spec, progress_file=job.progress, progress=False, h264=h264)
 
 
 def next_steps(name: str | None) -> str:
@@ -331,6 +349,14 @@ def _soft(limit: float | None) -> str:
             f"tamper (the model flagged its footage blurred; training/condition.py blur_tolerance)")
 
 
+def _benign(r: dict) -> str:
+    """The card's word on the threshold's benign changes (fit results from before have none)."""
+    if not r.get("calibrated_under"):
+        return ""
+    return (f"; with the held-out footage under {', '.join(r['calibrated_under'])} too: "
+            f"{r['benign_threshold']:.3f}")
+
+
 def model_card(r: dict, registered_as: str | None = None) -> str:
     """The model card written beside the exported file; ``registered_as``: see :func:`next_steps`."""
     footage = "\n".join(f"- `{f}`" for f in r["footage"])
@@ -347,7 +373,7 @@ def model_card(r: dict, registered_as: str | None = None) -> str:
 | flow | `{json.dumps(r['flow'])}` (the serving flow) |
 | score | causal, smoothing {r['smoothing']} frames{_dropped(r.get('smoothing_drop'))}; \
 threshold {r['threshold']:.3f} (training {r.get('training_quantile', 0.99) * 100:g}th percentile \
-{r['training_quantile_threshold']:.3f}) |
+{r['training_quantile_threshold']:.3f}{_benign(r)}) |
 | false alarms | target {r['target_false_alarms_per_hour']:g}/h; on the held-out footage \
 {r['validation_false_alarms_per_hour']:g}/h |
 | soft pictures | {_soft(r.get('min_sharpness'))} |

@@ -245,7 +245,8 @@ def run_robustness(model: str | Path, data: str | Path, *, changes: list[str] | 
         row["events_per_10min_over_clean"] = round(row["events_per_10min"] - clean["events_per_10min"], 3)
         row["within_targets"] = within_targets(row)
     result = {
-        "model": str(engine.model.path), "method": meta.method, "threshold": meta.threshold, "data": str(data),
+        "model": str(engine.model.path), "method": meta.method, "threshold": meta.threshold,
+        "learn_threshold": meta.learn_threshold, "data": str(data),
         "backend": engine.model.backend.name, "precision": engine.model.precision.used, "seed": seed,
         "protocol": "live" if live else "upload", "forget": forget,
         "normal": {"split": normal_split, "clips": [s.name for s in normal_sources],

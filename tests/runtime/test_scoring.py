@@ -38,6 +38,17 @@ def test_anomalies_do_not_teach_the_baseline():
     assert s.stats.count == 50 and abs(s.stats.mean[0] - 1.4) < 0.01
 
 
+def test_frames_over_the_learn_threshold_are_scored_but_not_learned_from():
+    # a threshold taken under benign changes (3) above the clean footage's own (1): a frame scoring 2 is
+    # no anomaly, but the statistics do not learn it, so they stay those the clean footage had
+    s = StreamScorer(COMPONENTS, threshold=3.0, smoothing=1, forget=0.1, learn_threshold=1.0)
+    assert s.update(np.array([2.0, -26.0])) == 2.0 and s.stats.count == 0
+    assert s.update(np.array([1.2, -29.0])) < 1.0 and s.stats.count == 1
+    s.threshold = 0.1  # an operator's lower threshold still gates
+    s.update(np.array([1.2, -29.0]))
+    assert s.stats.count == 1
+
+
 def test_a_carried_frame_keeps_the_window_and_teaches_nothing():
     s = StreamScorer(COMPONENTS, threshold=3.0, smoothing=3, forget=0.1)
     first = s.update(np.array([2.0, -30.0]), carried=True)  # nothing to carry yet: scored

@@ -163,6 +163,9 @@ def test_each_bundled_model_scores_with_the_weights_of_its_recipe(bundled, recip
     assert [c.weight for c in meta.components] == pytest.approx(cfg.score.weights or list(model.default_weights))
     assert (meta.smoothing, meta.smoothing_drop) == (cfg.score.smoothing, cfg.score.smoothing_drop)
     assert meta.training["config"]["score"]["threshold_quantile"] == cfg.score.threshold_quantile
+    # and the benign changes its threshold was taken under (none: the clean footage alone)
+    assert meta.training["config"]["score"].get("calibrate_under", []) == cfg.score.calibrate_under
+    assert (meta.learn_threshold is not None) == bool(cfg.score.calibrate_under)
 
 
 @pytest.mark.parametrize("bundled", BUNDLED_RECIPES)

@@ -162,6 +162,12 @@ def test_a_fit_trains_and_scores_as_the_methods_bundled_recipe(method, tmp_path,
     want = recipe.score.weights or list(build_model(method, **recipe.model.args).default_weights)
     assert weights == pytest.approx(want)
     assert meta.smoothing_drop == recipe.score.smoothing_drop  # and its window (AMMC-Net leaves out 2 of 5)
+    # and its threshold is taken under the recipe's benign changes too, learning kept under the clean one
+    assert res["calibrated_under"] == recipe.score.calibrate_under
+    if recipe.score.calibrate_under:
+        assert meta.learn_threshold == pytest.approx(res["training_quantile_threshold"])
+        assert res["threshold"] >= res["benign_threshold"] >= res["training_quantile_threshold"]
+        assert "too: " in out.with_suffix(".md").read_text()
 
 
 def test_the_card_of_a_fit_the_service_registers_does_not_ask_to_upload_it():

@@ -3,6 +3,7 @@ through the same code paths as a real run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -16,6 +17,7 @@ from amvad.runtime.exported_model import ExportedModel, read_metadata
 from amvad.training.config import load_config
 from amvad.training.evaluate import evaluate
 from amvad.training.export import export
+from amvad.training.perturbations import BATTERY
 from amvad.training.train import train
 from tests.support.model_files import with_metadata
 from tests.support.synthetic import tiny_config
@@ -126,6 +128,21 @@ def test_export_of_a_conditioned_run_measures_its_blur_limit_on_the_training_dat
         moved.rename(synthetic_dataset)
 
 
+def test_export_of_a_run_whose_recipe_calibrates_under_benign_changes_takes_its_threshold_so(
+        synthetic_dataset, tmp_path, monkeypatch):
+    monkeypatch.setitem(BATTERY, "shake", dataclasses.replace(BATTERY["shake"], magnitudes=(3.0,)))
+    cfg = tiny_config(synthetic_dataset, tmp_path / "run", "amsrc")
+    cfg["score"] = {**cfg.get("score", {}), "calibrate_under": ["shake", "noise"]}
+    cfg["conditioning"] = {"stabilise": False}  # the shake stays in: far over the clean threshold
+    ckpt = train(load_config(write_config(tmp_path, cfg)), progress=False)
+    plain, benign = tmp_path / "plain.onnx", tmp_path / "benign.onnx"
+    export(ckpt, plain)  # the library's export alone: the training statistics' threshold
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(benign)]) == 0
+    a, b = read_metadata(plain), read_metadata(benign)
+    assert a.learn_threshold is None and b.learn_threshold == pytest.approx(a.threshold) and a.threshold < b.threshold
+    assert b.training["config"]["score"]["calibrate_under"] == ["shake", "noise"]
+
+
 def test_cli_reports_bad_config_and_missing_data(tmp_path, capsys, synthetic_dataset):
     raw = tiny_config(synthetic_dataset, tmp_path / "run", "amsrc")
     raw["optim"]["epochz"] = 3
@@ -214,6 +231,39 @@ def test_condition_on_takes_a_longer_window_and_another_quantile_and_keeps_them(
                  "--threshold-quantile", "1.5"]) == 2
     assert "threshold_quantile" in capsys.readouterr().err and not (tmp_path / "bad.onnx").exists()
     assert main(["export", "--onnx", str(tiny_model), "--out", str(tmp_path / "bad.onnx"), "--smoothing", "7"]) == 2
+    assert "--condition-on" in capsys.readouterr().err
+
+
+def test_condition_on_takes_the_threshold_under_benign_changes_too_and_keeps_learning_under_the_clean_one(
+        tiny_model, synthetic_dataset, tmp_path, capsys, monkeypatch):
+    """``--calibrate-under noise,shake,compression``: the normal footage scored again under each change (at
+    a magnitude of its sweep) joins the clean scores the threshold is a quantile of; the running statistics
+    still learn only under the clean footage's own quantile, so no score changes; conditioning the result
+    again takes the same changes (recorded as the model's)."""
+    # a sweep of one magnitude: shake ± 3 px, which the tiny model, not stabilised, scores far over its threshold
+    monkeypatch.setitem(BATTERY, "shake", dataclasses.replace(BATTERY["shake"], magnitudes=(3.0,)))
+    base = ["export", "--condition-on", str(synthetic_dataset), "--no-stabilise"]
+    clean, benign, again = tmp_path / "clean.onnx", tmp_path / "benign.onnx", tmp_path / "again.onnx"
+    assert main([*base, "--onnx", str(tiny_model), "--out", str(clean)]) == 0
+    assert main([*base, "--onnx", str(tiny_model), "--out", str(benign), "--calibrate-under",
+                 "noise,shake,compression"]) == 0
+    a, b = read_metadata(clean), read_metadata(benign)
+    assert a.learn_threshold is None and b.components == a.components
+    assert b.learn_threshold == pytest.approx(a.threshold) and b.threshold > a.threshold
+    assert b.training["config"]["score"]["calibrate_under"] == ["noise", "shake", "compression"]
+    assert main([*base, "--onnx", str(benign), "--out", str(again)]) == 0
+    c = read_metadata(again)
+    assert (c.threshold, c.learn_threshold) == pytest.approx((b.threshold, b.learn_threshold))
+    # 'none' goes back to the clean footage alone
+    assert main([*base, "--onnx", str(benign), "--out", str(again), "--calibrate-under", "none"]) == 0
+    d = read_metadata(again)
+    assert d.learn_threshold is None and d.threshold == pytest.approx(a.threshold)
+    capsys.readouterr()
+    assert main([*base, "--onnx", str(tiny_model), "--out", str(tmp_path / "bad.onnx"),
+                 "--calibrate-under", "rain"]) == 2
+    assert "rain" in capsys.readouterr().err and not (tmp_path / "bad.onnx").exists()
+    assert main(["export", "--onnx", str(tiny_model), "--out", str(tmp_path / "bad.onnx"),
+                 "--calibrate-under", "all"]) == 2
     assert "--condition-on" in capsys.readouterr().err
 
 
