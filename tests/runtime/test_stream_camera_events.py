@@ -130,9 +130,11 @@ def test_a_picture_softer_than_its_model_judges_is_a_tamper_not_an_anomaly(walkw
     raised = next(i for i, r in enumerate(results) if r.camera_event == "start")
     assert (raised - onset) / FPS <= 5.0 and stream.events.events == []
     assert all(r.held and r.score is None for r in results[onset + 1:])
-    # the same graph without the measured limit (as exported before it) alarms on the blurred walkway
+    # the same graph without the measured limit (as exported before it, with the clean footage's threshold
+    # of then) alarms on the blurred walkway
     spec = engine.meta.conditioning.model_copy(update={"min_sharpness": None})
-    plain = InferenceEngine(with_metadata(resolve_model("ped2-amsrc"), tmp_path / "plain.onnx", conditioning=spec.model_dump()),
+    plain = InferenceEngine(with_metadata(resolve_model("ped2-amsrc"), tmp_path / "plain.onnx", conditioning=spec.model_dump(),
+                                          threshold=engine.meta.learn_threshold, learn_threshold=None),
                             EngineConfig(flow_threads=1, model_threads=1))
     try:
         stream, _ = run(plain, frames)
