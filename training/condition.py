@@ -100,6 +100,12 @@ def add_conditioning(source: str | Path, out: str | Path, data: str | Path, spli
                             floor=stats["threshold"], writer=writer, engine_config=engine_config, progress=progress)
 
 
+def encodable(changes: list[str], writer: WriterFactory | None) -> list[str]:
+    """``changes`` but compression when there is no H.264 writer to encode it (a library call without the
+    service's); a fit's card and result say which were used."""
+    return [c for c in changes if writer is not None or c != "compression"]
+
+
 def benign_threshold(model: str | Path, footage: Iterable[tuple[str, list[Frame]]], clips: int, changes: list[str],
                      clean: list[np.ndarray], quantile: float, *, floor: float, writer: WriterFactory | None = None,
                      engine_config: EngineConfig | None = None, progress: bool = True, seed: str = "calibrate",
@@ -160,8 +166,7 @@ def set_blur_limit_from_training(model: str | Path, *, writer: WriterFactory | N
         raise FileNotFoundError(f"{model}: its metadata names no training data")
     config = meta.training.get("config", {})
     sources = find_clips(data, config.get("data", {}).get("train_split") or "training")
-    changes = [c for c in ScoreConfig.model_validate(config.get("score", {})).calibrate_under
-               if writer is not None or c != "compression"]  # as a fit does: compression needs the writer
+    changes = encodable(ScoreConfig.model_validate(config.get("score", {})).calibrate_under, writer)
     limited = set_blur_limit(model, sources, progress=progress)  # first, as add_conditioning does
     if not changes:
         return limited

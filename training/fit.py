@@ -48,7 +48,7 @@ from amvad.runtime.scoring import gop_starts, training_scores
 from amvad.runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, open_source, stream_fps
 from amvad.runtime.windows import scored_frames, window
 
-from .condition import benign_threshold, set_blur_limit
+from .condition import benign_threshold, encodable, set_blur_limit
 from .config import (
     Augment,
     ConditioningConfig,
@@ -252,7 +252,7 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     scores = holdout_scores(exported, val_clips)
     fps = [c.fps for c in val_clips]
     events = EventConfig()
-    floor, benign = meta.threshold, [c for c in recipe_score.calibrate_under if writer or c != "compression"]
+    floor, benign = meta.threshold, encodable(recipe_score.calibrate_under, writer)
     limit = None
     if benign:  # the recipe's benign changes on the held-out footage too, as the bundled model's threshold
         # (the blur limit first, at the clean threshold: a picture too soft to judge is held under them too)
