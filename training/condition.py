@@ -89,15 +89,26 @@ def add_conditioning(source: str | Path, out: str | Path, data: str | Path, spli
     rewrite_metadata(out, out, **stats, learn_threshold=None,
                      training={**meta.training, "config": config,
                                "statistics": f"{split} split of {data}, conditioned"})
-    # the blur limit first: a picture too soft to judge is held (a defocused tamper) under the changes too
-    meta = set_blur_limit(out, sources, engine_config=engine_config, progress=progress)
-    if not score.calibrate_under:
-        return meta
     components = [ComponentStats.model_validate(c) for c in stats["components"]]
     clean = [training_scores(components, c, score.smoothing, drop=score.smoothing_drop) for c in per_clip]
+    return limit_then_calibrate(out, sources, score.calibrate_under, score.threshold_quantile,
+                                floor=stats["threshold"], clean=clean, writer=writer, engine_config=engine_config,
+                                progress=progress)
+
+
+def limit_then_calibrate(model: str | Path, sources: list[ClipSource], changes: list[str], quantile: float, *,
+                         floor: float, clean: list[np.ndarray] | None = None, writer: WriterFactory | None = None,
+                         engine_config: EngineConfig | None = None, progress: bool = True) -> ModelMetadata:
+    """The blur limit (:func:`set_blur_limit`) on ``sources``, then, when ``changes`` names any, the threshold
+    under them (:func:`benign_threshold` at ``quantile``, never under ``floor``) on the whole of each clip;
+    ``clean``: the clean scores already taken (None: scored there). In that order: a picture too soft to
+    judge is held (a defocused tamper) under the changes too."""
+    meta = set_blur_limit(model, sources, engine_config=engine_config, progress=progress)
+    if not changes:
+        return meta
     footage = ((src.name, list(iter_clip_frames(src))) for src in sources)
-    return benign_threshold(out, footage, len(sources), score.calibrate_under, clean, score.threshold_quantile,
-                            floor=stats["threshold"], writer=writer, engine_config=engine_config, progress=progress)
+    return benign_threshold(model, footage, len(sources), changes, clean or [], quantile, floor=floor, writer=writer,
+                            engine_config=engine_config, progress=progress, clean_too=clean is None)
 
 
 def encodable(changes: list[str], writer: WriterFactory | None) -> list[str]:
@@ -166,14 +177,9 @@ def set_blur_limit_from_training(model: str | Path, *, writer: WriterFactory | N
         raise FileNotFoundError(f"{model}: its metadata names no training data")
     config = meta.training.get("config", {})
     sources = find_clips(data, config.get("data", {}).get("train_split") or "training")
-    changes = encodable(ScoreConfig.model_validate(config.get("score", {})).calibrate_under, writer)
-    limited = set_blur_limit(model, sources, progress=progress)  # first, as add_conditioning does
-    if not changes:
-        return limited
-    footage = ((src.name, list(iter_clip_frames(src))) for src in sources)
-    return benign_threshold(model, footage, len(sources), changes, [], config["score"].get(
-        "threshold_quantile", ScoreConfig().threshold_quantile), floor=meta.threshold, writer=writer,
-        progress=progress, clean_too=True)
+    score = ScoreConfig.model_validate(config.get("score", {}))
+    return limit_then_calibrate(model, sources, encodable(score.calibrate_under, writer), score.threshold_quantile,
+                                floor=meta.threshold, writer=writer, progress=progress)
 
 
 def blur_tolerance(model: str | Path, sources: list[ClipSource], *, clips: int = TOLERANCE_CLIPS,
