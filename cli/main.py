@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--score-arg", action="append", metavar="NAME=VALUE",
                    help="with --condition-on: the same weights scoring with another value of a model argument "
                         "that changes only how they score (AMSRC-Net: speed_against=either, speed_floor=0.9, "
-                        "flow_sigma=1, floor_stride=4); repeatable")
+                        "flow_sigma=1, floor_stride=4, speed_texture=0.12); repeatable")
     x.set_defaults(func=_export)
     f = sub.add_parser("flow-check", help="flow accuracy and speed on synthetic warps of real frames")
     f.add_argument("--data", required=True, type=Path)

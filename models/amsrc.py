@@ -48,6 +48,7 @@ SPEED_AGAINST = ("last", "either")  # the implied speed's error against flow t-2
 # still": the measured motion there is the flow's noise floor (``speed_floor``).
 STILL_SPEED = 0.02
 MAX_FLOOR_STRIDE = 16  # ``floor_stride``: past this, a 128x192 picture leaves too few pixels to read a quantile on
+TEXTURE_REACH = 5  # ``speed_texture``: a pixel within 2 px of an edge is read as textured (a walker's outline and inside)
 
 
 def inconsistency_map(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -73,6 +74,15 @@ def masked_quantile(x: torch.Tensor, keep: torch.Tensor, q: float) -> torch.Tens
     return torch.where(count > 0, value, torch.zeros_like(value)).reshape(b, 1, 1, 1)
 
 
+def contrast(frame: torch.Tensor, reach: int = TEXTURE_REACH) -> torch.Tensor:
+    """Local contrast of a frame (B, C, H, W) in [-1, 1]: the length of its central-difference gradient
+    (mean over channels), the largest within the ``reach``-pixel square around each pixel. (B, 1, H, W)."""
+    gx = F.pad(frame[..., :, 2:] - frame[..., :, :-2], (1, 1, 0, 0))
+    gy = F.pad(frame[..., 2:, :] - frame[..., :-2, :], (0, 0, 1, 1))
+    g = (gx * gx + gy * gy).mean(1, keepdim=True).add(1e-12).sqrt()
+    return F.max_pool2d(g, reach, stride=1, padding=reach // 2)
+
+
 def speed(flow: torch.Tensor) -> torch.Tensor:
     """Length of each flow vector: (B, 2, H, W) -> (B, 1, H, W). Direction is left out on purpose: from one
     frame, which way a pedestrian walks is a guess, how fast is not."""
@@ -93,7 +103,7 @@ class AMSRCNet(AnomalyModel):
     method = "amsrc"
     component_names = ("inconsistency_patch", "frame_patch", "speed_patch")
     default_weights = (1 / 3, 1 / 3, 1 / 3)
-    score_args = ("speed_against", "speed_floor", "flow_sigma", "floor_stride")
+    score_args = ("speed_against", "speed_floor", "flow_sigma", "floor_stride", "speed_texture")
 
     def __init__(self, *, clip_len: int, channels: int, height: int, width: int,
                  flow_scale: float = FLOW_SCALE, base_width: int = 16, lambda_int: float = 1.0,
@@ -101,7 +111,8 @@ class AMSRCNet(AnomalyModel):
                  patch: int = 16, lambda_soft: float = 0.0,
                  soft_sigma: tuple[float, float] = (0.5, 1.6), soft_reach: str = "encoder",
                  soft_match: str = "feature", appearance_sigma: float = 0.0, speed_against: str = "last",
-                 speed_floor: float = 0.0, flow_sigma: float = 0.0, floor_stride: int = 1) -> None:
+                 speed_floor: float = 0.0, flow_sigma: float = 0.0, floor_stride: int = 1,
+                 speed_texture: float = 0.0) -> None:
         super().__init__(clip_len=clip_len, channels=channels, height=height, width=width,
                          flow_scale=flow_scale)
         self.base_width = base_width
@@ -124,7 +135,10 @@ class AMSRCNet(AnomalyModel):
                              f"{flow_sigma}")
         if not (isinstance(floor_stride, int) and 1 <= floor_stride <= MAX_FLOOR_STRIDE):
             raise ValueError(f"floor_stride must be an integer in [1, {MAX_FLOOR_STRIDE}], got {floor_stride!r}")
+        if speed_texture < 0:
+            raise ValueError(f"speed_texture must be >= 0, got {speed_texture}")
         self.speed_against = speed_against
+        self.speed_texture = float(speed_texture)
         self.floor_stride = floor_stride
         self.speed_floor = float(speed_floor)
         self.flow_sigma = float(flow_sigma)
@@ -221,11 +235,17 @@ class AMSRCNet(AnomalyModel):
         t-1 -> t. Frame t-1 lies between the two: the first flow is defined on frame t-2's grid, off a moving
         object's place in t-1 by its own motion, and each carries its own estimation error, so a pixel
         counts only where the appearance disagrees with the motion on both sides of its frame (a speed
-        anomaly does, with both). Each measured speed is :meth:`measured_speed`. Score only: training is
-        the same."""
+        anomaly does, with both). Each measured speed is :meth:`measured_speed`. ``speed_texture`` > 0 weighs
+        each pixel's error by c^2 / (c^2 + speed_texture^2), c the :func:`contrast` of frame t-1 there: a
+        flow is measured only where the picture has detail and filled in elsewhere from around it, so on a
+        flat part (pavement between walkers) a codec's moving blocks spread into smooth false motion, while a
+        moving object brings its own edges (model card, point 28). Score only: training is the same."""
         err = (app_speed - self.measured_speed(v["last_flow"], app_speed, mask)) ** 2
         if self.speed_against == "either":
             err = torch.minimum(err, (app_speed - self.measured_speed(v["target_flow"], app_speed, mask)) ** 2)
+        if self.speed_texture > 0:
+            c2 = contrast(v["last"]) ** 2
+            err = err * c2 / (c2 + self.speed_texture ** 2)
         return err
 
     def measured_speed(self, flow: torch.Tensor, app_speed: torch.Tensor,

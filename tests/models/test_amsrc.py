@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amvad.models.amsrc import AMSRCNet, inconsistency_map, masked_quantile, speed
+from amvad.models.amsrc import AMSRCNet, contrast, inconsistency_map, masked_quantile, speed
 from amvad.models.contract import patch_max
 from amvad.models.flow.tvl1 import gaussian_blur
 from tests.support.models import (
@@ -336,6 +336,43 @@ def test_the_floor_read_on_a_strided_grid_is_the_quantile_of_those_pixels_and_ex
             want = (s * s - floor.view(2, 1, 1, 1) ** 2).clamp_min(0.0).add(1e-8).sqrt()
             torch.testing.assert_close(net.measured_speed(flow, app), want)
     assert_onnx_matches_torch(strided, clip[0], clip[1], tmp_path / "strided.onnx")
+
+
+def test_the_speed_error_counts_where_the_picture_has_detail_and_exports(clip, tmp_path):
+    """``speed_texture``: false motion on a flat part of the picture (a codec's blocks spread by the flow's
+    filling-in) adds almost no error, an object with edges moving against its appearance keeps nearly all of
+    its error; 0, the default, keeps models made before it as they were. Score only: the same weights, the
+    cosine and the frame error unchanged, and the graph exports."""
+    torch.manual_seed(0)
+    textured = AMSRCNet(**ARGS, speed_texture=0.12).eval()
+    plain = AMSRCNet(**ARGS).eval()
+    textured.load_state_dict(plain.state_dict())
+    assert plain.speed_texture == 0.0 and textured.model_args()["speed_texture"] == 0.12
+    last = torch.zeros(2, C, H, W)
+    last[..., 20:28, 30:40] = 1.0  # a bright object on a flat ground ([-1, 1] units)
+    flow = torch.zeros(2, 2, H, W)
+    flow[:, 0, 2:10, 2:14] = 0.5  # flat ground seeming to move
+    flow[:, 0, 20:28, 30:40] = 2.0  # the object moving
+    app = torch.zeros(2, 1, H, W)  # its appearance implies nothing moves
+    v = {"last_flow": flow, "target_flow": flow, "last": last}
+    with torch.no_grad():
+        c = contrast(last)
+        assert float(c[..., 5, 8].max()) < 1e-5 and float(c[..., 24, 30].min()) == pytest.approx(1.0)
+        e_plain, e_tex = plain.speed_error(app, v), textured.speed_error(app, v)
+        assert float(e_plain[..., 4:8, 4:12].min()) == pytest.approx(0.25, rel=1e-4)
+        assert float(e_tex[..., 4:8, 4:12].max()) < 1e-6
+        edge = (slice(None), slice(None), slice(20, 28), slice(30, 32))  # within 2 px of the object's edge
+        torch.testing.assert_close(e_tex[edge], e_plain[edge], rtol=0.02, atol=0.0)
+        frames, flows = clip
+        comps_tex, _, _ = textured.score(frames, flows)
+        comps_plain, _, _ = plain.score(frames, flows)
+    torch.testing.assert_close(comps_tex[:, :2], comps_plain[:, :2])
+    assert_onnx_matches_torch(textured, frames, flows, tmp_path / "textured.onnx")
+
+
+def test_speed_texture_is_checked():
+    with pytest.raises(ValueError, match="speed_texture"):
+        AMSRCNet(**ARGS, speed_texture=-0.1)
 
 
 @pytest.mark.parametrize("bad", [0, 17, 2.0])
