@@ -38,17 +38,17 @@ import torch
 from torch.nn import functional as F
 
 from .contract import FLOW_SCALE, AnomalyModel, patch_max, shrink_mask
-from .flow.tvl1 import gaussian_blur
+from .flow.tvl1 import central_gradient, gaussian_blur
 from .layers import BOTTLENECK_STRIDE, Decoder, Encoder, frame_losses
 
 SOFT_REACH = ("encoder", "bottleneck")  # what the soft view trains: the whole frame encoder, or past its skips
 SOFT_MATCH = ("feature", "speed")  # what it matches: the feature's direction and implied speed, or the speed alone
-SPEED_AGAINST = ("last", "either")  # the implied speed's error against flow t-2 -> t-1, or the nearer of it and t-1 -> t
+SPEED_AGAINST = ("last", "either")  # the implied speed against flow t-2 -> t-1, or the nearer of it and t-1 -> t
 # Below this implied speed (flow_scale units: 0.08 px a frame at the model's size) the appearance says "standing
 # still": the measured motion there is the flow's noise floor (``speed_floor``).
 STILL_SPEED = 0.02
 MAX_FLOOR_STRIDE = 16  # ``floor_stride``: past this, a 128x192 picture leaves too few pixels to read a quantile on
-TEXTURE_REACH = 5  # ``speed_texture``: a pixel within 2 px of an edge is read as textured (a walker's outline and inside)
+TEXTURE_REACH = 5  # ``speed_texture``: a pixel within 2 px of an edge reads as textured (a walker's outline, inside)
 
 
 def inconsistency_map(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -75,11 +75,11 @@ def masked_quantile(x: torch.Tensor, keep: torch.Tensor, q: float) -> torch.Tens
 
 
 def contrast(frame: torch.Tensor, reach: int = TEXTURE_REACH) -> torch.Tensor:
-    """Local contrast of a frame (B, C, H, W) in [-1, 1]: the length of its central-difference gradient
-    (mean over channels), the largest within the ``reach``-pixel square around each pixel. (B, 1, H, W)."""
-    gx = F.pad(frame[..., :, 2:] - frame[..., :, :-2], (1, 1, 0, 0))
-    gy = F.pad(frame[..., 2:, :] - frame[..., :-2, :], (0, 0, 1, 1))
-    g = (gx * gx + gy * gy).mean(1, keepdim=True).add(1e-12).sqrt()
+    """Local contrast of a frame (B, C, H, W) in [-1, 1]: the length of its gradient taken as the step across
+    two pixels (the flow's central differences, replicated borders; mean over channels), the largest within
+    the ``reach``-pixel square around each pixel. (B, 1, H, W)."""
+    gx, gy = central_gradient(frame)
+    g = (gx * gx + gy * gy).mean(1, keepdim=True).mul(4.0).add(1e-12).sqrt()  # x4: the step across 2 px
     return F.max_pool2d(g, reach, stride=1, padding=reach // 2)
 
 

@@ -133,8 +133,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return out
 
 
-def _central_gradient(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Central differences with replicated borders."""
+def central_gradient(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Central differences (half the step across two pixels) with replicated borders: (gx, gy)."""
     p = F.pad(img, (1, 1, 1, 1), mode="replicate")
     gx = 0.5 * (p[..., 1:-1, 2:] - p[..., 1:-1, :-2])
     gy = 0.5 * (p[..., 2:, 1:-1] - p[..., :-2, 1:-1])
@@ -229,7 +229,7 @@ def tvl1_flow(i0: torch.Tensor, i1: torch.Tensor, *, levels: int, warps: int, it
             u = u * torch.tensor([lw / cw, lh / ch], dtype=u.dtype, device=u.device).view(1, 2, 1, 1)
         img0 = pyramid[level][:, 0:1]
         img1 = pyramid[level][:, 1:2]
-        i1x, i1y = _central_gradient(img1)
+        i1x, i1y = central_gradient(img1)
         stack1 = torch.cat((img1, i1x, i1y), dim=1)
         base_y, base_x = torch.meshgrid(torch.arange(lh, dtype=u.dtype, device=u.device),
                                         torch.arange(lw, dtype=u.dtype, device=u.device), indexing="ij")

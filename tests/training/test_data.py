@@ -152,9 +152,9 @@ BUNDLED_RECIPES = {"ped2": "ped2_comemory_robust.yaml", "ped2-ammc": "ped2_ammc_
 
 @pytest.mark.parametrize("bundled, recipe", BUNDLED_RECIPES.items())
 def test_each_bundled_model_scores_with_the_weights_of_its_recipe(bundled, recipe):
-    """A bundled model's score weights, window and quantile may be set again after training (``amvad
-    export --weights --smoothing --smoothing-drop --threshold-quantile``); its recipe must then say the
-    same, so that training it again gives the model that ships."""
+    """A bundled model's score weights, window, quantile and score arguments may be set again after training
+    (``amvad export --weights --smoothing --smoothing-drop --threshold-quantile --score-arg``); its recipe must
+    then say the same, so that training it again gives the model that ships."""
     cfg = load_config(CONFIGS / recipe)
     model = build_model(cfg.model.method, **cfg.model.args)
     meta = read_metadata(resolve_model(bundled))
@@ -163,6 +163,9 @@ def test_each_bundled_model_scores_with_the_weights_of_its_recipe(bundled, recip
     assert [c.weight for c in meta.components] == pytest.approx(cfg.score.weights or list(model.default_weights))
     assert (meta.smoothing, meta.smoothing_drop) == (cfg.score.smoothing, cfg.score.smoothing_drop)
     assert meta.training["config"]["score"]["threshold_quantile"] == cfg.score.threshold_quantile
+    # the arguments that change only how it scores (set again with ``--score-arg``) as the recipe's
+    scoring = {k: v for k, v in model.model_args().items() if k in model.score_args}
+    assert {k: meta.model_args.get(k) for k in scoring} == scoring
     # and the benign changes its threshold was taken under (none: the clean footage alone)
     assert meta.training["config"]["score"].get("calibrate_under", []) == cfg.score.calibrate_under
     assert (meta.learn_threshold is not None) == bool(cfg.score.calibrate_under)
