@@ -8,6 +8,7 @@ import json
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -209,14 +210,15 @@ MEMORY_PROBE = textwrap.dedent("""
                 w.write(i / 3, f.copy())  # a frame of its own, as each decoded frame is
                 time.sleep(0.01)
             w.close()
-        before = rss_mb()
-        for r in range(3):
+        before, growth = rss_mb(), []
+        for r in range(5):
             ts = [threading.Thread(target=clip, args=(f"{r}-{k}",)) for k in range(16)]
             for t in ts:
                 t.start()
             for t in ts:
                 t.join()
-        out = {"rss_growth_mb": rss_mb() - before}
+            growth.append(rss_mb() - before)
+        out = {"rss_growth_mb": growth}
     print(json.dumps(out))
 """)
 
@@ -239,8 +241,10 @@ def test_a_clip_encoder_runs_on_its_own_thread_in_a_few_megabytes():
 
 
 def test_memory_freed_by_closed_encoders_goes_back_to_the_os():
-    # given three rounds of 16 overlapping clips, each encoded on its own thread (so in many malloc arenas)
+    # given five rounds of 16 overlapping clips, each encoded on its own thread (so in many malloc arenas)
     got = memory_probe("rounds")
-    # then the process's resident memory is back near where it started (measured 9-27 MB above; without
-    # handing the freed pages back it kept 64-85 MB of them)
-    assert got["rss_growth_mb"] < 40.0, got
+    # then after a typical round the process's resident memory is back near where it started: the median
+    # over the rounds, since one round's figure varies with which arenas hold what at the last close
+    # (measured medians 12-29 MB above, single rounds 9-38; without handing the freed pages back, medians
+    # 66-78 MB, single rounds 38-114)
+    assert statistics.median(got["rss_growth_mb"]) < 45.0, got
