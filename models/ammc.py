@@ -102,6 +102,11 @@ class AMMCNet(AnomalyModel):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         self.stage.fill_(stage)
 
+    def adopt_export(self, weight_names: set[str]) -> set[str]:
+        """The stage is traced into the graph, not stored: an export holds the AMFT weights only from stage 2."""
+        self.set_stage(2 if any(n.startswith("model.app_to_mot.") for n in weight_names) else 1)
+        return {"stage"}
+
     def forward(self, frames: torch.Tensor, flows: torch.Tensor) -> dict[str, torch.Tensor]:
         self.check_inputs(frames, flows)
         v = self.split(frames, flows)

@@ -173,6 +173,12 @@ class AnomalyModel(nn.Module, abc.ABC):
         """(components, heatmap, prediction) as described in the module docstring; ``mask`` None counts
         every pixel."""
 
+    def adopt_export(self, weight_names: set[str]) -> set[str]:
+        """Set what an export's weights do not hold but its graph shows (``weight_names``: its stored
+        weights, ``model.``-prefixed), so a model rebuilt from the export scores through the same modules;
+        returns the state-dict keys so set. Nothing for methods whose scoring path is fixed."""
+        return set()
+
     def check_mask(self, frames: torch.Tensor, mask: torch.Tensor | None) -> None:
         want = (frames.shape[0], 1, self.height, self.width)
         if mask is not None and (mask.dim() != 4 or tuple(mask.shape[1:]) != want[1:] or mask.shape[0] != want[0]):

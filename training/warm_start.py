@@ -57,14 +57,14 @@ def training_only(key: str, scored: set[str]) -> bool:
     return bool(module) and not any(module == n or module.startswith(n + ".") for n in scored)
 
 
-def following_batch_norm(model: AnomalyModel, conv_name: str) -> str:
-    """The BatchNorm2d right after ``conv_name`` in its Sequential (what the exporter folded into it)."""
+def following_batch_norm(model: AnomalyModel, conv_name: str) -> str | None:
+    """The BatchNorm2d right after ``conv_name`` in its Sequential (what the exporter folded into it), or None."""
     parent_name, _, index = conv_name.rpartition(".")
     parent = model.get_submodule(parent_name)
+    if not isinstance(parent, nn.Sequential) or int(index) + 1 >= len(parent):
+        return None
     bn_name = f"{parent_name}.{int(index) + 1}"
-    if not isinstance(parent, nn.Sequential) or not isinstance(model.get_submodule(bn_name), nn.BatchNorm2d):
-        raise ValueError(f"cannot map folded convolution {conv_name}: no batch norm follows it")
-    return bn_name
+    return bn_name if isinstance(model.get_submodule(bn_name), nn.BatchNorm2d) else None
 
 
 def weights_from_exported(model: AnomalyModel, name_or_path: str | Path, *, atol: float = 1e-3) -> dict:
@@ -84,12 +84,13 @@ def weights_from_exported(model: AnomalyModel, name_or_path: str | Path, *, atol
              if n.op_type in ("Conv", "ConvTranspose")]
     # the exported network at its own size: the call order of its convolutions is the graph's order
     twin = build_model(meta.method, **meta.model_args)
+    adopted = twin.adopt_export(set(inits))
     scored = score_call_order(twin)
     order = [n for n in scored if isinstance(twin.get_submodule(n), (nn.Conv2d, nn.ConvTranspose2d))]
     if len(order) != len(convs):
         raise ValueError(f"{path}: {len(convs)} convolutions in the graph, {len(order)} in a {meta.method} model")
     state = {k: v.clone() for k, v in twin.state_dict().items()}
-    filled = set()
+    filled = set(adopted)
     for conv_name, (w_name, b_name) in zip(order, convs):
         weight = torch.from_numpy(inits[w_name].copy())
         if tuple(weight.shape) != tuple(state[f"{conv_name}.weight"].shape):
@@ -98,17 +99,23 @@ def weights_from_exported(model: AnomalyModel, name_or_path: str | Path, *, atol
         state[f"{conv_name}.weight"] = weight
         filled.add(f"{conv_name}.weight")
         bias = torch.from_numpy(inits[b_name].copy()) if b_name else None
-        if f"{conv_name}.bias" in state:
+        bn = following_batch_norm(twin, conv_name)
+        if bn is None:
+            if f"{conv_name}.bias" not in state:
+                raise ValueError(f"cannot map folded convolution {conv_name}: no batch norm follows it")
             state[f"{conv_name}.bias"] = bias
             filled.add(f"{conv_name}.bias")
-        else:  # folded: the batch norm after it becomes identity + bias
-            bn = following_batch_norm(twin, conv_name)
-            eps = twin.get_submodule(bn).eps
-            state[f"{bn}.weight"] = torch.ones_like(state[f"{bn}.weight"])
-            state[f"{bn}.bias"] = bias
-            state[f"{bn}.running_mean"] = torch.zeros_like(state[f"{bn}.running_mean"])
-            state[f"{bn}.running_var"] = torch.full_like(state[f"{bn}.running_var"], 1.0 - eps)
-            filled |= {f"{bn}.{k}" for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+            continue
+        if f"{conv_name}.bias" in state:  # a bias of its own before the batch norm: folded in too
+            state[f"{conv_name}.bias"] = torch.zeros_like(state[f"{conv_name}.bias"])
+            filled.add(f"{conv_name}.bias")
+        # folded: the batch norm after it becomes identity + bias
+        eps = twin.get_submodule(bn).eps
+        state[f"{bn}.weight"] = torch.ones_like(state[f"{bn}.weight"])
+        state[f"{bn}.bias"] = bias
+        state[f"{bn}.running_mean"] = torch.zeros_like(state[f"{bn}.running_mean"])
+        state[f"{bn}.running_var"] = torch.full_like(state[f"{bn}.running_var"], 1.0 - eps)
+        filled |= {f"{bn}.{k}" for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
     for key in state:  # everything else (memory items, ...) is stored under its own name
         if key not in filled and f"model.{key}" in inits:
             state[key] = torch.from_numpy(inits[f"model.{key}"].copy())

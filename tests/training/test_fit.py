@@ -181,3 +181,13 @@ def test_the_card_of_a_fit_the_service_registers_does_not_ask_to_upload_it():
     by_service = model_card(result, registered_as="gate")
     assert "The service registers it as `gate`" in by_service and "nothing to upload" in by_service
     assert "/v1/models" not in by_service and '{"model": "gate"}' in by_service
+
+
+def test_an_ammc_export_rebuilds_in_its_training_stage():
+    """AMMC-Net's stage is traced into its graph, not stored: a model rebuilt from the bundled export
+    (stage 2, with the cross-modal transfer) takes the stage from the weights the graph holds, and the
+    transfer's convolutions (a bias of their own before a batch norm) are mapped (checked against ONNX
+    Runtime inside). Before, the rebuild counted stage 1's convolutions and refused the file."""
+    model = build_model("ammc", clip_len=5, channels=1, height=48, width=64, base_width=12)
+    model.load_state_dict(weights_from_exported(model, "ped2-ammc"))
+    assert int(model.stage) == 2
