@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from amvad.models.flow import trailing_mean
 from amvad.models.registry import resolve_model
 
 from .backends import BackendName, PrecisionName
@@ -110,6 +111,7 @@ class Lane:
         self.frames: deque[torch.Tensor] = deque(maxlen=clip_len)
         self.valids: deque[torch.Tensor | None] = deque(maxlen=clip_len)  # each frame's own picture (Job.valid)
         self.flows: deque[torch.Tensor] = deque(maxlen=clip_len - 1)
+        self.pair_flows: deque[torch.Tensor] = deque(maxlen=model.flow.span)  # as measured, for the span's mean
         self.prev: torch.Tensor | None = None
         self.broken = False
 
@@ -351,9 +353,11 @@ class InferenceEngine:
             if job.restart:
                 lane.frames.clear()
                 lane.flows.clear()
+                lane.pair_flows.clear()
                 lane.valids.clear()
             if job.prev is not None:
-                lane.flows.append(flow_of[id(job)])
+                lane.pair_flows.append(flow_of[id(job)])
+                lane.flows.append(trailing_mean(torch.stack(tuple(lane.pair_flows)), lane.model.flow.span)[-1])
             lane.frames.append(job.x)
             lane.valids.append(job.valid)
             if len(lane.frames) == lane.frames.maxlen:

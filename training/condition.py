@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from amvad.models.flow import build_flow
 from amvad.models.metadata import ComponentStats, ModelMetadata
 from amvad.models.registry import resolve_model
 from amvad.runtime.engine import EngineConfig, InferenceEngine
@@ -51,15 +52,17 @@ TOLERANCE_CLIPS, TOLERANCE_FRAMES = 4, 200  # clips of the footage, frames of ea
 def add_conditioning(source: str | Path, out: str | Path, data: str | Path, split: str = "training", *,
                      stabilise: bool = True, weights: list[float] | None = None, smoothing: int | None = None,
                      smoothing_drop: int | None = None, threshold_quantile: float | None = None,
-                     calibrate_under: list[str] | None = None, writer: WriterFactory | None = None,
-                     engine_config: EngineConfig | None = None, progress: bool = True) -> ModelMetadata:
+                     calibrate_under: list[str] | None = None, flow_span: int | None = None,
+                     writer: WriterFactory | None = None, engine_config: EngineConfig | None = None,
+                     progress: bool = True) -> ModelMetadata:
     """``source`` (a bundled name or a file) written to ``out`` with conditioning fitted on ``split`` of
     ``data`` and the score statistics of that split under it. ``weights``, ``smoothing`` (the window),
-    ``smoothing_drop``, ``threshold_quantile`` and ``calibrate_under`` (:func:`benign_threshold`; ``writer``
-    encodes its compression) replace the model's own (the threshold is then taken under the new ones); the
-    score it ends with is recorded as its training config's ``score``, where the next conditioning and a
-    recipe check read it."""
+    ``smoothing_drop``, ``threshold_quantile``, ``calibrate_under`` (:func:`benign_threshold`; ``writer``
+    encodes its compression) and ``flow_span`` (the flow's span, :mod:`models.flow.span`) replace the model's
+    own (the threshold is then taken under the new ones); the score it ends with is recorded as its training
+    config's ``score``, where the next conditioning and a recipe check read it."""
     meta = read_metadata(resolve_model(source))
+    flow = build_flow(**(meta.flow if flow_span is None else {**meta.flow, "span": flow_span})).spec  # checked early
     names = [c.name for c in meta.components]
     recorded = meta.training.get("config", {}).get("score", {})
     score = ScoreConfig(  # checked before the long part
@@ -75,7 +78,7 @@ def add_conditioning(source: str | Path, out: str | Path, data: str | Path, spli
         raise ValueError("calibrating under compression needs an H.264 writer (amvad export passes the service's)")
     conditioning = split_conditioning(data, split, height=meta.height, width=meta.width, channels=meta.channels,
                                       cfg=ConditioningConfig(stabilise=stabilise))
-    rewrite_metadata(source, out, conditioning=conditioning)
+    rewrite_metadata(source, out, conditioning=conditioning, flow=flow)
     sources = find_clips(data, split)
     engine = InferenceEngine(out, engine_config)
     try:

@@ -122,7 +122,7 @@ class TrainConfig(Strict):
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
     flow: dict = Field(default_factory=lambda: {"name": "default"},
-                       description="models.flow.build_flow arguments")
+                       description="models.flow.build_flow arguments (name, its parameters, span)")
     data: DataConfig
     model: ModelConfig
     optim: OptimConfig = OptimConfig()

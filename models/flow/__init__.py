@@ -13,6 +13,9 @@ Names:
     ``"default"`` TV-L1 with its default parameters, the flow the shipped model is trained with
                   (takes no params; its spec says ``"tvl1"``).
 
+Every name also takes ``span`` (default 1): each flow served is the mean of that many consecutive flows
+(:mod:`models.flow.span`; the estimator itself still measures one pair).
+
 Parameters that set the work are bounded (a model's metadata carries them): each one by its estimator, and
 the total per frame pair at a model's input size by :func:`check_flow_work`.
 """
@@ -23,9 +26,11 @@ import inspect
 from typing import Any
 
 from .dis import DISFlow
+from .span import MAX_SPAN, check_span, trailing_mean
 from .tvl1 import FlowEstimator, TVL1Flow
 
-__all__ = ["FLOW_NAMES", "MAX_FLOW_WORK", "DISFlow", "FlowEstimator", "TVL1Flow", "build_flow", "check_flow_work"]
+__all__ = ["FLOW_NAMES", "MAX_FLOW_WORK", "MAX_SPAN", "DISFlow", "FlowEstimator", "TVL1Flow", "build_flow",
+           "check_flow_work", "trailing_mean"]
 
 _ESTIMATORS: dict[str, type[FlowEstimator]] = {"tvl1": TVL1Flow, "dis": DISFlow}
 FLOW_NAMES = ("default", *_ESTIMATORS)
@@ -36,21 +41,26 @@ FLOW_NAMES = ("default", *_ESTIMATORS)
 MAX_FLOW_WORK = 100_000_000
 
 
-def build_flow(name: str = "default", **params: Any) -> FlowEstimator:
-    """Build a flow estimator by name; unknown names or params raise ValueError."""
+def build_flow(name: str = "default", span: int = 1, **params: Any) -> FlowEstimator:
+    """Build a flow estimator by name, averaging ``span`` consecutive flows (:mod:`models.flow.span`; any
+    estimator); unknown names or params raise ValueError."""
     if not isinstance(name, str) or name not in FLOW_NAMES:
         raise ValueError(f"unknown flow name {name!r}; allowed: {list(FLOW_NAMES)}")
+    span = check_span(span)
     if name == "default":
         if params:
-            raise ValueError(f"flow 'default' takes no parameters, got {sorted(params)}; "
+            raise ValueError(f"flow 'default' takes no parameters but span, got {sorted(params)}; "
                              f"use name='tvl1' to change TV-L1 parameters")
-        return TVL1Flow()
-    cls = _ESTIMATORS[name]
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for flow {name!r}; allowed: {allowed}")
-    return cls(**params)
+        estimator: FlowEstimator = TVL1Flow()
+    else:
+        cls = _ESTIMATORS[name]
+        allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown} for flow {name!r}; allowed: {allowed + ['span']}")
+        estimator = cls(**params)
+    estimator.span = span
+    return estimator
 
 
 def check_flow_work(flow: FlowEstimator, height: int, width: int) -> int:

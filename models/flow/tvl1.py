@@ -64,6 +64,7 @@ class FlowEstimator(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    span: int = 1  # set by build_flow: how many consecutive flows each served flow averages (models.flow.span)
 
     def params(self) -> dict[str, Any]:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -75,7 +76,8 @@ class FlowEstimator(nn.Module):
 
     @property
     def spec(self) -> dict[str, Any]:
-        return {"name": self.name, **self.params()}
+        """The pair estimator's parameters, and ``span`` when it is not 1 (so older specs read the same)."""
+        return {"name": self.name, **self.params(), **({"span": self.span} if self.span != 1 else {})}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.params().items())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from amvad.models.flow import FLOW_NAMES, DISFlow, FlowEstimator, TVL1Flow, build_flow
+from amvad.models.flow import FLOW_NAMES, MAX_SPAN, DISFlow, FlowEstimator, TVL1Flow, build_flow, trailing_mean
 
 PED2 = (Path(__file__).parents[2] / "../shared/datasets/ped2").resolve()
 SIZE = 96
@@ -126,6 +126,28 @@ def test_default_spec_and_round_trip() -> None:
         assert rebuilt.spec == est.spec
         torch.testing.assert_close(rebuilt(prev, nxt), est(prev, nxt), atol=0, rtol=0)
     assert isinstance(build_flow("dis"), DISFlow) and build_flow("dis").spec == {"name": "dis", "preset": "medium"}
+
+
+def test_a_span_averages_the_last_flows_and_travels_in_the_spec() -> None:
+    # given five consecutive flows of constant fields 0, 3, 0, 3, 6 (a coded object moving in jumps)
+    flows = torch.tensor([0.0, 3.0, 0.0, 3.0, 6.0]).reshape(5, 1, 1, 1).expand(5, 2, 4, 4).contiguous()
+    # then span 3 serves the mean of the last three (fewer at the start), span 1 the flows as measured
+    got = trailing_mean(flows, 3)[:, 0, 0, 0].tolist()
+    assert got == pytest.approx([0.0, 1.5, 1.0, 2.0, 3.0])
+    assert trailing_mean(flows, 1) is flows
+    # and a stream's last few flows give its newest the same value as the whole clip does
+    torch.testing.assert_close(trailing_mean(flows[2:], 3)[-1], trailing_mean(flows, 3)[-1], atol=0, rtol=0)
+    # and the span is part of the spec (absent when 1, so older models' specs read the same)
+    est = build_flow("default", span=3)
+    assert est.span == 3 and build_flow(**json.loads(json.dumps(est.spec))).span == 3
+    assert "span" not in build_flow().spec and build_flow("dis", span=2).spec == {"name": "dis", "preset": "medium",
+                                                                                  "span": 2}
+
+
+@pytest.mark.parametrize("span", [0, MAX_SPAN + 1, 2.0, True])
+def test_a_bad_span_raises(span) -> None:
+    with pytest.raises(ValueError, match="span"):
+        build_flow("tvl1", span=span)
 
 
 def test_bad_name_raises() -> None:

@@ -19,6 +19,7 @@ from amvad.runtime.types import LIVE, WARMING_UP, Frame
 from amvad.runtime.video import iter_frames, open_source
 from amvad.runtime.windows import scored_frames, window
 from amvad.service.metrics import Metrics
+from amvad.training.export import rewrite_metadata
 from tests.support.synthetic import render_clip
 
 
@@ -62,6 +63,26 @@ def test_warm_up_then_scores_match_batch_scoring(model):
     # and the streamed components equal the batch path (whole-clip flows, all windows) on the same frames
     np.testing.assert_allclose(np.stack([r.components for r in results[t - 1:]]),
                                batch_components(model, frames(12)), rtol=1e-4, atol=1e-4)
+
+
+def test_a_flow_span_is_served_as_the_whole_clip_computes_it(model, tiny_model, tmp_path):
+    # given the same model with each flow the mean of the last three (a low-bitrate stream's remedy)
+    path = tmp_path / "span3.onnx"
+    rewrite_metadata(tiny_model, path, flow={**model.meta.flow, "span": 3})
+    engine = InferenceEngine(path, EngineConfig(device="cpu", flow_threads=1, model_threads=1))
+    try:
+        t = engine.meta.clip_len
+        # when a stream is cut (a new segment) and goes on, so the span starts again with the window
+        fs = frames(10) + frames(10, segment=2, first=10)
+        results = [r for f, r in results_in_order(make_pipeline(engine), fs)]
+        # then each segment's scores equal the batch path's on that segment (whole-clip flows, averaged)
+        for part, got in ((fs[:10], results[:10]), (fs[10:], results[10:])):
+            np.testing.assert_allclose(np.stack([r.components for r in got[t - 1:]]), batch_components(engine, part),
+                                       rtol=1e-4, atol=1e-4)
+        # and they are not the single-pair flows' scores
+        assert not np.allclose(batch_components(engine, fs[:10]), batch_components(model, fs[:10]), atol=1e-4)
+    finally:
+        engine.close()
 
 
 def test_no_event_starts_before_the_window_is_full(model):

@@ -54,3 +54,17 @@ def test_a_limit_is_measured_again_without_the_one_it_had(monkeypatch, tiny_mode
     monkeypatch.setattr(condition, "blur_tolerance", measure)
     meta = condition.set_blur_limit(model, find_clips(synthetic_dataset, "training"), progress=False)
     assert seen == [None] and meta.conditioning.min_sharpness == 0.3
+
+
+def test_a_flow_span_is_set_with_the_statistics_taken_under_it(tiny_model, synthetic_dataset, tmp_path):
+    # a bad span is refused before any footage is read
+    with pytest.raises(ValueError, match="span"):
+        condition.add_conditioning(tiny_model, tmp_path / "bad.onnx", synthetic_dataset, flow_span=0, progress=False)
+    assert not (tmp_path / "bad.onnx").exists()
+    # given the same model conditioned as it is and with each flow the mean of the last three
+    plain, spanned = tmp_path / "plain.onnx", tmp_path / "span3.onnx"
+    condition.add_conditioning(tiny_model, plain, synthetic_dataset, progress=False)
+    meta = condition.add_conditioning(tiny_model, spanned, synthetic_dataset, flow_span=3, progress=False)
+    # then the span is in the served flow spec and the score statistics are those of the averaged flows
+    assert read_metadata(spanned).flow == {**read_metadata(plain).flow, "span": 3} == meta.flow
+    assert [c.mean for c in meta.components] != [c.mean for c in read_metadata(plain).components]
