@@ -33,8 +33,7 @@ def exportable(flow: FlowEstimator) -> bool:
 def graph_key(flow: FlowEstimator, channels: int, height: int, width: int) -> str:
     """What names a cached graph: the estimator's pair parameters (its span is applied outside the graph),
     the input size and :data:`GRAPH_VERSION`."""
-    pair = {"name": flow.name, **flow.params()}
-    spec = json.dumps({"flow": pair, "size": [channels, height, width], "graph": GRAPH_VERSION,
+    spec = json.dumps({"flow": flow.pair_spec, "size": [channels, height, width], "graph": GRAPH_VERSION,
                        "torch": torch.__version__.split("+")[0]}, sort_keys=True)
     return f"{flow.name}-{height}x{width}x{channels}-{hashlib.sha256(spec.encode()).hexdigest()[:16]}"
 

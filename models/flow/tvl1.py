@@ -75,9 +75,14 @@ class FlowEstimator(nn.Module):
         raise NotImplementedError
 
     @property
+    def pair_spec(self) -> dict[str, Any]:
+        """What one frame pair's flow depends on: the name and the estimator's parameters."""
+        return {"name": self.name, **self.params()}
+
+    @property
     def spec(self) -> dict[str, Any]:
-        """The pair estimator's parameters, and ``span`` when it is not 1 (so older specs read the same)."""
-        return {"name": self.name, **self.params(), **({"span": self.span} if self.span != 1 else {})}
+        """:attr:`pair_spec`, and ``span`` when it is not 1 (so older specs read the same)."""
+        return {**self.pair_spec, **({"span": self.span} if self.span != 1 else {})}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.params().items())
