@@ -81,12 +81,13 @@ RECIPES = {"comemory": "ped2_comemory_robust.yaml", "ammc": "ped2_ammc_robust.ya
 SIZE_ARGS = ("clip_len", "channels", "height", "width", "base_width")
 
 
-def bundled_recipe(method: str) -> tuple[dict, ScoreConfig, tuple[Augment, ...]]:
-    """(model arguments beyond the sizes, how it scores, the changes it learns as normal) of ``method``'s
-    bundled recipe (``training/configs``): AMMC-Net's weights and window, AMSRC-Net's speed error against
-    either flow and its weights, each measured on Ped2 (the model cards)."""
+def bundled_recipe(method: str) -> tuple[dict, dict, ScoreConfig, tuple[Augment, ...]]:
+    """(model arguments beyond the sizes, its flow, how it scores, the changes it learns as normal) of
+    ``method``'s bundled recipe (``training/configs``): AMMC-Net's weights and window, AMSRC-Net's speed error
+    against either flow and its weights, each measured on Ped2 (the model cards)."""
     cfg = load_config(Path(__file__).parent / "configs" / RECIPES[method])
-    return {k: v for k, v in cfg.model.args.items() if k not in SIZE_ARGS}, cfg.score, tuple(cfg.augment)
+    args = {k: v for k, v in cfg.model.args.items() if k not in SIZE_ARGS}
+    return args, cfg.flow, cfg.score, tuple(cfg.augment)
 
 
 @dataclass
@@ -189,10 +190,10 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     sources = find_footage(footage)
     first = next(iter_clip_frames(sources[0]))
     height, width = choose_size(first.pixels.shape[1], first.pixels.shape[0], max_pixels)
-    recipe_args, recipe_score, recipe_changes = bundled_recipe(method)
+    recipe_args, recipe_flow, recipe_score, recipe_changes = bundled_recipe(method)
     args = dict(clip_len=CLIP_LEN, channels=1, height=height, width=width, base_width=base_width, **recipe_args)
     device = pick_device("auto")
-    flow = build_flow("default").to(device).eval()
+    flow = build_flow(**recipe_flow).to(device).eval()
     changes = recipe_changes if augment else ()
     steps = len(sources) * (2 + len(changes))  # loading: read, then condition + flow each version
     raw, keyframes = [], []
@@ -227,7 +228,7 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
     model = build_model(method, **args)
     init_state = weights_from_exported(model, init) if init != "none" else None
     with tempfile.TemporaryDirectory(prefix="amvad-fit-") as work:
-        cfg = TrainConfig(seed=seed, out_dir=Path(work), threads=threads, flow={"name": "default"},
+        cfg = TrainConfig(seed=seed, out_dir=Path(work), threads=threads, flow=recipe_flow,
                           data=DataConfig(root=Path(work), stride=1, flow_cache=None),
                           model=ModelConfig(method=method, args=args),
                           optim=OptimConfig(epochs=100_000, batch_size=8, lr=5e-4, time_budget_min=minutes,

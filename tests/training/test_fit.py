@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from amvad.cli.main import main
+from amvad.models.flow import build_flow
 from amvad.models.registry import build_model
 from amvad.runtime.exported_model import ExportedModel
 from amvad.runtime.fit_job import FitSpec, read_progress, write_request
@@ -115,7 +116,14 @@ def test_an_amsrc_export_rebuilds_without_its_training_only_heads():
 
 
 @pytest.mark.parametrize("init", ["none", "ped2"])
-def test_a_tiny_fit_writes_a_model_and_its_card(tmp_path, capsys, init):
+def test_a_tiny_fit_writes_a_model_and_its_card(tmp_path, capsys, init, monkeypatch):
+    recipe = fit_module.bundled_recipe
+
+    def over_two_frames(method: str):  # the recipe's flow as a recipe could set it (models/flow/span.py)
+        args, flow, score, changes = recipe(method)
+        return args, {**flow, "span": 2}, score, changes
+
+    monkeypatch.setattr(fit_module, "bundled_recipe", over_two_frames)
     clips = [write_mp4(tmp_path / f"cam{i}.mp4", render_clip(200, speed=1.0, seed=i)) for i in range(2)]
     out = tmp_path / "cam.onnx"
     width = "12" if init == "ped2" else "4"
@@ -141,6 +149,8 @@ def test_a_tiny_fit_writes_a_model_and_its_card(tmp_path, capsys, init):
     assert res["augment"] == learned and model.meta.training["fit"]["augment"] == learned
     assert res["train_frames"] == 400 - 40  # the footage's own frames; the copies come on top
     assert ("noise 3, jpeg 25" in card) if learned else ("as filmed only" in card)
+    # and it sees the flow its recipe names
+    assert model.meta.flow == build_flow(**over_two_frames("comemory")[1]).spec and model.meta.flow["span"] == 2
 
 
 @pytest.mark.parametrize("method", ["ammc", "amsrc"])
@@ -162,6 +172,7 @@ def test_a_fit_trains_and_scores_as_the_methods_bundled_recipe(method, tmp_path,
     want = recipe.score.weights or list(build_model(method, **recipe.model.args).default_weights)
     assert weights == pytest.approx(want)
     assert meta.smoothing_drop == recipe.score.smoothing_drop  # and its window (AMMC-Net leaves out 2 of 5)
+    assert meta.flow == build_flow(**recipe.flow).spec
     # and its threshold is taken under the recipe's benign changes too, learning kept under the clean one
     assert res["calibrated_under"] == recipe.score.calibrate_under
     if recipe.score.calibrate_under:
