@@ -163,7 +163,7 @@ def test_each_bundled_model_scores_with_the_weights_of_its_recipe(bundled, recip
     assert [c.name for c in meta.components] == list(model.component_names)
     assert [c.weight for c in meta.components] == pytest.approx(cfg.score.weights or list(model.default_weights))
     assert (meta.smoothing, meta.smoothing_drop) == (cfg.score.smoothing, cfg.score.smoothing_drop)
-    assert meta.flow == build_flow(**cfg.flow).spec  # the flow it sees (the default model's over three frames)
+    assert meta.flow == build_flow(**cfg.flow).spec  # and the flow it sees (a span too, models/flow/span.py)
     assert meta.training["config"]["score"]["threshold_quantile"] == cfg.score.threshold_quantile
     # the arguments that change only how it scores (set again with ``--score-arg``) as the recipe's
     scoring = {k: v for k, v in model.model_args().items() if k in model.score_args}
