@@ -51,7 +51,7 @@ def _robustness(args: argparse.Namespace) -> None:
     res = run_robustness(args.model, args.data, changes=changes, magnitudes=magnitudes,
                          clips=args.clips, seed=args.seed, writer=H264Writer, normal_split=args.normal_split,
                          test_split=args.test_split, json_out=args.json, plot_dir=args.plot, progress=not args.quiet,
-                         live=args.live, forget=args.forget)
+                         live=args.live, forget=args.forget, reference=args.reference)
     learned = "" if res.get("learn_threshold") is None else f" (learning under {res['learn_threshold']:.3f})"
     print(f"{res['method']} {res['model']} ({res['backend']} {res['precision']}), threshold {res['threshold']:.3f}"
           f"{learned}, "
@@ -84,6 +84,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--forget", type=float, default=0.002,
                    help="running statistics' rate per frame judged normal (the service's `forget`; 0: the "
                         "training statistics throughout)")
+    r.add_argument("--reference", action="store_true",
+                   help="also score the labelled clips with a model-free motion score (TV-L1 speed over 3 "
+                        "frames, averaged over 8) and report its AUC (auc_reference): what the changed picture "
+                        "leaves any speed detector, to tell a model's loss from the picture's")
     r.add_argument("--json", type=Path, help="write the full results here")
     r.add_argument("--plot", type=Path, help="write one chart per change (<change>.png) into this folder")
     r.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -30,20 +30,24 @@ import os
 import platform
 import time
 import zlib
+from collections.abc import Iterable, Iterator
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from amvad.models.flow import build_flow
 from amvad.runtime.engine import EngineConfig, InferenceEngine
 from amvad.runtime.events import EventConfig, replay_events
 from amvad.runtime.scoring import DEFAULT_FORGET, RunningStats, min_max_per_clip
+from amvad.runtime.types import Frame
 from amvad.runtime.video import FRAME_EXTS
 
 from .alarms import LabelledScores, operating_point
 from .data import ClipSource, find_clips, iter_clip_frames, labels_file, load_labels
 from .evaluate import ClipScores, score_frames
+from .motion_reference import reference_scores
 from .perturbations import BATTERY, Change, WriterFactory, get_change, perturb_clip
 from .roc import roc_auc
 
@@ -108,16 +112,35 @@ def score_variants(engine: InferenceEngine, sources: list[ClipSource], runs: lis
     variant's running statistics each, carried through its clips (else every clip starts afresh);
     ``forget``: the streams' running-statistics rate (the service's ``forget``)."""
     out: list[list[ClipScores]] = [[] for _ in runs]
+    for src, k, pixels in variant_frames(sources, runs, seed=seed, writer=writer, bar=bar):
+        out[k].append(score_frames(engine, src.name, pixels, None if cameras is None else cameras[k], forget))
+    return out
+
+
+def variant_frames(sources: list[ClipSource], runs: list[Variant], *, seed: int, writer: WriterFactory | None,
+                   bar: tqdm) -> Iterator[tuple[ClipSource, int, Iterable[Frame]]]:
+    """(clip, variant index, its frames under that variant) for every clip and variant, each clip decoded
+    once; a random change is seeded by ``seed`` and the clip's name, so every pass sees the same frames.
+    The bar moves on as each is done with."""
     for src in sources:
         frames = list(iter_clip_frames(src))
         clip_seed = zlib.crc32(f"{seed}:{src.name}".encode())
         for k, (change, magnitude) in enumerate(runs):
             bar.set_postfix_str(f"{src.name} {label('clean' if change is None else change.name, magnitude)}",
                                 refresh=False)
-            pixels = frames if change is None else perturb_clip(change, magnitude, frames, seed=clip_seed,
-                                                                writer=writer)
-            out[k].append(score_frames(engine, src.name, pixels, None if cameras is None else cameras[k], forget))
+            yield src, k, frames if change is None else perturb_clip(change, magnitude, frames, seed=clip_seed,
+                                                                     writer=writer)
             bar.update()
+
+
+def reference_variants(sources: list[ClipSource], runs: list[Variant], *, seed: int, writer: WriterFactory | None,
+                       bar: tqdm, height: int, width: int) -> list[list[np.ndarray]]:
+    """For each variant, every clip's model-free motion scores (:mod:`training.motion_reference`) at the
+    model's input size, on the same frames :func:`score_variants` scores."""
+    flow = build_flow("default")
+    out: list[list[np.ndarray]] = [[] for _ in runs]
+    for _, k, pixels in variant_frames(sources, runs, seed=seed, writer=writer, bar=bar):
+        out[k].append(reference_scores(list(pixels), height, width, flow))
     return out
 
 
@@ -196,6 +219,13 @@ def labelled_figures(clips: list[ClipScores], labels: list[np.ndarray], threshol
             "test_events_caught": point["events_caught"], "test_events_total": point["events_total"]}
 
 
+def reference_figures(clips: list[ClipScores], references: list[np.ndarray], labels: list[np.ndarray]) -> dict:
+    """The model-free motion score's AUC on the frames ``auc_stream`` is taken on (:func:`with_held`)."""
+    ids = [with_held(c, c.stream)[0] for c in clips]
+    return {"auc_reference": roc_auc(np.concatenate([lab[i] for i, lab in zip(ids, labels)]),
+                                     np.concatenate([ref[i] for i, ref in zip(ids, references)]))}
+
+
 def within_targets(row: dict) -> bool:
     ok = row["events_per_10min_over_clean"] <= MAX_EVENTS_PER_10MIN_OVER_CLEAN and \
         row["frames_flagged"] <= MAX_FRAMES_FLAGGED
@@ -209,10 +239,13 @@ def run_robustness(model: str | Path, data: str | Path, *, changes: list[str] | 
                    writer: WriterFactory | None = None, normal_split: str = "training",
                    test_split: str = "testing", engine_config: EngineConfig | None = None,
                    json_out: str | Path | None = None, plot_dir: str | Path | None = None,
-                   progress: bool = True, live: bool = False, forget: float = DEFAULT_FORGET) -> dict:
+                   progress: bool = True, live: bool = False, forget: float = DEFAULT_FORGET,
+                   reference: bool = False) -> dict:
     """The benchmark (see the module doc); ``clips`` scores that many clips of each split, ``writer`` is
     the H.264 writer compression needs (``service.h264.H264Writer``), ``live`` scores each variant's
-    clips as one camera, ``forget`` is the running statistics' rate per frame judged normal."""
+    clips as one camera, ``forget`` is the running statistics' rate per frame judged normal; ``reference``
+    adds each row's ``auc_reference``, a model-free motion score's AUC on the same labelled frames
+    (:mod:`training.motion_reference`: what the changed picture leaves any speed detector)."""
     t0 = time.time()
     runs = variants(changes, magnitudes)
     if writer is None and any(c is not None and c.whole_clip for c, _ in runs):
@@ -223,11 +256,13 @@ def run_robustness(model: str | Path, data: str | Path, *, changes: list[str] | 
     labels_file(data, test_split)  # fail before the long part when there are no labels
     engine = InferenceEngine(model, engine_config)
     try:
-        total = len(runs) * (len(normal_sources) + len(test_sources))
+        total = len(runs) * (len(normal_sources) + len(test_sources) * (2 if reference else 1))
         cameras = [RunningStats.from_components(engine.meta.components) for _ in runs] if live else None
         with tqdm(total=total, desc="robustness", unit="clip", disable=not progress) as bar:
             normal, test = (score_variants(engine, sources, runs, seed=seed, writer=writer, bar=bar, cameras=cameras,
                                            forget=forget) for sources in (normal_sources, test_sources))
+            references = reference_variants(test_sources, runs, seed=seed, writer=writer, bar=bar,
+                                            height=engine.meta.height, width=engine.meta.width) if reference else None
     finally:
         engine.close()
     meta = engine.meta
@@ -235,11 +270,12 @@ def run_robustness(model: str | Path, data: str | Path, *, changes: list[str] | 
     labels = labels_of(data, test_split, all_test, test_sources, [c.frames for c in test[0]])
     events = EventConfig()
     rows = []
-    for (change, magnitude), n_clips, t_clips in zip(runs, normal, test):
+    for k, ((change, magnitude), n_clips, t_clips) in enumerate(zip(runs, normal, test)):
         rows.append({"change": "clean" if change is None else change.name, "magnitude": magnitude,
                      "unit": "" if change is None else change.unit,
                      **normal_figures(n_clips, meta.threshold, events),
-                     **labelled_figures(t_clips, labels, meta.threshold, weights, events)})
+                     **labelled_figures(t_clips, labels, meta.threshold, weights, events),
+                     **(reference_figures(t_clips, references[k], labels) if references else {})})
     clean = rows[0]
     for row in rows:
         row["events_per_10min_over_clean"] = round(row["events_per_10min"] - clean["events_per_10min"], 3)
@@ -275,16 +311,20 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 def table(result: dict) -> str:
-    """The rows as a Markdown table (what README shows)."""
+    """The rows as a Markdown table (what README shows); the model-free reference's AUC beside auc_stream
+    when it was run (``--reference``)."""
+    ref = "auc_reference" in result["rows"][0]
     header = ("| change | magnitude | events / 10 min (Δ clean) | frames flagged | frames held | auc_stream | "
-              "auc_paper | test false alarms / h | events caught | sharpness · noise | targets |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
+              + ("auc_reference | " if ref else "")
+              + "auc_paper | test false alarms / h | events caught | sharpness · noise | targets |")
+    lines = [header, "|---" * header.count(" | ") + "|---|"]
     for r in result["rows"]:
         mag = "" if r["magnitude"] is None else f"{r['magnitude']:g} ({r['unit']})"
         lines.append(f"| {r['change']} | {mag} | {_fmt(r['events_per_10min'], '.2f')} "
                      f"({r['events_per_10min_over_clean']:+.2f}) | {r['frames_flagged']:.1%} | "
                      f"{r['frames_held']:.1%} | "
-                     f"{_fmt(r['auc_stream'], '.3f')} | {_fmt(r['auc_paper'], '.3f')} | "
+                     f"{_fmt(r['auc_stream'], '.3f')} | {_fmt(r['auc_reference'], '.3f') + ' | ' if ref else ''}"
+                     f"{_fmt(r['auc_paper'], '.3f')} | "
                      f"{_fmt(r['test_false_alarms_per_hour'], '.0f')} | "
                      f"{r['test_events_caught']} / {r['test_events_total']} | "
                      f"{_fmt(r.get('sharpness_ratio'), '.2f')} · {_fmt(r.get('noise_ratio'), '.2f')} | "

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from amvad.runtime.events import EventConfig
 from amvad.runtime.scoring import DEFAULT_FORGET
 from amvad.runtime.types import Frame
 from amvad.service.h264 import H264Writer
-from amvad.training.data import find_clips, load_clip
+from amvad.training.data import find_clips, iter_clip_frames, load_clip
 from amvad.training.evaluate import ClipScores
 from amvad.training.perturbations import BATTERY, get_change, perturb_clip, shake_offsets
 from amvad.training.robustness import (
@@ -307,12 +308,14 @@ def test_the_command_runs_with_a_subset_of_clips(tiny_model, synthetic_dataset, 
     # one clip of each split: the Ped2-style labels file of the whole split is cut up by clip lengths
     code = main(["robustness", "--model", str(tiny_model), "--data", str(synthetic_dataset), "--changes",
                  "compression,shake", "--magnitudes", "compression=40", "shake=2", "--clips", "1", "--quiet",
-                 "--json", str(tmp_path / "r.json")])
+                 "--json", str(tmp_path / "r.json"), "--reference"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| compression | 40 (H.264 CRF) |" in printed and "| shake | 2 (± px per frame) |" in printed
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["test"]["clips"] == ["01"] and len(res["rows"]) == 3 and res["protocol"] == "upload"
+    # the model-free reference ran on every row, the coded one too
+    assert "| auc_reference |" in printed and all(0 <= r["auc_reference"] <= 1 for r in res["rows"])
     assert res["forget"] == DEFAULT_FORGET  # the command's default is the service's
     assert main(["robustness", "--data", str(synthetic_dataset), "--changes", "rain"]) == 2
 
@@ -322,3 +325,43 @@ def test_the_command_runs_with_a_subset_of_clips(tiny_model, synthetic_dataset, 
 def test_help_and_argument_errors_import_nothing_heavy(argv):
     from tests.cli.test_main import imported_after
     assert imported_after(argv) in ((0, []), (2, []))
+
+
+def test_the_reference_is_the_model_free_motion_score_on_the_frames_the_model_is_judged_on(tiny_model,
+                                                                                          synthetic_dataset):
+    from amvad.models.flow import build_flow
+    from amvad.training.motion_reference import reference_scores
+    from amvad.training.roc import roc_auc
+
+    # given the benchmark with its model-free reference, on clean footage and under noise
+    res = run_robustness(tiny_model, synthetic_dataset, changes=["noise"], magnitudes={"noise": [8]},
+                         progress=False, reference=True)
+    meta = exported_metadata(onnx.load(str(tiny_model)), tiny_model)
+    # then each row's auc_reference is the speed score's AUC on the frames auc_stream is taken on (those with
+    # a full window, and those the camera watch held: noise holds one here), at the model's input size, computed
+    # on the frames the model saw (the noise seeded by the clip's name)
+    from tqdm import tqdm
+
+    from amvad.runtime.engine import InferenceEngine
+    sources = find_clips(synthetic_dataset, "testing")
+    runs = [(None, None), (get_change("noise"), 8.0)]
+    engine = InferenceEngine(tiny_model)
+    judged = score_variants(engine, sources, runs, seed=0, writer=None, bar=tqdm(disable=True))
+    engine.close()
+    every = np.load(synthetic_dataset / "frame_labels_synth.npy")[0]
+    for row, (change, magnitude), clips in zip(res["rows"], runs, judged):
+        labels, scores = [], []
+        for k, (src, clip) in enumerate(zip(sources, clips)):
+            frames = list(iter_clip_frames(src))
+            if change is not None:
+                frames = list(perturb_clip(change, magnitude, frames, seed=zlib.crc32(f"0:{src.name}".encode())))
+            ids = np.concatenate([clip.frame_ids, clip.held_ids])
+            ref = reference_scores(frames, meta.height, meta.width, build_flow("default"))
+            labels.append(every[k * 14:(k + 1) * 14][ids]), scores.append(ref[ids])
+        assert row["auc_reference"] == pytest.approx(roc_auc(np.concatenate(labels), np.concatenate(scores)))
+    assert sum(len(c.held_ids) for c in judged[1]) > 0  # the held frame is among those judged
+    assert "| auc_reference |" in table(res)
+    # without the reference the table keeps its columns
+    plain = run_robustness(tiny_model, synthetic_dataset, changes=["noise"], magnitudes={"noise": [8]},
+                           progress=False)
+    assert "auc_reference" not in plain["rows"][0] and "auc_reference" not in table(plain)

@@ -1,0 +1,64 @@
+"""A model-free reference for ``amvad robustness --reference``: how much of the anomalies' motion a change
+leaves in the picture, whatever model scores it.
+
+Per frame, the speed of the default TV-L1 flow (at the model's input size) between the frame and the one
+``GAP`` frames before it, per pixel divided by ``GAP``; per ``PATCH`` x ``PATCH`` patch (half a patch apart)
+that speed averaged over the last ``WINDOW`` frames; the frame's score is its fastest patch. Causal like the
+service's score and learned from nothing, so its AUC on a change's labelled clips is what the picture
+alone gives a speed detector: a model near it under a change is held back by the picture, not by what it
+learned. Frames ``GAP`` apart and an 8-frame mean read Ped2 under H.264 CRF 42 best of the settings swept
+(frames 1-4 apart, means over 1-16 frames, 64x96 to 240x360: docs/robustness-log.md, "What CRF 42 leaves").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from amvad.models.flow import FlowEstimator, build_flow
+from amvad.runtime.types import Frame
+
+GAP = 3        # frames between the two of each flow
+WINDOW = 8     # frames a patch's speed is averaged over
+PATCH = 16     # px at the model's input size
+BATCH = 32     # frame pairs per flow call
+
+
+def resized(frames: Sequence[Frame], height: int, width: int) -> torch.Tensor:
+    """(N, C, height, width) float in [0, 1], each frame shrunk by area averaging (as the model's input)."""
+    x = torch.from_numpy(np.stack([np.asarray(f.pixels) for f in frames])).float().div_(255.0)
+    x = x[..., None] if x.ndim == 3 else x
+    return F.interpolate(x.permute(0, 3, 1, 2), size=(height, width), mode="area")
+
+
+def patch_speeds(x: torch.Tensor, flow: FlowEstimator, gap: int = GAP, patch: int = PATCH) -> np.ndarray:
+    """(N, P, Q): each patch's mean speed (px per frame) from frame i - ``gap`` to frame i; the first ``gap``
+    frames, which have no frame that far back, take frame ``gap``'s."""
+    if len(x) <= gap:
+        raise ValueError(f"{len(x)} frames: a speed over {gap} frames needs more")
+    pairs = len(x) - gap  # frame i - gap to frame i, for i from gap on
+    with torch.no_grad():
+        flows = torch.cat([flow(x[i:min(i + BATCH, pairs)], x[i + gap:min(i + BATCH, pairs) + gap])
+                           for i in range(0, pairs, BATCH)])
+    speed = flows.norm(dim=1, keepdim=True) / gap
+    maps = F.avg_pool2d(speed, patch, patch // 2)[:, 0].numpy()
+    return np.concatenate([np.repeat(maps[:1], gap, axis=0), maps])
+
+
+def causal_mean(a: np.ndarray, window: int) -> np.ndarray:
+    """Along axis 0, the mean of each row and the ``window`` - 1 before it (fewer at the start)."""
+    sums = np.cumsum(np.concatenate([np.zeros_like(a[:1]), a]), axis=0)
+    hi = np.arange(1, len(a) + 1)
+    lo = np.maximum(hi - window, 0)
+    counts = (hi - lo).reshape(-1, *([1] * (a.ndim - 1)))
+    return (sums[hi] - sums[lo]) / counts
+
+
+def reference_scores(frames: Sequence[Frame], height: int, width: int, flow: FlowEstimator | None = None,
+                     gap: int = GAP, window: int = WINDOW) -> np.ndarray:
+    """(N,): each frame's score, the fastest patch of its causal mean speed (see the module doc)."""
+    maps = patch_speeds(resized(frames, height, width), flow or build_flow("default"), gap)
+    return causal_mean(maps, window).reshape(len(maps), -1).max(axis=1)
