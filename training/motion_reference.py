@@ -1,13 +1,15 @@
 """A model-free reference for ``amvad robustness --reference``: how much of the anomalies' motion a change
 leaves in the picture, whatever model scores it.
 
-Per frame, the speed of the default TV-L1 flow (at the model's input size) between the frame and the one
-``GAP`` frames before it, per pixel divided by ``GAP``; per ``PATCH`` x ``PATCH`` patch (half a patch apart)
-that speed averaged over the last ``WINDOW`` frames; the frame's score is its fastest patch. Causal like the
-service's score and learned from nothing, so its AUC on a change's labelled clips is what the picture
-alone gives a speed detector: a model near it under a change is held back by the picture, not by what it
-learned. Frames ``GAP`` apart and an 8-frame mean read Ped2 under H.264 CRF 42 best of the settings swept
-(frames 1-4 apart, means over 1-16 frames, 64x96 to 240x360: docs/robustness-log.md, "What CRF 42 leaves").
+Per frame, the speed of the default TV-L1 flow between the frame and the one ``GAP`` frames before it, both
+as the model takes them (resized; levels matched and shake undone by the model's conditioning, so a camera's
+own motion is not read as the scene's), per pixel divided by ``GAP``; per ``PATCH`` x ``PATCH`` patch (half a
+patch apart) that speed averaged over the last ``WINDOW`` frames; the frame's score is its fastest patch.
+Causal like the service's score and learned from nothing, so its AUC on a change's labelled clips is what the
+picture alone gives a speed detector: a model near it under a change is held back by the picture, not by
+what it learned. Frames ``GAP`` apart and an 8-frame mean read Ped2 under H.264 CRF 42 best of the settings
+swept (frames 1-4 apart, means over 1-16 frames, 64x96 to 240x360: docs/robustness-log.md, "What CRF 42
+leaves").
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from amvad.models.flow import FlowEstimator, build_flow
+from amvad.models.metadata import Conditioning, ModelMetadata
+from amvad.runtime.conditioning import Conditioner
+from amvad.runtime.preprocess import to_model_frame
 from amvad.runtime.types import Frame
 
 GAP = 3        # frames between the two of each flow
@@ -27,11 +32,13 @@ PATCH = 16     # px at the model's input size
 BATCH = 32     # frame pairs per flow call
 
 
-def resized(frames: Sequence[Frame], height: int, width: int) -> torch.Tensor:
-    """(N, C, height, width) float in [0, 1], each frame shrunk by area averaging (as the model's input)."""
-    x = torch.from_numpy(np.stack([np.asarray(f.pixels) for f in frames])).float().div_(255.0)
-    x = x[..., None] if x.ndim == 3 else x
-    return F.interpolate(x.permute(0, 3, 1, 2), size=(height, width), mode="area")
+def model_inputs(frames: Sequence[Frame], height: int, width: int, channels: int = 1,
+                 conditioning: Conditioning | None = None) -> torch.Tensor:
+    """(N, channels, height, width) float in [0, 1]: the frames as a model of that input and conditioning
+    takes them (:func:`runtime.preprocess.to_model_frame`, then :class:`runtime.conditioning.Conditioner`)."""
+    condition = Conditioner(conditioning, height, width)
+    return torch.from_numpy(np.stack([condition(to_model_frame(f.pixels, height=height, width=width,
+                                                               channels=channels))[0] for f in frames]))
 
 
 def patch_speeds(x: torch.Tensor, flow: FlowEstimator, gap: int = GAP, patch: int = PATCH) -> np.ndarray:
@@ -57,8 +64,10 @@ def causal_mean(a: np.ndarray, window: int) -> np.ndarray:
     return (sums[hi] - sums[lo]) / counts
 
 
-def reference_scores(frames: Sequence[Frame], height: int, width: int, flow: FlowEstimator | None = None,
+def reference_scores(frames: Sequence[Frame], meta: ModelMetadata, flow: FlowEstimator | None = None,
                      gap: int = GAP, window: int = WINDOW) -> np.ndarray:
-    """(N,): each frame's score, the fastest patch of its causal mean speed (see the module doc)."""
-    maps = patch_speeds(resized(frames, height, width), flow or build_flow("default"), gap)
+    """(N,): each frame's score, the fastest patch of its causal mean speed (see the module doc), on the frames
+    as the model of ``meta`` takes them."""
+    x = model_inputs(frames, meta.height, meta.width, meta.channels, meta.conditioning)
+    maps = patch_speeds(x, flow or build_flow("default"), gap)
     return causal_mean(maps, window).reshape(len(maps), -1).max(axis=1)

@@ -20,7 +20,9 @@ magnitude it reports:
   and where each event was and how high the footage peaks (:func:`where` prints them);
 - on the labelled ``test_split``: frame-level ROC AUC of the causal score (``auc_stream``) and of the papers'
   per-clip min-max protocol (``auc_paper``), false alarms per hour of its normal frames and events caught
-  at the model's threshold (:mod:`training.alarms`).
+  at the model's threshold (:mod:`training.alarms`); with ``reference``, the AUC of a model-free speed score
+  on the same frames (:mod:`training.motion_reference`), to tell what a change took from the picture from
+  what it took from the model.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from amvad.models.flow import build_flow
+from amvad.models.metadata import ModelMetadata
 from amvad.runtime.engine import EngineConfig, InferenceEngine
 from amvad.runtime.events import EventConfig, replay_events
 from amvad.runtime.scoring import DEFAULT_FORGET, RunningStats, min_max_per_clip
@@ -134,13 +137,13 @@ def variant_frames(sources: list[ClipSource], runs: list[Variant], *, seed: int,
 
 
 def reference_variants(sources: list[ClipSource], runs: list[Variant], *, seed: int, writer: WriterFactory | None,
-                       bar: tqdm, height: int, width: int) -> list[list[np.ndarray]]:
-    """For each variant, every clip's model-free motion scores (:mod:`training.motion_reference`) at the
-    model's input size, on the same frames :func:`score_variants` scores."""
+                       bar: tqdm, meta: ModelMetadata) -> list[list[np.ndarray]]:
+    """For each variant, every clip's model-free motion scores (:mod:`training.motion_reference`) on the same
+    frames :func:`score_variants` scores, as the model of ``meta`` takes them."""
     flow = build_flow("default")
     out: list[list[np.ndarray]] = [[] for _ in runs]
     for _, k, pixels in variant_frames(sources, runs, seed=seed, writer=writer, bar=bar):
-        out[k].append(reference_scores(list(pixels), height, width, flow))
+        out[k].append(reference_scores(list(pixels), meta, flow))
     return out
 
 
@@ -262,7 +265,7 @@ def run_robustness(model: str | Path, data: str | Path, *, changes: list[str] | 
             normal, test = (score_variants(engine, sources, runs, seed=seed, writer=writer, bar=bar, cameras=cameras,
                                            forget=forget) for sources in (normal_sources, test_sources))
             references = reference_variants(test_sources, runs, seed=seed, writer=writer, bar=bar,
-                                            height=engine.meta.height, width=engine.meta.width) if reference else None
+                                            meta=engine.meta) if reference else None
     finally:
         engine.close()
     meta = engine.meta

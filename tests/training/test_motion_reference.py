@@ -1,17 +1,25 @@
 """The model-free motion reference of ``amvad robustness --reference``: a causal mean that is a mean of the
-rows it says, a faster object scoring higher than a slower one, a still picture scoring near nothing."""
+rows it says, a faster object scoring higher than a slower one, a still picture scoring near nothing, and a
+shaken camera's own motion not read as the scene's when the model undoes shake."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from amvad.models.flow import build_flow
+from amvad.runtime.conditioning import fit_conditioning
 from amvad.runtime.types import Frame
-from amvad.training.motion_reference import causal_mean, patch_speeds, reference_scores, resized
+from amvad.training.motion_reference import causal_mean, model_inputs, patch_speeds, reference_scores
+from amvad.training.perturbations import get_change, perturb_clip
+
+H, W = 96, 160
+PLAIN = SimpleNamespace(height=H, width=W, channels=1, conditioning=None)  # what reference_scores reads of a model
 
 
-def frames_with_square(speed: float, n: int = 12, h: int = 96, w: int = 160) -> list[Frame]:
+def frames_with_square(speed: float, n: int = 12, h: int = H, w: int = W) -> list[Frame]:
     """A bright textured square crossing a smooth textured background at ``speed`` px per frame (RGB)."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:h, 0:w]
@@ -36,7 +44,7 @@ def test_the_causal_mean_averages_each_row_with_the_ones_before_it():
 
 def test_a_faster_object_scores_higher_and_a_still_picture_near_nothing():
     flow = build_flow("default")
-    still, slow, fast = (reference_scores(frames_with_square(s), 96, 160, flow, window=4) for s in (0.0, 0.5, 2.0))
+    still, slow, fast = (reference_scores(frames_with_square(s), PLAIN, flow, window=4) for s in (0.0, 0.5, 2.0))
     assert still.shape == slow.shape == fast.shape == (12,)
     # speeds read as px per frame (the patch a little wider than the square's path reads a little less)
     assert still.max() < 0.1
@@ -47,7 +55,7 @@ def test_a_faster_object_scores_higher_and_a_still_picture_near_nothing():
 def test_the_speed_of_a_frame_comes_only_from_frames_before_it():
     # the square starts moving at frame 8: no frame before it reads motion
     frames = frames_with_square(0.0)[:8] + frames_with_square(2.0)[8:]
-    maps = patch_speeds(resized(frames, 96, 160), build_flow("default"))
+    maps = patch_speeds(model_inputs(frames, H, W), build_flow("default"))
     assert maps.shape[0] == 12
     peaks = maps.reshape(12, -1).max(axis=1)
     assert peaks[:8].max() < 0.1 and peaks[8:].min() > 1.0
@@ -55,4 +63,16 @@ def test_the_speed_of_a_frame_comes_only_from_frames_before_it():
 
 def test_too_short_a_clip_is_refused():
     with pytest.raises(ValueError, match="3 frames"):
-        patch_speeds(resized(frames_with_square(1.0, n=3), 96, 160), build_flow("default"))
+        patch_speeds(model_inputs(frames_with_square(1.0, n=3), H, W), build_flow("default"))
+
+
+def test_a_shaken_camera_is_not_read_as_motion_when_the_model_undoes_shake():
+    # a still scene shaken ±3 px per frame: raw, the whole picture moves; through the conditioning of a model
+    # fitted on the still scene the shake is undone first
+    still = frames_with_square(0.0, n=16)
+    shaken = list(perturb_clip(get_change("shake"), 3.0, still, seed=1))
+    fitted = fit_conditioning(model_inputs(still, H, W).numpy())
+    raw = reference_scores(shaken, PLAIN)
+    steadied = reference_scores(shaken, SimpleNamespace(**{**vars(PLAIN), "conditioning": fitted}))
+    assert raw.min() > 0.5  # px per frame, averaged over 8 frames
+    assert steadied.max() < 0.1

@@ -338,8 +338,8 @@ def test_the_reference_is_the_model_free_motion_score_on_the_frames_the_model_is
                          progress=False, reference=True)
     meta = exported_metadata(onnx.load(str(tiny_model)), tiny_model)
     # then each row's auc_reference is the speed score's AUC on the frames auc_stream is taken on (those with
-    # a full window, and those the camera watch held: noise holds one here), at the model's input size, computed
-    # on the frames the model saw (the noise seeded by the clip's name)
+    # a full window, and those the camera watch held: noise holds one here), computed on the frames the model
+    # saw (the noise seeded by the clip's name) as the model takes them
     from tqdm import tqdm
 
     from amvad.runtime.engine import InferenceEngine
@@ -356,7 +356,7 @@ def test_the_reference_is_the_model_free_motion_score_on_the_frames_the_model_is
             if change is not None:
                 frames = list(perturb_clip(change, magnitude, frames, seed=zlib.crc32(f"0:{src.name}".encode())))
             ids = np.concatenate([clip.frame_ids, clip.held_ids])
-            ref = reference_scores(frames, meta.height, meta.width, build_flow("default"))
+            ref = reference_scores(frames, meta, build_flow("default"))
             labels.append(every[k * 14:(k + 1) * 14][ids]), scores.append(ref[ids])
         assert row["auc_reference"] == pytest.approx(roc_auc(np.concatenate(labels), np.concatenate(scores)))
     assert sum(len(c.held_ids) for c in judged[1]) > 0  # the held frame is among those judged
