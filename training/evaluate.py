@@ -58,6 +58,8 @@ class ClipScores:
     # per scored frame: its score was over a full window (FrameResult.settled), so it could start an event;
     # None = all were
     settled: np.ndarray | None = None
+    # every frame's model-free speed score (training.motion_reference), when the benchmark asks for it
+    reference: np.ndarray | None = None
 
 
 def score_clip(engine: InferenceEngine, src: ClipSource) -> ClipScores:

@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from amvad.models.flow import FlowEstimator, build_flow
+from amvad.models.flow.span import trailing_mean
 from amvad.models.metadata import Conditioning, ModelMetadata
-from amvad.runtime.conditioning import Conditioner
 from amvad.runtime.preprocess import to_model_frame
 from amvad.runtime.types import Frame
+
+from .data import condition_clip
 
 GAP = 3        # frames between the two of each flow
 WINDOW = 8     # frames a patch's speed is averaged over
@@ -35,10 +37,9 @@ BATCH = 32     # frame pairs per flow call
 def model_inputs(frames: Sequence[Frame], height: int, width: int, channels: int = 1,
                  conditioning: Conditioning | None = None) -> torch.Tensor:
     """(N, channels, height, width) float in [0, 1]: the frames as a model of that input and conditioning
-    takes them (:func:`runtime.preprocess.to_model_frame`, then :class:`runtime.conditioning.Conditioner`)."""
-    condition = Conditioner(conditioning, height, width)
-    return torch.from_numpy(np.stack([condition(to_model_frame(f.pixels, height=height, width=width,
-                                                               channels=channels))[0] for f in frames]))
+    takes them (:func:`runtime.preprocess.to_model_frame`, then :func:`training.data.condition_clip`)."""
+    x = np.stack([to_model_frame(f.pixels, height=height, width=width, channels=channels) for f in frames])
+    return torch.from_numpy(x if conditioning is None else condition_clip(x, conditioning))
 
 
 def patch_speeds(x: torch.Tensor, flow: FlowEstimator, gap: int = GAP, patch: int = PATCH) -> np.ndarray:
@@ -55,19 +56,10 @@ def patch_speeds(x: torch.Tensor, flow: FlowEstimator, gap: int = GAP, patch: in
     return np.concatenate([np.repeat(maps[:1], gap, axis=0), maps])
 
 
-def causal_mean(a: np.ndarray, window: int) -> np.ndarray:
-    """Along axis 0, the mean of each row and the ``window`` - 1 before it (fewer at the start)."""
-    sums = np.cumsum(np.concatenate([np.zeros_like(a[:1]), a]), axis=0)
-    hi = np.arange(1, len(a) + 1)
-    lo = np.maximum(hi - window, 0)
-    counts = (hi - lo).reshape(-1, *([1] * (a.ndim - 1)))
-    return (sums[hi] - sums[lo]) / counts
-
-
 def reference_scores(frames: Sequence[Frame], meta: ModelMetadata, flow: FlowEstimator | None = None,
                      gap: int = GAP, window: int = WINDOW) -> np.ndarray:
     """(N,): each frame's score, the fastest patch of its causal mean speed (see the module doc), on the frames
     as the model of ``meta`` takes them."""
     x = model_inputs(frames, meta.height, meta.width, meta.channels, meta.conditioning)
     maps = patch_speeds(x, flow or build_flow("default"), gap)
-    return causal_mean(maps, window).reshape(len(maps), -1).max(axis=1)
+    return trailing_mean(torch.from_numpy(maps), window).flatten(1).amax(1).numpy()

@@ -32,7 +32,6 @@ import os
 import platform
 import time
 import zlib
-from collections.abc import Iterable, Iterator
 from datetime import date
 from pathlib import Path
 
@@ -40,11 +39,9 @@ import numpy as np
 from tqdm import tqdm
 
 from amvad.models.flow import build_flow
-from amvad.models.metadata import ModelMetadata
 from amvad.runtime.engine import EngineConfig, InferenceEngine
 from amvad.runtime.events import EventConfig, replay_events
 from amvad.runtime.scoring import DEFAULT_FORGET, RunningStats, min_max_per_clip
-from amvad.runtime.types import Frame
 from amvad.runtime.video import FRAME_EXTS
 
 from .alarms import LabelledScores, operating_point
@@ -109,41 +106,29 @@ def labels_of(data: str | Path, split: str, all_sources: list[ClipSource], chose
 
 def score_variants(engine: InferenceEngine, sources: list[ClipSource], runs: list[Variant], *, seed: int,
                    writer: WriterFactory | None, bar: tqdm,
-                   cameras: list[RunningStats] | None = None, forget: float = DEFAULT_FORGET
-                   ) -> list[list[ClipScores]]:
+                   cameras: list[RunningStats] | None = None, forget: float = DEFAULT_FORGET,
+                   reference: bool = False) -> list[list[ClipScores]]:
     """For each variant, the scores of every clip under it (each clip decoded once); ``cameras``: one
     variant's running statistics each, carried through its clips (else every clip starts afresh);
-    ``forget``: the streams' running-statistics rate (the service's ``forget``)."""
+    ``forget``: the streams' running-statistics rate (the service's ``forget``); ``reference``: each clip's
+    model-free speed scores too (:attr:`ClipScores.reference`), on the very frames the model scored."""
+    flow = build_flow("default") if reference else None
     out: list[list[ClipScores]] = [[] for _ in runs]
-    for src, k, pixels in variant_frames(sources, runs, seed=seed, writer=writer, bar=bar):
-        out[k].append(score_frames(engine, src.name, pixels, None if cameras is None else cameras[k], forget))
-    return out
-
-
-def variant_frames(sources: list[ClipSource], runs: list[Variant], *, seed: int, writer: WriterFactory | None,
-                   bar: tqdm) -> Iterator[tuple[ClipSource, int, Iterable[Frame]]]:
-    """(clip, variant index, its frames under that variant) for every clip and variant, each clip decoded
-    once; a random change is seeded by ``seed`` and the clip's name, so every pass sees the same frames.
-    The bar moves on as each is done with."""
     for src in sources:
         frames = list(iter_clip_frames(src))
         clip_seed = zlib.crc32(f"{seed}:{src.name}".encode())
         for k, (change, magnitude) in enumerate(runs):
             bar.set_postfix_str(f"{src.name} {label('clean' if change is None else change.name, magnitude)}",
                                 refresh=False)
-            yield src, k, frames if change is None else perturb_clip(change, magnitude, frames, seed=clip_seed,
-                                                                     writer=writer)
+            pixels = frames if change is None else perturb_clip(change, magnitude, frames, seed=clip_seed,
+                                                                writer=writer)
+            if flow is not None:
+                pixels = list(pixels)  # the model and the reference read the same frames (one H.264 encode)
+            clip = score_frames(engine, src.name, pixels, None if cameras is None else cameras[k], forget)
+            if flow is not None:
+                clip.reference = reference_scores(pixels, engine.meta, flow)
+            out[k].append(clip)
             bar.update()
-
-
-def reference_variants(sources: list[ClipSource], runs: list[Variant], *, seed: int, writer: WriterFactory | None,
-                       bar: tqdm, meta: ModelMetadata) -> list[list[np.ndarray]]:
-    """For each variant, every clip's model-free motion scores (:mod:`training.motion_reference`) on the same
-    frames :func:`score_variants` scores, as the model of ``meta`` takes them."""
-    flow = build_flow("default")
-    out: list[list[np.ndarray]] = [[] for _ in runs]
-    for _, k, pixels in variant_frames(sources, runs, seed=seed, writer=writer, bar=bar):
-        out[k].append(reference_scores(list(pixels), meta, flow))
     return out
 
 
@@ -222,11 +207,11 @@ def labelled_figures(clips: list[ClipScores], labels: list[np.ndarray], threshol
             "test_events_caught": point["events_caught"], "test_events_total": point["events_total"]}
 
 
-def reference_figures(clips: list[ClipScores], references: list[np.ndarray], labels: list[np.ndarray]) -> dict:
+def reference_figures(clips: list[ClipScores], labels: list[np.ndarray]) -> dict:
     """The model-free motion score's AUC on the frames ``auc_stream`` is taken on (:func:`with_held`)."""
     ids = [with_held(c, c.stream)[0] for c in clips]
     return {"auc_reference": roc_auc(np.concatenate([lab[i] for i, lab in zip(ids, labels)]),
-                                     np.concatenate([ref[i] for i, ref in zip(ids, references)]))}
+                                     np.concatenate([c.reference[i] for i, c in zip(ids, clips)]))}
 
 
 def within_targets(row: dict) -> bool:
@@ -259,13 +244,12 @@ def run_robustness(model: str | Path, data: str | Path, *, changes: list[str] | 
     labels_file(data, test_split)  # fail before the long part when there are no labels
     engine = InferenceEngine(model, engine_config)
     try:
-        total = len(runs) * (len(normal_sources) + len(test_sources) * (2 if reference else 1))
+        total = len(runs) * (len(normal_sources) + len(test_sources))
         cameras = [RunningStats.from_components(engine.meta.components) for _ in runs] if live else None
         with tqdm(total=total, desc="robustness", unit="clip", disable=not progress) as bar:
             normal, test = (score_variants(engine, sources, runs, seed=seed, writer=writer, bar=bar, cameras=cameras,
-                                           forget=forget) for sources in (normal_sources, test_sources))
-            references = reference_variants(test_sources, runs, seed=seed, writer=writer, bar=bar,
-                                            meta=engine.meta) if reference else None
+                                           forget=forget, reference=labelled and reference)
+                            for sources, labelled in ((normal_sources, False), (test_sources, True)))
     finally:
         engine.close()
     meta = engine.meta
@@ -273,12 +257,12 @@ def run_robustness(model: str | Path, data: str | Path, *, changes: list[str] | 
     labels = labels_of(data, test_split, all_test, test_sources, [c.frames for c in test[0]])
     events = EventConfig()
     rows = []
-    for k, ((change, magnitude), n_clips, t_clips) in enumerate(zip(runs, normal, test)):
+    for (change, magnitude), n_clips, t_clips in zip(runs, normal, test):
         rows.append({"change": "clean" if change is None else change.name, "magnitude": magnitude,
                      "unit": "" if change is None else change.unit,
                      **normal_figures(n_clips, meta.threshold, events),
                      **labelled_figures(t_clips, labels, meta.threshold, weights, events),
-                     **(reference_figures(t_clips, references[k], labels) if references else {})})
+                     **(reference_figures(t_clips, labels) if reference else {})})
     clean = rows[0]
     for row in rows:
         row["events_per_10min_over_clean"] = round(row["events_per_10min"] - clean["events_per_10min"], 3)
