@@ -79,10 +79,12 @@ def _export(args: argparse.Namespace) -> None:
         raise ValueError("give exactly one of --checkpoint (a finished training run) or --onnx (an exported model)")
     if args.condition_on and not args.onnx:
         raise ValueError("--condition-on goes with --onnx (a trained model gets its conditioning in training)")
-    rescored = (args.smoothing, args.smoothing_drop, args.threshold_quantile, args.calibrate_under, args.flow_span)
+    rescored = (args.smoothing, args.smoothing_drop, args.threshold_quantile, args.calibrate_under, args.flow_span,
+                args.speed_weight)
     if (args.weights or any(v is not None for v in rescored)) and not args.condition_on:
-        raise ValueError("--weights, --smoothing, --smoothing-drop, --threshold-quantile, --calibrate-under and "
-                         "--flow-span go with --condition-on (the threshold is taken again under them)")
+        raise ValueError("--weights, --smoothing, --smoothing-drop, --threshold-quantile, --calibrate-under, "
+                         "--flow-span and --speed-weight go with --condition-on (the threshold is taken again "
+                         "under them)")
     if args.score_arg and not args.condition_on:
         raise ValueError("--score-arg goes with --condition-on (the score statistics are taken again under it)")
     if args.checkpoint:
@@ -101,7 +103,7 @@ def _export(args: argparse.Namespace) -> None:
                                 smoothing=args.smoothing, smoothing_drop=args.smoothing_drop,
                                 threshold_quantile=args.threshold_quantile,
                                 calibrate_under=calibrate_under(args.calibrate_under), flow_span=args.flow_span,
-                                writer=H264Writer)
+                                speed_weight=args.speed_weight, writer=H264Writer)
     else:
         meta = reexport(args.onnx, args.out)
     print(f"exported {meta.method} to {args.out} (threshold {meta.threshold:.3f}, "
@@ -290,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--flow-span", type=int, metavar="N",
                    help="with --condition-on: each flow the model sees is the mean of the last N consecutive "
                         "flows (a low-bitrate stream moves small objects in jumps; README, Robustness)")
+    x.add_argument("--speed-weight", type=float, metavar="W",
+                   help="with --condition-on: add the runtime's motion-speed component (the fastest patch's speed "
+                        "between frames 3 apart, averaged over 8 frames) to the score with weight W (0 removes it; "
+                        "--weights stay the graph's own; README, Robustness)")
     x.add_argument("--score-arg", action="append", metavar="NAME=VALUE",
                    help="with --condition-on: the same weights scoring with another value of a model argument "
                         "that changes only how they score (AMSRC-Net: speed_against=either, speed_floor=0.9, "

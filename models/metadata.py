@@ -46,6 +46,19 @@ class Conditioning(BaseModel):
                                         "tried, the watch's own defocus_ratio holds")
 
 
+SPEED_COMPONENT = "motion_speed"
+
+
+class MotionSpeed(BaseModel):
+    """The score component the runtime adds to the graph's own (``runtime.motion_speed``): the fastest patch's
+    speed between frames ``gap`` apart, averaged over ``window`` frames. A model asks for it with this field
+    and lists it, named :data:`SPEED_COMPONENT`, last among its ``components``."""
+    model_config = ConfigDict(extra="forbid")
+    gap: int = Field(3, ge=1, le=8, description="frames between the two frames of each flow")
+    window: int = Field(8, ge=1, le=64, description="frames each patch's speed is averaged over")
+    patch: int = Field(16, ge=4, le=128, description="side of a patch, pixels at the model's input size")
+
+
 class ModelMetadata(BaseModel):
     """Everything serving needs to reproduce training-time inputs and scores."""
     model_config = ConfigDict(extra="forbid")
@@ -72,11 +85,32 @@ class ModelMetadata(BaseModel):
     training: dict = Field(default_factory=dict, description="data, epochs, time, machine, date")
     conditioning: Conditioning | None = Field(None, description="level matching and stabilisation; None: "
                                                                 "exported before them, frames are only measured")
+    speed: MotionSpeed | None = Field(None, description="the runtime's motion-speed component, the last of "
+                                                        "components; None: the graph's components alone")
 
     @model_validator(mode="after")
     def _drop_within_window(self) -> ModelMetadata:
         check_smoothing_drop(self.smoothing, self.smoothing_drop)
         return self
+
+    @model_validator(mode="after")
+    def _speed_listed_last(self) -> ModelMetadata:
+        named = [c.name == SPEED_COMPONENT for c in self.components]
+        if self.speed is None and any(named):
+            raise ValueError(f"component {SPEED_COMPONENT!r} is listed but speed is not set")
+        if self.speed is not None and (not named or not named[-1] or sum(named) != 1):
+            raise ValueError(f"speed is set: {SPEED_COMPONENT!r} must be the last component, once")
+        if self.speed is not None and self.speed.gap >= self.clip_len:
+            raise ValueError(f"speed.gap must be shorter than the window, clip_len {self.clip_len}; "
+                             f"got {self.speed.gap}")
+        if self.speed is not None and self.speed.patch > min(self.height, self.width):
+            raise ValueError(f"speed.patch {self.speed.patch} is larger than the input {self.height}x{self.width}")
+        return self
+
+    @property
+    def graph_components(self) -> list[ComponentStats]:
+        """The components the ONNX graph outputs (all but the runtime's speed)."""
+        return self.components[:-1] if self.speed is not None else self.components
 
     def to_json(self) -> str:
         return self.model_dump_json()

@@ -46,6 +46,7 @@ from .budget import ModelBudget
 from .device import pick_device
 from .errors import Unavailable
 from .exported_model import ExportedModel, cost_clock, file_sha256
+from .motion_speed import speed_maps, window_speed
 from .types import EngineOutput, Observer, StreamSink
 
 log = logging.getLogger("amvad.engine")
@@ -101,8 +102,9 @@ def default_threads(cpus: int | None = None) -> tuple[int, int]:
 
 class Lane:
     """One stream's seat in the engine: its model, and the last ``clip_len`` frames and the flows between
-    them. Only the engine's flow thread reads or changes the window; ``broken`` (set by either stage when a
-    frame of this stream fails) makes the next frame start a new window."""
+    them (with the model's ``speed``: the speed maps of its last ``window`` frames, runtime/motion_speed.py).
+    Only the engine's flow thread reads or changes the window; ``broken`` (set by either stage when a frame of
+    this stream fails) makes the next frame start a new window."""
 
     def __init__(self, sink: StreamSink, model: ExportedModel, mask: torch.Tensor | None = None) -> None:
         self.sink, self.model = sink, model
@@ -112,7 +114,10 @@ class Lane:
         self.valids: deque[torch.Tensor | None] = deque(maxlen=clip_len)  # each frame's own picture (Job.valid)
         self.flows: deque[torch.Tensor] = deque(maxlen=clip_len - 1)
         self.pair_flows: deque[torch.Tensor] = deque(maxlen=model.flow.span)  # as measured, for the span's mean
-        self.prev: torch.Tensor | None = None
+        speed = model.meta.speed
+        # the latest frames submitted (the flow stage's first pass): the one before a frame and ``gap`` before
+        self.recent: deque[torch.Tensor] = deque(maxlen=speed.gap if speed else 1)
+        self.speed_maps: deque[torch.Tensor] = deque(maxlen=speed.window if speed else 1)  # runtime.motion_speed
         self.broken = False
 
 
@@ -126,6 +131,9 @@ class _Job:
     valid: torch.Tensor | None = None  # (1, H, W): 0 where stabilisation filled the frame from its edge
     submitted: float = field(default_factory=time.perf_counter)
     prev: torch.Tensor | None = None                          # the frame before, when in the window
+    far: torch.Tensor | None = None                           # the frame speed.gap before, when in the window
+    speed_map: torch.Tensor | None = None                     # (P, Q): runtime.motion_speed's map, far -> x
+    speed: float | None = None                                # the window's motion_speed component
     window: tuple[torch.Tensor, torch.Tensor] | None = None   # (T, C, H, W), (T-1, 2, H, W) when full
     window_valid: torch.Tensor | None = None  # (1, H, W): where every frame of the window has its own picture
     stage_s: dict[str, float] = field(default_factory=dict)   # seconds each stage took for this job
@@ -138,6 +146,13 @@ def by_model(jobs: list[_Job]) -> dict[ExportedModel, list[_Job]]:
     for job in jobs:
         groups.setdefault(job.lane.model, []).append(job)
     return groups
+
+
+def speed_weight(job: _Job) -> torch.Tensor | None:
+    """(1, H, W): the pixels that count for ``job``'s speed: its stream's mask where the frame has its own
+    picture (None: all)."""
+    mask, valid = job.lane.mask, job.valid
+    return mask if valid is None else valid if mask is None else mask * valid
 
 
 def job_mask(job: _Job, model: ExportedModel) -> torch.Tensor:
@@ -327,22 +342,34 @@ class InferenceEngine:
         for job in batch:
             job.error = job.error or self._refusal(job.lane.model, now)
         run = [j for j in batch if j.error is None]
-        for job in run:  # in order: a frame's predecessor may be earlier in this same batch
+        for job in run:  # in order: a frame's predecessors may be earlier in this same batch
             lane = job.lane
             if lane.broken:
                 job.restart, lane.broken = True, False
-            job.prev = None if job.restart else lane.prev
-            lane.prev = job.x
+            if job.restart:
+                lane.recent.clear()
+            job.prev = lane.recent[-1] if lane.recent else None
+            gap = lane.model.meta.speed.gap if lane.model.meta.speed else 0
+            job.far = lane.recent[-gap] if gap and len(lane.recent) >= gap else None
+            lane.recent.append(job.x)
         pairs = [j for j in run if j.prev is not None]
         flow_of: dict[int, torch.Tensor] = {}
         t0 = time.perf_counter()
         for model, group in by_model(pairs).items():
             g0 = self._clock()
-            flows = model.run_flow(torch.stack([j.prev for j in group]), torch.stack([j.x for j in group]))
+            far = [j for j in group if j.far is not None]  # the speed's pairs ride in the same flow batch
+            flows = model.run_flow(torch.stack([j.prev for j in group] + [j.far for j in far]),
+                                   torch.stack([j.x for j in group + far]))
             if flows.is_cuda:  # charge this model for its own kernels, not the next model's batch
                 torch.cuda.current_stream(flows.device).synchronize()
-            self.budget.account(model, "flow", self._clock() - g0, len(group))
             flow_of.update({id(j): f for j, f in zip(group, flows)})
+            if far:
+                weights = [speed_weight(j) for j in far]
+                weight = None if all(w is None for w in weights) else torch.stack(
+                    [torch.ones_like(j.x[:1]) if w is None else w for j, w in zip(far, weights)])
+                for j, m in zip(far, speed_maps(flows[len(group):], model.meta.speed, weight)):
+                    j.speed_map = m
+            self.budget.account(model, "flow", self._clock() - g0, len(group))
         spent = time.perf_counter() - t0
         for job in batch:
             lane = job.lane
@@ -355,6 +382,9 @@ class InferenceEngine:
                 lane.flows.clear()
                 lane.pair_flows.clear()
                 lane.valids.clear()
+                lane.speed_maps.clear()
+            if job.speed_map is not None:
+                lane.speed_maps.append(job.speed_map)
             if job.prev is not None:
                 lane.pair_flows.append(flow_of[id(job)])
                 lane.flows.append(trailing_mean(torch.stack(tuple(lane.pair_flows)), lane.model.flow.span)[-1])
@@ -364,6 +394,8 @@ class InferenceEngine:
                 job.window = (torch.stack(tuple(lane.frames)), torch.stack(tuple(lane.flows)))
                 partial = [v for v in lane.valids if v is not None]
                 job.window_valid = torch.stack(partial).amin(0) if partial else None
+                if lane.model.meta.speed is not None:
+                    job.speed = float(window_speed(torch.stack(tuple(lane.speed_maps)), lane.model.meta.speed)[-1])
             job.stage_s["flow"] = spent
             self._model_q.put(job)
         self._observe("flow", spent, len(pairs))
@@ -383,7 +415,10 @@ class InferenceEngine:
             out = model.run_tensors(torch.stack([j.window[0] for j in group]),
                                     torch.stack([j.window[1] for j in group]), masks)
             self.budget.account(model, "model", self._clock() - g0, len(group))
-            rows.update({id(j): (out.components[r], out.heatmap[r, 0]) for r, j in enumerate(group)})
+            comps = out.components
+            if model.meta.speed is not None:  # the runtime's own component, last (runtime/motion_speed.py)
+                comps = np.concatenate([comps, np.array([[j.speed] for j in group], comps.dtype)], 1)
+            rows.update({id(j): (comps[r], out.heatmap[r, 0]) for r, j in enumerate(group)})
         spent = time.perf_counter() - t0
         self._observe("model", spent, len(live))
         for job in batch:

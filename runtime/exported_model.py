@@ -50,8 +50,8 @@ def cost_clock(device: torch.device) -> Callable[[], float]:
 
 @dataclass(frozen=True)
 class FrameCost:
-    """Seconds one frame of a model costs on :func:`cost_clock`: its flow (one pair) and the model (one
-    window), batch 1."""
+    """Seconds one frame of a model costs on :func:`cost_clock`: its flow (one pair; two with the runtime's
+    speed component) and the model (one window), batch 1."""
     flow_s: float
     model_s: float
 
@@ -66,7 +66,7 @@ class FrameCost:
 @dataclass(frozen=True)
 class ModelOutput:
     """Named outputs of one batch (see models/contract.py)."""
-    components: np.ndarray   # (B, K)
+    components: np.ndarray   # (B, K) the graph's; the engine adds the runtime's speed (meta.speed) after them
     heatmap: np.ndarray      # (B, 1, H, W)
     prediction: np.ndarray   # (B, C, H, W)
 
@@ -121,12 +121,13 @@ class ExportedModel:
 
     @torch.no_grad()
     def measure(self) -> FrameCost:
-        """Time one frame on this model's device (:func:`cost_clock`): the flow of one pair of frames, then
+        """Time one frame on this model's device (:func:`cost_clock`): the flow of its pairs of frames, then
         the model on one window (batch 1, random pixels), as the engine runs them."""
         m = self.meta
         clock = cost_clock(self.device)
         gen = torch.Generator().manual_seed(0)
-        pair = torch.rand(2, 1, m.channels, m.height, m.width, generator=gen).to(self.device)
+        pairs = 2 if m.speed is not None else 1  # the speed component's flow rides in the same batch
+        pair = torch.rand(2, pairs, m.channels, m.height, m.width, generator=gen).to(self.device)
         frames = torch.rand(1, *self.frame_shape, generator=gen).to(self.device)
         flows = torch.zeros(1, *self.flow_shape, device=self.device)
         self._sync()

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from amvad.models.flow import build_flow
-from amvad.models.metadata import ComponentStats, ModelMetadata
+from amvad.models.metadata import SPEED_COMPONENT, ComponentStats, ModelMetadata, MotionSpeed
 from amvad.models.registry import resolve_model
 from amvad.runtime.engine import EngineConfig, InferenceEngine
 from amvad.runtime.events import EventConfig
@@ -53,21 +53,29 @@ def add_conditioning(source: str | Path, out: str | Path, data: str | Path, spli
                      stabilise: bool = True, weights: list[float] | None = None, smoothing: int | None = None,
                      smoothing_drop: int | None = None, threshold_quantile: float | None = None,
                      calibrate_under: list[str] | None = None, flow_span: int | None = None,
-                     writer: WriterFactory | None = None, engine_config: EngineConfig | None = None,
-                     progress: bool = True) -> ModelMetadata:
+                     speed_weight: float | None = None, writer: WriterFactory | None = None,
+                     engine_config: EngineConfig | None = None, progress: bool = True) -> ModelMetadata:
     """``source`` (a bundled name or a file) written to ``out`` with conditioning fitted on ``split`` of
     ``data`` and the score statistics of that split under it. ``weights``, ``smoothing`` (the window),
     ``smoothing_drop``, ``threshold_quantile``, ``calibrate_under`` (:func:`benign_threshold`; ``writer``
-    encodes its compression) and ``flow_span`` (the flow's span, :mod:`models.flow.span`) replace the model's
-    own (the threshold is then taken under the new ones); the score it ends with is recorded as its training
-    config's ``score``, where the next conditioning and a recipe check read it."""
+    encodes its compression), ``flow_span`` (the flow's span, :mod:`models.flow.span`) and ``speed_weight``
+    (the runtime's motion_speed component, :mod:`runtime.motion_speed`, added with this weight; 0 takes it
+    away) replace the model's own (the threshold is then taken under the new ones); the score it ends with is
+    recorded as its training config's ``score``, where the next conditioning and a recipe check read it."""
     meta = read_metadata(resolve_model(source))
     flow = build_flow(**(meta.flow if flow_span is None else {**meta.flow, "span": flow_span})).spec  # checked early
-    names = [c.name for c in meta.components]
+    graph = meta.graph_components
+    names = [c.name for c in graph]
+    if speed_weight is None:
+        speed_weight = meta.components[-1].weight if meta.speed is not None else 0.0
+    if speed_weight < 0:
+        raise ValueError(f"--speed-weight must be >= 0 (0: no speed component), got {speed_weight}")
+    speed = (meta.speed or MotionSpeed()) if speed_weight > 0 else None
     recorded = meta.training.get("config", {}).get("score", {})
     score = ScoreConfig(  # checked before the long part
         weights=(checked_weights(names, weights, "--weights") if weights is not None
-                 else [c.weight for c in meta.components]),
+                 else [c.weight for c in graph]),
+        speed_weight=speed_weight or None,
         smoothing=meta.smoothing if smoothing is None else smoothing,
         smoothing_drop=meta.smoothing_drop if smoothing_drop is None else smoothing_drop,
         threshold_quantile=(threshold_quantile if threshold_quantile is not None
@@ -78,7 +86,9 @@ def add_conditioning(source: str | Path, out: str | Path, data: str | Path, spli
         raise ValueError("calibrating under compression needs an H.264 writer (amvad export passes the service's)")
     conditioning = split_conditioning(data, split, height=meta.height, width=meta.width, channels=meta.channels,
                                       cfg=ConditioningConfig(stabilise=stabilise))
-    rewrite_metadata(source, out, conditioning=conditioning, flow=flow)
+    placeholder = [ComponentStats(name=SPEED_COMPONENT, weight=speed_weight, mean=0.0, std=1.0)] if speed else []
+    rewrite_metadata(source, out, conditioning=conditioning, flow=flow, speed=speed,
+                     components=[c.model_dump() for c in [*graph, *placeholder]])
     sources = find_clips(data, split)
     engine = InferenceEngine(out, engine_config)
     try:
@@ -87,7 +97,8 @@ def add_conditioning(source: str | Path, out: str | Path, data: str | Path, spli
     finally:
         engine.close()
     per_clip = [c.components for c in clips if len(c.components)]
-    stats = statistics(names, score.weights, per_clip, score.smoothing, score.threshold_quantile, score.smoothing_drop)
+    stats = statistics(names + [SPEED_COMPONENT] * bool(speed), score.weights + [speed_weight] * bool(speed),
+                       per_clip, score.smoothing, score.threshold_quantile, score.smoothing_drop)
     config = {**meta.training.get("config", {}), "score": score.model_dump()}
     rewrite_metadata(out, out, **stats, learn_threshold=None,
                      training={**meta.training, "config": config,

@@ -66,6 +66,8 @@ class OptimConfig(Strict):
 
 class ScoreConfig(Strict):
     weights: list[float] | None = Field(None, description="component weights; default: the method's")
+    speed_weight: float | None = Field(None, gt=0, description="weight of the runtime's motion_speed component "
+                                       "(runtime/motion_speed.py) beside the graph's; None: the graph's alone")
     smoothing: int = Field(5, ge=1, description="causal moving-average window, frames")
     smoothing_drop: int = Field(0, ge=0, description="the window's highest frame scores left out of its mean "
                                                      "(runtime/scoring.py)")

@@ -62,7 +62,7 @@ def build_metadata(model: AnomalyModel, ckpt: dict) -> ModelMetadata:
         input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, flow=ckpt["flow_spec"],
         components=stats["components"], threshold=stats["threshold"], smoothing=stats["smoothing"],
         smoothing_drop=stats.get("smoothing_drop", 0),
-        conditioning=ckpt.get("conditioning"),
+        conditioning=ckpt.get("conditioning"), speed=ckpt.get("speed"),
         training={"data": str(cfg["data"]["root"]), "epochs": ckpt["epoch"],
                   "train_seconds": round(ckpt["train_seconds"], 1), "machine": ckpt["machine"],
                   "config": cfg, "exported": date.today().isoformat()})

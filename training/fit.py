@@ -44,6 +44,7 @@ from amvad.runtime.fit_job import (
     read_request,
 )
 from amvad.runtime.flows import compute_flows
+from amvad.runtime.motion_speed import clip_speed
 from amvad.runtime.scoring import gop_starts, training_scores
 from amvad.runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, open_source, stream_fps
 from amvad.runtime.windows import scored_frames, window
@@ -160,6 +161,9 @@ def holdout_scores(model: ExportedModel, clips: list[Clip]) -> list[np.ndarray]:
         ids = scored_frames(len(c.frames), meta.clip_len)
         wins = [window(c.frames, c.flows, i, meta.clip_len) for i in ids]
         comps = model.run(np.stack([w[0] for w in wins]), np.stack([w[1] for w in wins])).components
+        if meta.speed is not None:  # the runtime's own component, last, as the engine adds it
+            speed = clip_speed(torch.from_numpy(c.frames).to(model.device), model.flow, meta.speed)
+            comps = np.concatenate([comps, speed[ids, None]], 1)
         carried = None if c.keyframes is None else gop_starts(c.keyframes)[ids]
         out.append(training_scores(meta.components, comps, meta.smoothing, carried, meta.smoothing_drop))
     return out

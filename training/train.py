@@ -20,10 +20,11 @@ from tqdm import tqdm
 from amvad.models.contract import AnomalyModel
 from amvad.models.discriminator import PatchDiscriminator
 from amvad.models.flow import build_flow
-from amvad.models.metadata import ComponentStats, Conditioning
+from amvad.models.metadata import SPEED_COMPONENT, ComponentStats, Conditioning, MotionSpeed
 from amvad.models.registry import build_model
 from amvad.runtime.device import pick_device
 from amvad.runtime.files import atomic_path
+from amvad.runtime.motion_speed import clip_speed
 from amvad.runtime.scoring import training_scores
 
 from .config import Augment, TrainConfig
@@ -91,11 +92,24 @@ def clip_components(model: AnomalyModel, ds: ClipDataset, device: torch.device,
     return [rows.numpy()[clip_ids == c] for c in range(len(ds.clips))]
 
 
+def speed_components(ds: ClipDataset, flow_spec: dict, device: torch.device) -> list[np.ndarray]:
+    """The runtime's motion_speed component (:mod:`runtime.motion_speed`, default settings) of every window,
+    (N, 1) per clip in the order of :func:`clip_components`: what the engine adds beside the graph's."""
+    flow = build_flow(**flow_spec).to(device).eval()
+    clip_ids = np.array([c for c, _ in ds.index])
+    frame_ids = np.array([f for _, f in ds.index])
+    return [clip_speed(torch.from_numpy(frames).to(device), flow, MotionSpeed())[frame_ids[clip_ids == c], None]
+            for c, (frames, _) in enumerate(ds.clips)]
+
+
 def score_stats(model: AnomalyModel, per_clip: list[np.ndarray], cfg: TrainConfig) -> dict:
-    """:func:`statistics` of a model being trained, with the config's weights, window and quantile."""
-    weights = checked_weights(model.component_names, cfg.score.weights or list(model.default_weights),
-                              "score.weights")
-    return statistics(model.component_names, weights, per_clip, cfg.score.smoothing, cfg.score.threshold_quantile,
+    """:func:`statistics` of a model being trained, with the config's weights, window and quantile (and the
+    speed component last, its column in ``per_clip``, when the config weighs it)."""
+    names = list(model.component_names)
+    weights = checked_weights(names, cfg.score.weights or list(model.default_weights), "score.weights")
+    if cfg.score.speed_weight:
+        names, weights = names + [SPEED_COMPONENT], weights + [cfg.score.speed_weight]
+    return statistics(names, weights, per_clip, cfg.score.smoothing, cfg.score.threshold_quantile,
                       cfg.score.smoothing_drop)
 
 
@@ -267,7 +281,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         ckpt["train_model"] = {k: v.clone() for k, v in ckpt["model"].items()}  # state_dict() shares storage
         model.load_state_dict(ema.averaged())
         ckpt["model"] = model.state_dict()
-    ckpt["stats"] = score_stats(model, clip_components(model, ds, device), cfg)
+    per_clip = clip_components(model, ds, device)
+    if cfg.score.speed_weight:
+        per_clip = [np.concatenate(c, 1) for c in zip(per_clip, speed_components(ds, cfg.flow, device))]
+        ckpt["speed"] = MotionSpeed().model_dump()
+    ckpt["stats"] = score_stats(model, per_clip, cfg)
     ckpt["conditioning"] = None if conditioning is None else conditioning.model_dump()
     frames, flows = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
     ckpt["verify_inputs"] = {"frames": frames, "flows": flows}

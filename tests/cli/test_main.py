@@ -68,5 +68,7 @@ def test_a_job_folder_without_a_request_is_an_error_recorded_in_its_progress(tmp
 def test_export_options_that_retake_the_threshold_need_the_footage(tmp_path, capsys):
     # a flow span changes the scores, so it is set only where the statistics are taken again
     assert main(["export", "--onnx", "ped2", "--out", str(tmp_path / "m.onnx"), "--flow-span", "3"]) == 2
-    assert "--flow-span go with --condition-on" in capsys.readouterr().err
+    assert "--flow-span and --speed-weight go with --condition-on" in capsys.readouterr().err
+    assert main(["export", "--onnx", "ped2", "--out", str(tmp_path / "m.onnx"), "--speed-weight", "4"]) == 2
+    assert "--speed-weight go with --condition-on" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()

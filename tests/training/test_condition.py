@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from amvad.models.metadata import SPEED_COMPONENT
 from amvad.runtime.exported_model import read_metadata
 from amvad.training import condition
 from amvad.training.condition import BLUR_LADDER, MAX_MIN_SHARPNESS, blur_tolerance
@@ -68,3 +69,26 @@ def test_a_flow_span_is_set_with_the_statistics_taken_under_it(tiny_model, synth
     # then the span is in the served flow spec and the score statistics are those of the averaged flows
     assert read_metadata(spanned).flow == {**read_metadata(plain).flow, "span": 3} == meta.flow
     assert [c.mean for c in meta.components] != [c.mean for c in read_metadata(plain).components]
+
+
+def test_a_speed_component_is_added_with_its_statistics_and_taken_away_again(tiny_model, synthetic_dataset,
+                                                                             tmp_path):
+    # a negative weight is refused before any footage is read
+    with pytest.raises(ValueError, match="speed-weight"):
+        condition.add_conditioning(tiny_model, tmp_path / "bad.onnx", synthetic_dataset, speed_weight=-1,
+                                   progress=False)
+    assert not (tmp_path / "bad.onnx").exists()
+    plain, speed, again = tmp_path / "plain.onnx", tmp_path / "speed.onnx", tmp_path / "again.onnx"
+    base = condition.add_conditioning(tiny_model, plain, synthetic_dataset, progress=False)
+    meta = condition.add_conditioning(tiny_model, speed, synthetic_dataset, speed_weight=2.0, progress=False)
+    # the runtime's component comes last, with the weight asked for and the footage's own statistics
+    assert meta.speed is not None and [c.name for c in meta.components] == [
+        *(c.name for c in base.components), SPEED_COMPONENT]
+    last = meta.components[-1]
+    assert last.weight == 2.0 and last.mean > 0 and last.std > 1e-6 and (last.mean, last.std) != (0.0, 1.0)
+    assert [c.model_dump() for c in meta.graph_components] == [c.model_dump() for c in base.components]
+    assert meta.threshold != base.threshold and meta.training["config"]["score"]["speed_weight"] == 2.0
+    # conditioned again it keeps the component unless told; weight 0 takes it away, as if never there
+    assert condition.add_conditioning(speed, again, synthetic_dataset, progress=False).speed == meta.speed
+    gone = condition.add_conditioning(speed, again, synthetic_dataset, speed_weight=0, progress=False)
+    assert gone.speed is None and gone.components == base.components and gone.threshold == base.threshold

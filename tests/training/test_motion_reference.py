@@ -12,9 +12,11 @@ import torch
 
 from amvad.models.flow import build_flow
 from amvad.models.flow.span import trailing_mean
+from amvad.models.metadata import MotionSpeed
 from amvad.runtime.conditioning import fit_conditioning
+from amvad.runtime.motion_speed import clip_speed
 from amvad.runtime.types import Frame
-from amvad.training.motion_reference import model_inputs, patch_speeds, reference_scores
+from amvad.training.motion_reference import model_inputs, reference_scores
 from amvad.training.perturbations import get_change, perturb_clip
 
 H, W = 96, 160
@@ -46,7 +48,8 @@ def test_the_causal_mean_averages_each_row_with_the_ones_before_it():
 
 def test_a_faster_object_scores_higher_and_a_still_picture_near_nothing():
     flow = build_flow("default")
-    still, slow, fast = (reference_scores(frames_with_square(s), PLAIN, flow, window=4) for s in (0.0, 0.5, 2.0))
+    still, slow, fast = (reference_scores(frames_with_square(s), PLAIN, flow, MotionSpeed(window=4))
+                         for s in (0.0, 0.5, 2.0))
     assert still.shape == slow.shape == fast.shape == (12,)
     # speeds read as px per frame (the patch a little wider than the square's path reads a little less)
     assert still.max() < 0.1
@@ -57,15 +60,14 @@ def test_a_faster_object_scores_higher_and_a_still_picture_near_nothing():
 def test_the_speed_of_a_frame_comes_only_from_frames_before_it():
     # the square starts moving at frame 8: no frame before it reads motion
     frames = frames_with_square(0.0)[:8] + frames_with_square(2.0)[8:]
-    maps = patch_speeds(model_inputs(frames, H, W), build_flow("default"))
-    assert maps.shape[0] == 12
-    peaks = maps.reshape(12, -1).max(axis=1)
+    peaks = clip_speed(model_inputs(frames, H, W), build_flow("default"), MotionSpeed(window=1))
+    assert peaks.shape == (12,)
     assert peaks[:8].max() < 0.1 and peaks[8:].min() > 1.0
 
 
 def test_too_short_a_clip_is_refused():
     with pytest.raises(ValueError, match="3 frames"):
-        patch_speeds(model_inputs(frames_with_square(1.0, n=3), H, W), build_flow("default"))
+        clip_speed(model_inputs(frames_with_square(1.0, n=3), H, W), build_flow("default"), MotionSpeed())
 
 
 def test_a_shaken_camera_is_not_read_as_motion_when_the_model_undoes_shake():

@@ -13,10 +13,15 @@ import yaml
 from onnx import numpy_helper
 
 from amvad.cli.main import main
+from amvad.models.flow import build_flow
+from amvad.models.metadata import SPEED_COMPONENT, MotionSpeed
 from amvad.runtime.exported_model import ExportedModel, read_metadata
+from amvad.runtime.motion_speed import clip_speed
 from amvad.training.config import load_config
+from amvad.training.data import find_clips, iter_clip_frames
 from amvad.training.evaluate import evaluate
 from amvad.training.export import export
+from amvad.training.motion_reference import model_inputs
 from amvad.training.perturbations import BATTERY
 from amvad.training.train import train
 from tests.support.model_files import with_metadata
@@ -141,6 +146,24 @@ def test_export_of_a_run_whose_recipe_calibrates_under_benign_changes_takes_its_
     a, b = read_metadata(plain), read_metadata(benign)
     assert a.learn_threshold is None and b.learn_threshold == pytest.approx(a.threshold) and a.threshold < b.threshold
     assert b.training["config"]["score"]["calibrate_under"] == ["shake", "noise"]
+
+
+def test_a_recipe_that_weighs_the_speed_component_takes_its_statistics_as_the_engine_reads_it(
+        synthetic_dataset, tmp_path):
+    cfg = tiny_config(synthetic_dataset, tmp_path / "run", "comemory")
+    cfg["score"] = {**cfg["score"], "speed_weight": 1.5}
+    meta = export(train(load_config(write_config(tmp_path, cfg)), progress=False), tmp_path / "m.onnx")
+    assert meta.speed == MotionSpeed() and meta.components[-1].name == SPEED_COMPONENT
+    assert meta.components[-1].weight == 1.5
+    # the training windows' statistics are those of the speed read on the footage as the model takes it, the
+    # whole-clip reading the engine's frame-by-frame one equals (tests/runtime/test_motion_speed.py)
+    flow = build_flow(**meta.flow)
+    served = np.concatenate([
+        clip_speed(model_inputs(list(iter_clip_frames(src)), meta.height, meta.width, meta.channels,
+                                meta.conditioning), flow, meta.speed)[meta.clip_len - 1:]
+        for src in find_clips(synthetic_dataset, "training")])
+    assert meta.components[-1].mean == pytest.approx(served.mean(), rel=1e-4)
+    assert meta.components[-1].std == pytest.approx(served.std(), rel=1e-3)
 
 
 def test_cli_reports_bad_config_and_missing_data(tmp_path, capsys, synthetic_dataset):
