@@ -38,7 +38,7 @@ def test_bundled_model_scores_a_window(ped2_model):
     frames = np.random.default_rng(0).random((2, t, c, h, w), dtype=np.float32)
     flows = np.stack([ped2_model.compute_flows(f) for f in frames])
     out = ped2_model.run(frames, flows)
-    assert out.components.shape == (2, len(ped2_model.meta.components)) and np.isfinite(out.components).all()
+    assert out.components.shape == (2, len(ped2_model.meta.graph_components)) and np.isfinite(out.components).all()
     assert out.heatmap.shape == (2, 1, h, w) and out.prediction.shape == (2, c, h, w)
 
 
