@@ -149,5 +149,5 @@ def test_openvino_runs_a_batch_row_by_row_on_a_graph_of_batch_one(model_copy):
     frames, flows = windows(m, n=3)
     batch = m.run(frames, flows)
     rows = [m.run(frames[i:i + 1], flows[i:i + 1]) for i in range(3)]
-    assert batch.components.shape == (3, len(m.meta.components)) and batch.heatmap.shape[0] == 3
+    assert batch.components.shape == (3, len(m.meta.graph_components)) and batch.heatmap.shape[0] == 3
     np.testing.assert_allclose(batch.components, np.concatenate([r.components for r in rows]), rtol=1e-6)
