@@ -51,10 +51,11 @@ def _robustness(args: argparse.Namespace) -> None:
     res = run_robustness(args.model, args.data, changes=changes, magnitudes=magnitudes,
                          clips=args.clips, seed=args.seed, writer=H264Writer, normal_split=args.normal_split,
                          test_split=args.test_split, json_out=args.json, plot_dir=args.plot, progress=not args.quiet,
-                         live=args.live, forget=args.forget, reference=args.reference)
+                         live=args.live, forget=args.forget, reference=args.reference, threshold=args.threshold)
     learned = "" if res.get("learn_threshold") is None else f" (learning under {res['learn_threshold']:.3f})"
+    own = "" if res["threshold"] == res["model_threshold"] else f" (the model's: {res['model_threshold']:.3f})"
     print(f"{res['method']} {res['model']} ({res['backend']} {res['precision']}), threshold {res['threshold']:.3f}"
-          f"{learned}, "
+          f"{own}{learned}, "
           f"{res['protocol']} protocol, forget {res['forget']:g}; "
           f"normal: {len(res['normal']['clips'])} {res['normal']['split']} clips, {res['normal']['minutes']:.1f} min; "
           f"test: {len(res['test']['clips'])} {res['test']['split']} clips; {res['date']}, {res['machine']}, "
@@ -88,6 +89,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="also score the labelled clips with a model-free motion score (TV-L1 speed over 3 "
                         "frames, averaged over 8) and report its AUC (auc_reference): what the changed picture "
                         "leaves any speed detector, to tell a model's loss from the picture's")
+    r.add_argument("--threshold", type=float,
+                   help="judge at this threshold instead of the model's (as a camera set to it would: events, "
+                        "flagged frames, and what the running statistics learn from)")
     r.add_argument("--json", type=Path, help="write the full results here")
     r.add_argument("--plot", type=Path, help="write one chart per change (<change>.png) into this folder")
     r.add_argument("--quiet", action="store_true", help="no progress bar")

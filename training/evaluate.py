@@ -68,12 +68,14 @@ def score_clip(engine: InferenceEngine, src: ClipSource) -> ClipScores:
 
 
 def score_frames(engine: InferenceEngine, name: str, frames: Iterable[Frame],
-                 stats: RunningStats | None = None, forget: float = DEFAULT_FORGET) -> ClipScores:
+                 stats: RunningStats | None = None, forget: float = DEFAULT_FORGET,
+                 threshold: float | None = None) -> ClipScores:
     """:func:`score_clip` for frames from anywhere (e.g. a perturbed clip, training/robustness.py);
     ``stats``: running statistics to start from, updated in place (a camera's, carried from clip to clip),
-    at the stream's rate ``forget``."""
+    at the stream's rate ``forget``; ``threshold``: a camera's own (None: the model's), which also bounds
+    what the stream learns from."""
     ids, times, comps, scores, settled, held, picture, n = [], [], [], [], [], [], [], 0
-    for frame, r in results_in_order(Stream(engine, stats=stats, forget=forget), frames):
+    for frame, r in results_in_order(Stream(engine, stats=stats, forget=forget, threshold=threshold), frames):
         n += 1
         picture.append((None, None) if r.condition is None else (r.condition.sharpness, r.condition.noise))
         if r.score is not None:

@@ -107,11 +107,12 @@ def labels_of(data: str | Path, split: str, all_sources: list[ClipSource], chose
 def score_variants(engine: InferenceEngine, sources: list[ClipSource], runs: list[Variant], *, seed: int,
                    writer: WriterFactory | None, bar: tqdm,
                    cameras: list[RunningStats] | None = None, forget: float = DEFAULT_FORGET,
-                   reference: bool = False) -> list[list[ClipScores]]:
+                   reference: bool = False, threshold: float | None = None) -> list[list[ClipScores]]:
     """For each variant, the scores of every clip under it (each clip decoded once); ``cameras``: one
     variant's running statistics each, carried through its clips (else every clip starts afresh);
     ``forget``: the streams' running-statistics rate (the service's ``forget``); ``reference``: each clip's
-    model-free speed scores too (:attr:`ClipScores.reference`), on the very frames the model scored."""
+    model-free speed scores too (:attr:`ClipScores.reference`), on the very frames the model scored;
+    ``threshold``: the streams' (None: the model's)."""
     flow = build_flow("default") if reference else None
     out: list[list[ClipScores]] = [[] for _ in runs]
     for src in sources:
@@ -124,7 +125,7 @@ def score_variants(engine: InferenceEngine, sources: list[ClipSource], runs: lis
                                                                 writer=writer)
             if flow is not None:
                 pixels = list(pixels)  # the model and the reference read the same frames (one H.264 encode)
-            clip = score_frames(engine, src.name, pixels, None if cameras is None else cameras[k], forget)
+            clip = score_frames(engine, src.name, pixels, None if cameras is None else cameras[k], forget, threshold)
             if flow is not None:
                 clip.reference = reference_scores(pixels, engine.meta, flow)
             out[k].append(clip)
@@ -228,12 +229,16 @@ def run_robustness(model: str | Path, data: str | Path, *, changes: list[str] | 
                    test_split: str = "testing", engine_config: EngineConfig | None = None,
                    json_out: str | Path | None = None, plot_dir: str | Path | None = None,
                    progress: bool = True, live: bool = False, forget: float = DEFAULT_FORGET,
-                   reference: bool = False) -> dict:
+                   reference: bool = False, threshold: float | None = None) -> dict:
     """The benchmark (see the module doc); ``clips`` scores that many clips of each split, ``writer`` is
     the H.264 writer compression needs (``service.h264.H264Writer``), ``live`` scores each variant's
     clips as one camera, ``forget`` is the running statistics' rate per frame judged normal; ``reference``
     adds each row's ``auc_reference``, a model-free motion score's AUC on the same labelled frames
-    (:mod:`training.motion_reference`: what the changed picture leaves any speed detector)."""
+    (:mod:`training.motion_reference`: what the changed picture leaves any speed detector); ``threshold``: the
+    one a camera would run at (``PATCH /v1/cameras/{id}``) in place of the model's, for events, flags and
+    what the streams learn from, so an operator reads what a threshold costs before setting it."""
+    if threshold is not None and not (np.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold {threshold}: expected a positive number")
     t0 = time.time()
     runs = variants(changes, magnitudes)
     if writer is None and any(c is not None and c.whole_clip for c, _ in runs):
@@ -248,11 +253,12 @@ def run_robustness(model: str | Path, data: str | Path, *, changes: list[str] | 
         cameras = [RunningStats.from_components(engine.meta.components) for _ in runs] if live else None
         with tqdm(total=total, desc="robustness", unit="clip", disable=not progress) as bar:
             normal, test = (score_variants(engine, sources, runs, seed=seed, writer=writer, bar=bar, cameras=cameras,
-                                           forget=forget, reference=labelled and reference)
+                                           forget=forget, reference=labelled and reference, threshold=threshold)
                             for sources, labelled in ((normal_sources, False), (test_sources, True)))
     finally:
         engine.close()
     meta = engine.meta
+    threshold = meta.threshold if threshold is None else threshold
     weights = np.array([c.weight for c in meta.components])
     labels = labels_of(data, test_split, all_test, test_sources, [c.frames for c in test[0]])
     events = EventConfig()
@@ -260,16 +266,16 @@ def run_robustness(model: str | Path, data: str | Path, *, changes: list[str] | 
     for (change, magnitude), n_clips, t_clips in zip(runs, normal, test):
         rows.append({"change": "clean" if change is None else change.name, "magnitude": magnitude,
                      "unit": "" if change is None else change.unit,
-                     **normal_figures(n_clips, meta.threshold, events),
-                     **labelled_figures(t_clips, labels, meta.threshold, weights, events),
+                     **normal_figures(n_clips, threshold, events),
+                     **labelled_figures(t_clips, labels, threshold, weights, events),
                      **(reference_figures(t_clips, labels) if reference else {})})
     clean = rows[0]
     for row in rows:
         row["events_per_10min_over_clean"] = round(row["events_per_10min"] - clean["events_per_10min"], 3)
         row["within_targets"] = within_targets(row)
     result = {
-        "model": str(engine.model.path), "method": meta.method, "threshold": meta.threshold,
-        "learn_threshold": meta.learn_threshold, "data": str(data),
+        "model": str(engine.model.path), "method": meta.method, "threshold": threshold,
+        "model_threshold": meta.threshold, "learn_threshold": meta.learn_threshold, "data": str(data),
         "backend": engine.model.backend.name, "precision": engine.model.precision.used, "seed": seed,
         "protocol": "live" if live else "upload", "forget": forget,
         "normal": {"split": normal_split, "clips": [s.name for s in normal_sources],

@@ -270,6 +270,30 @@ def test_clean_scores_are_those_of_amvad_eval(tiny_model, synthetic_dataset):
                                                                   progress=False)["auc_stream"])
 
 
+def test_a_cameras_own_threshold_judges_the_footage_in_place_of_the_models(tiny_model, synthetic_dataset):
+    # given the model's figures on clean and noisy footage (the training statistics throughout, so the scores
+    # are the same whatever the threshold and only the judging differs)
+    run = dict(changes=["noise"], magnitudes={"noise": [8]}, progress=False, forget=0.0)
+    own = run_robustness(tiny_model, synthetic_dataset, **run)
+    model_threshold = own["threshold"]
+    assert own["model_threshold"] == model_threshold
+    # when a camera would run far above the footage's scores, or far under them
+    high = run_robustness(tiny_model, synthetic_dataset, threshold=1e6, **run)
+    low = run_robustness(tiny_model, synthetic_dataset, threshold=1e-6, **run)
+    # then nothing is flagged above, more below (clean: events too), the AUCs are the model's, and the
+    # result says which threshold judged
+    assert (high["threshold"], high["model_threshold"]) == (1e6, model_threshold)
+    assert all(r["frames_flagged"] == 0 and r["events_per_10min"] == 0 for r in high["rows"])
+    assert all(lo["frames_flagged"] >= o["frames_flagged"] for lo, o in zip(low["rows"], own["rows"]))
+    assert low["rows"][0]["frames_flagged"] > own["rows"][0]["frames_flagged"]
+    assert low["rows"][0]["events_per_10min"] > own["rows"][0]["events_per_10min"]
+    assert [r["auc_stream"] for r in low["rows"]] == [r["auc_stream"] for r in own["rows"]]
+    # and a threshold that is no number a camera could hold is refused before any footage is read
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="threshold"):
+            run_robustness(tiny_model, "/nonexistent", threshold=bad, **run)
+
+
 def test_the_live_protocol_carries_one_cameras_statistics_from_clip_to_clip(tiny_model, synthetic_dataset):
     from tqdm import tqdm
 
@@ -318,6 +342,11 @@ def test_the_command_runs_with_a_subset_of_clips(tiny_model, synthetic_dataset, 
     assert "| auc_reference |" in printed and all(0 <= r["auc_reference"] <= 1 for r in res["rows"])
     assert res["forget"] == DEFAULT_FORGET  # the command's default is the service's
     assert main(["robustness", "--data", str(synthetic_dataset), "--changes", "rain"]) == 2
+    # a camera's own threshold is said beside the model's
+    assert main(["robustness", "--model", str(tiny_model), "--data", str(synthetic_dataset), "--changes", "noise",
+                 "--magnitudes", "8", "--clips", "1", "--quiet", "--threshold", "2.5"]) == 0
+    assert f"threshold 2.500 (the model's: {res['threshold']:.3f})" in capsys.readouterr().out
+    assert main(["robustness", "--data", str(synthetic_dataset), "--threshold", "0"]) == 2
 
 
 @pytest.mark.parametrize("argv", [["robustness", "--help"], ["robustness", "--data", ".", "--changes", "rain"],
