@@ -97,8 +97,8 @@ def add_conditioning(source: str | Path, out: str | Path, data: str | Path, spli
     finally:
         engine.close()
     per_clip = [c.components for c in clips if len(c.components)]
-    stats = statistics(names + [SPEED_COMPONENT] * bool(speed), score.weights + [speed_weight] * bool(speed),
-                       per_clip, score.smoothing, score.threshold_quantile, score.smoothing_drop)
+    stats = statistics(names, score.weights, per_clip, score.smoothing, score.threshold_quantile,
+                       score.smoothing_drop, score.speed_weight)
     config = {**meta.training.get("config", {}), "score": score.model_dump()}
     rewrite_metadata(out, out, **stats, learn_threshold=None,
                      training={**meta.training, "config": config,

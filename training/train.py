@@ -92,13 +92,13 @@ def clip_components(model: AnomalyModel, ds: ClipDataset, device: torch.device,
     return [rows.numpy()[clip_ids == c] for c in range(len(ds.clips))]
 
 
-def speed_components(ds: ClipDataset, flow_spec: dict, device: torch.device) -> list[np.ndarray]:
-    """The runtime's motion_speed component (:mod:`runtime.motion_speed`, default settings) of every window,
-    (N, 1) per clip in the order of :func:`clip_components`: what the engine adds beside the graph's."""
+def speed_components(ds: ClipDataset, flow_spec: dict, spec: MotionSpeed, device: torch.device) -> list[np.ndarray]:
+    """The runtime's motion_speed component (:mod:`runtime.motion_speed`) of every window, (N, 1) per clip in
+    the order of :func:`clip_components`: what the engine adds beside the graph's."""
     flow = build_flow(**flow_spec).to(device).eval()
     clip_ids = np.array([c for c, _ in ds.index])
     frame_ids = np.array([f for _, f in ds.index])
-    return [clip_speed(torch.from_numpy(frames).to(device), flow, MotionSpeed())[frame_ids[clip_ids == c], None]
+    return [clip_speed(torch.from_numpy(frames).to(device), flow, spec)[frame_ids[clip_ids == c], None]
             for c, (frames, _) in enumerate(ds.clips)]
 
 
@@ -107,10 +107,8 @@ def score_stats(model: AnomalyModel, per_clip: list[np.ndarray], cfg: TrainConfi
     speed component last, its column in ``per_clip``, when the config weighs it)."""
     names = list(model.component_names)
     weights = checked_weights(names, cfg.score.weights or list(model.default_weights), "score.weights")
-    if cfg.score.speed_weight:
-        names, weights = names + [SPEED_COMPONENT], weights + [cfg.score.speed_weight]
     return statistics(names, weights, per_clip, cfg.score.smoothing, cfg.score.threshold_quantile,
-                      cfg.score.smoothing_drop)
+                      cfg.score.smoothing_drop, cfg.score.speed_weight)
 
 
 def checked_weights(names: list[str], weights: list[float], what: str) -> list[float]:
@@ -123,10 +121,14 @@ def checked_weights(names: list[str], weights: list[float], what: str) -> list[f
 
 
 def statistics(names: list[str], weights: list[float], per_clip: list[np.ndarray], smoothing: int,
-               quantile: float, drop: int = 0) -> dict:
+               quantile: float, drop: int = 0, speed_weight: float | None = None) -> dict:
     """Statistics of each component over normal clips' components ((N, K) per clip) and the default
     threshold: the ``quantile`` of the causal scores (no running updates, so the threshold does not chase
-    itself). The metadata fields ``components``, ``smoothing``, ``smoothing_drop`` and ``threshold``."""
+    itself). The metadata fields ``components``, ``smoothing``, ``smoothing_drop`` and ``threshold``. With
+    ``speed_weight`` the runtime's speed component is the clips' last column, listed last with that weight
+    (as :class:`~models.metadata.ModelMetadata` wants it)."""
+    if speed_weight:
+        names, weights = [*names, SPEED_COMPONENT], [*weights, speed_weight]
     allc = np.concatenate(per_clip)
     comps = [ComponentStats(name=n, weight=w, mean=float(m), std=max(float(s), 1e-6))
              for n, w, m, s in zip(names, weights, allc.mean(0), allc.std(0))]
@@ -283,8 +285,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         ckpt["model"] = model.state_dict()
     per_clip = clip_components(model, ds, device)
     if cfg.score.speed_weight:
-        per_clip = [np.concatenate(c, 1) for c in zip(per_clip, speed_components(ds, cfg.flow, device))]
-        ckpt["speed"] = MotionSpeed().model_dump()
+        spec = MotionSpeed()
+        per_clip = [np.concatenate(c, 1) for c in zip(per_clip, speed_components(ds, cfg.flow, spec, device))]
+        ckpt["speed"] = spec.model_dump()
     ckpt["stats"] = score_stats(model, per_clip, cfg)
     ckpt["conditioning"] = None if conditioning is None else conditioning.model_dump()
     frames, flows = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
