@@ -19,6 +19,12 @@ from tests.support.servers import RtspServer, rtsp_available, running_service
 from tests.support.synthetic import render_clip, tiny_config, write_clip, write_mp4
 
 
+def pytest_collection_modifyitems(items):
+    """The minutes-long tests (marked ``slow``) first, the rest in their order: README's command runs the
+    suite on two workers, and one of them started last would leave the other idle for its whole length."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_model_cache(tmp_path_factory):
     """One cache of compiled models and flow graphs for the whole run (in-process engines and the services

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from amvad.runtime.exported_model import ExportedModel
-from amvad.training.evaluate import evaluate
+from amvad.training.evaluate import evaluate, report, score_clips
 from tests.support.synthetic import ped2_or_skip, render_clip, write_mp4
 
 
@@ -38,9 +38,12 @@ def test_missing_labels_are_reported_before_scoring(tiny_model, tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_bundled_model_ped2_auc_does_not_regress(tmp_path):
-    # given the full Ped2 test split, when the bundled model is evaluated, then both protocols meet the
-    # issue's targets (the model card records auc_paper 0.967, auc_stream 0.960)
-    res = evaluate("ped2", ped2_or_skip(), json_out=tmp_path / "eval.json", progress=False)
+def test_bundled_model_ped2_auc_does_not_regress():
+    # given the full Ped2 test split, when the bundled model scores it as the service runs it (the backend
+    # and precision the engine picks; `amvad eval` adds an fp32 pass to compare, which this leaves out: it
+    # doubles the test's time), then both protocols meet the targets (its card: the measured figures)
+    data = ped2_or_skip()
+    engine, sources, clips = score_clips("ped2", data, "testing", None, progress=False)
+    res = report(engine, data, "testing", sources, clips, plot_dir=None)
     assert res["frames_scored"] == 2010 - 12 * (ExportedModel("ped2").meta.clip_len - 1)
     assert res["auc_paper"] >= 0.95 and res["auc_stream"] >= 0.93, res
