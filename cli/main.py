@@ -79,6 +79,8 @@ def _export(args: argparse.Namespace) -> None:
         raise ValueError("give exactly one of --checkpoint (a finished training run) or --onnx (an exported model)")
     if args.condition_on and not args.onnx:
         raise ValueError("--condition-on goes with --onnx (a trained model gets its conditioning in training)")
+    if args.coded_start_on and (not args.onnx or args.condition_on):
+        raise ValueError("--coded-start-on goes with --onnx and without --condition-on (which takes it too)")
     rescored = (args.smoothing, args.smoothing_drop, args.threshold_quantile, args.calibrate_under, args.flow_span,
                 args.speed_weight)
     if (args.weights or any(v is not None for v in rescored)) and not args.condition_on:
@@ -104,6 +106,17 @@ def _export(args: argparse.Namespace) -> None:
                                 threshold_quantile=args.threshold_quantile,
                                 calibrate_under=calibrate_under(args.calibrate_under), flow_span=args.flow_span,
                                 speed_weight=args.speed_weight, writer=H264Writer)
+    elif args.coded_start_on:
+        from amvad.service.h264 import H264Writer
+        from amvad.training.condition import set_coded_start
+        from amvad.training.data import find_clips
+        from amvad.training.export import rewrite_metadata
+        sources = find_clips(args.coded_start_on, args.split)  # fails before the copy when there is no footage
+        rewrite_metadata(args.onnx, args.out)
+        meta = set_coded_start(args.out, sources, H264Writer)
+        start = meta.coded_start
+        print("coded start: " + ("none (the footage reads as blocky coded as not)" if start is None
+                                 else f"from blockiness {start.min_blockiness} (CRF {start.crf:g})"))
     else:
         meta = reexport(args.onnx, args.out)
     print(f"exported {meta.method} to {args.out} (threshold {meta.threshold:.3f}, "
@@ -273,7 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --onnx: the same graph with level matching and stabilisation fitted on the model's "
                         "training footage (DATA/<split>/...) added to its metadata, and its score statistics "
                         "taken again from that footage as now served, for models trained before them")
-    x.add_argument("--split", default="training", help="the split of --condition-on (default: training)")
+    x.add_argument("--coded-start-on", type=Path, metavar="DATA",
+                   help="with --onnx: only add the statistics a heavily coded stream starts from (its training "
+                        "footage coded at H.264 CRF 42; --condition-on takes them too; README, Robustness)")
+    x.add_argument("--split", default="training", help="the split of --condition-on or --coded-start-on "
+                                                       "(default: training)")
     x.add_argument("--no-stabilise", action="store_true", help="with --condition-on: level matching only")
     x.add_argument("--weights", metavar="W1,W2,...",
                    help="with --condition-on: new weights of the score's components, in the model's order")

@@ -59,6 +59,27 @@ class MotionSpeed(BaseModel):
     patch: int = Field(16, ge=4, le=128, description="side of a patch, pixels at the model's input size")
 
 
+class CodedStart(BaseModel):
+    """Where a stream whose picture is heavily coded (a low-bitrate sub-stream) starts its running
+    statistics: those of the training footage coded that way, instead of the clean footage's. A fresh stream
+    starts from the model's statistics; a coded picture raises every prediction and flow error (``ped2`` at
+    H.264 CRF 42: 1.3-1.6x the mean, 8x the variance), so until it has learned its own it scores the codec
+    as an anomaly. Chosen once, at a stream's start, by the blockiness of its first frames
+    (``runtime.conditioning.blockiness``)."""
+    model_config = ConfigDict(extra="forbid")
+    min_blockiness: float = Field(gt=1, description="the median blockiness of a stream's first frames from which "
+                                                    "it starts here")
+    crf: float = Field(gt=0, description="the H.264 CRF the training footage was coded at")
+    mean: list[float] = Field(description="each component's mean on that footage, in the model's order")
+    std: list[float] = Field(description="each component's standard deviation on it")
+
+    @model_validator(mode="after")
+    def _positive_spread(self) -> CodedStart:
+        if len(self.mean) != len(self.std) or any(v <= 0 for v in self.std):
+            raise ValueError("coded_start: one mean and one positive std per component")
+        return self
+
+
 class ModelMetadata(BaseModel):
     """Everything serving needs to reproduce training-time inputs and scores."""
     model_config = ConfigDict(extra="forbid")
@@ -87,6 +108,8 @@ class ModelMetadata(BaseModel):
                                                                 "exported before them, frames are only measured")
     speed: MotionSpeed | None = Field(None, description="the runtime's motion-speed component, the last of "
                                                         "components; None: the graph's components alone")
+    coded_start: CodedStart | None = Field(None, description="the statistics a heavily coded stream starts from; "
+                                                             "None: every stream starts from the training ones")
 
     @model_validator(mode="after")
     def _drop_within_window(self) -> ModelMetadata:
@@ -105,6 +128,13 @@ class ModelMetadata(BaseModel):
                              f"got {self.speed.gap}")
         if self.speed is not None and self.speed.patch > min(self.height, self.width):
             raise ValueError(f"speed.patch {self.speed.patch} is larger than the input {self.height}x{self.width}")
+        return self
+
+    @model_validator(mode="after")
+    def _coded_start_per_component(self) -> ModelMetadata:
+        if self.coded_start is not None and len(self.coded_start.mean) != len(self.components):
+            raise ValueError(f"coded_start has {len(self.coded_start.mean)} components, the model "
+                             f"{len(self.components)}")
         return self
 
     @property

@@ -144,6 +144,25 @@ def colourfulness(image: np.ndarray) -> float:
     return float((np.abs(r - g) + np.abs(g - b) + np.abs(b - r)).mean() / (3 * 255))
 
 
+CODEC_BLOCK = 16  # px: H.264's macroblock, the grid a low bitrate leaves its steps on
+
+
+def blockiness(image: np.ndarray) -> float:
+    """How coded a decoded frame looks: the mean grey step across the codec's macroblock grid (every
+    ``CODEC_BLOCK`` px from the frame's corner, where a decoder puts it) over the mean step elsewhere,
+    horizontal and vertical averaged. Measured on the frame as decoded, before any resize. 1 for a picture
+    without a grid; blur, noise and shake stay near 1 (Ped2, 360x240: 0.96-1.14), while each step of
+    coarser coding raises it (Ped2 as distributed 1.15-1.22, H.264 CRF 35 1.23-1.44, CRF 42 1.60-1.81)."""
+    g = image.astype(np.float32) if image.ndim == 2 else image.astype(np.float32).mean(axis=2)
+    ratios = []
+    for steps in (np.abs(np.diff(g, axis=1)).mean(0), np.abs(np.diff(g, axis=0)).mean(1)):
+        on_grid = np.arange(len(steps)) % CODEC_BLOCK == CODEC_BLOCK - 1  # between pixel 16k-1 and 16k
+        if not on_grid.any():
+            return 1.0
+        ratios.append(steps[on_grid].mean() / max(float(steps[~on_grid].mean()), 1e-6))
+    return float(np.mean(ratios))
+
+
 def encode_reference(image: np.ndarray) -> str:
     """A grey reference (H, W) in [0, 1] as base64 PNG, for the model's metadata."""
     ok, png = cv2.imencode(".png", np.clip(np.rint(image * 255), 0, 255).astype(np.uint8))

@@ -33,6 +33,14 @@ the smoothing window after one). Its score is the window's as it stands
 (:func:`~runtime.scoring.gop_starts`) and nothing is learned from it; the next frame, predicted
 from it, is scored as usual, so an anomaly that starts there is late by one frame. Image folders and
 all-keyframe streams (MJPEG) have no such frame.
+
+A fresh stream whose first frames are heavily coded (their median :func:`~runtime.conditioning.blockiness`
+at least the model's ``coded_start.min_blockiness``: a low-bitrate sub-stream) starts its running statistics
+from the model's ``coded_start``, those of its training footage coded that way, instead of the clean
+footage's: the coded picture raises every error, and from the clean statistics an upload of a coded clip
+alarmed at its start before the stream had learned its picture (``ped2`` at CRF 42, README "Robustness").
+The choice is made once, from the frames of the first window, before the first score; a stream resumed
+from a camera's own statistics keeps them.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from .camera_watch import SCENE_CHANGE, CameraWatch, WatchVerdict
-from .conditioning import Conditioner, colourfulness, uncovered
+from .conditioning import Conditioner, blockiness, colourfulness, uncovered
 from .engine import InferenceEngine
 from .events import EventConfig, EventTracker
 from .exported_model import ExportedModel
@@ -85,6 +93,8 @@ class Stream:
         self._last: tuple[int, int] | None = None  # (segment, frame_id) of the previous submitted frame
         self._predicted = False  # the previous scored-for frame was predicted from others (model thread)
         self._slots = threading.BoundedSemaphore(max_inflight or engine.config.max_inflight)
+        # the first window's blockiness, while the start is still to be chosen (None: chosen, or nothing to choose)
+        self._blocks: list[float] | None = [] if meta.coded_start is not None and stats is None else None
 
     @property
     def threshold(self) -> float:
@@ -108,6 +118,9 @@ class Stream:
         """Preprocess ``frame`` and queue it; blocks while ``max_inflight`` frames are in the engine.
         The future's result is the frame's :class:`FrameResult` (or the error that broke its batch)."""
         restart = self._last is not None and (frame.segment, frame.frame_id) != (self._last[0], self._last[1] + 1)
+        blocks = self._blocks  # set to None by the model thread once the start is chosen
+        if blocks is not None and len(blocks) < self.model.meta.clip_len:
+            blocks.append(blockiness(frame.pixels))
         self._last = (frame.segment, frame.frame_id)
         m = self.model.meta
         # "decode" stage: PyAV's decode in the ingest thread (frame.decode_s) plus the conversion to the
@@ -170,6 +183,8 @@ class Stream:
             self.state = WARMING_UP
             return FrameResult(frame.frame_id, frame.timestamp, None, False, WARMING_UP, None, None, None, **camera)
         self.state = LIVE
+        if self._blocks is not None:
+            self._choose_start()
         t0 = time.perf_counter()
         components = out.components.astype(np.float64)
         score = self.scorer.update(components, carried=new_gop)
@@ -181,6 +196,13 @@ class Stream:
             self.observer.observe("score", time.perf_counter() - t0)
         return FrameResult(frame.frame_id, frame.timestamp, score, bool(score >= self.scorer.threshold), LIVE,
                            components, out.heatmap, event, self.events.snapshot(event), **camera, settled=settled)
+
+    def _choose_start(self) -> None:
+        """Before the first score: a heavily coded picture starts from the coded footage's statistics."""
+        coded, blocks, self._blocks = self.model.meta.coded_start, self._blocks, None
+        if blocks and self.scorer.stats.count == 0 and float(np.median(blocks)) >= coded.min_blockiness:
+            self.scorer.stats = RunningStats(mean=np.asarray(coded.mean, np.float64),
+                                             var=np.square(np.asarray(coded.std, np.float64)))
 
     def _held(self, frame: Frame, out: EngineOutput, verdict: WatchVerdict, camera: dict) -> FrameResult:
         """A frame the camera watch holds: not scored, an open anomaly event ends at it; the components of

@@ -25,8 +25,9 @@ import numpy as np
 from tqdm import tqdm
 
 from amvad.models.flow import build_flow
-from amvad.models.metadata import SPEED_COMPONENT, ComponentStats, ModelMetadata, MotionSpeed
+from amvad.models.metadata import SPEED_COMPONENT, CodedStart, ComponentStats, ModelMetadata, MotionSpeed
 from amvad.models.registry import resolve_model
+from amvad.runtime.conditioning import blockiness
 from amvad.runtime.engine import EngineConfig, InferenceEngine
 from amvad.runtime.events import EventConfig
 from amvad.runtime.exported_model import read_metadata
@@ -47,6 +48,7 @@ BLUR_LADDER = (0.75, 1.5, 2.25, 3.0)
 MAX_FLAGGED = 0.02  # share of normal frames a benign change may flag (issue 22's target)
 MAX_MIN_SHARPNESS = 0.5  # a limit never reaches the footage's own sharpness (clean Ped2 frames: 0.8-1.0)
 TOLERANCE_CLIPS, TOLERANCE_FRAMES = 4, 200  # clips of the footage, frames of each (a fit's may be long)
+CODED_START_CRF = 42.0  # the battery's lowest bitrate (training/perturbations.py), where a fresh stream alarmed
 
 
 def add_conditioning(source: str | Path, out: str | Path, data: str | Path, split: str = "training", *,
@@ -87,7 +89,7 @@ def add_conditioning(source: str | Path, out: str | Path, data: str | Path, spli
     conditioning = split_conditioning(data, split, height=meta.height, width=meta.width, channels=meta.channels,
                                       cfg=ConditioningConfig(stabilise=stabilise))
     placeholder = [ComponentStats(name=SPEED_COMPONENT, weight=speed_weight, mean=0.0, std=1.0)] if speed else []
-    rewrite_metadata(source, out, conditioning=conditioning, flow=flow, speed=speed,
+    rewrite_metadata(source, out, conditioning=conditioning, flow=flow, speed=speed, coded_start=None,
                      components=[c.model_dump() for c in [*graph, *placeholder]])
     sources = find_clips(data, split)
     engine = InferenceEngine(out, engine_config)
@@ -113,11 +115,14 @@ def add_conditioning(source: str | Path, out: str | Path, data: str | Path, spli
 def limit_then_calibrate(model: str | Path, sources: list[ClipSource], changes: list[str], quantile: float, *,
                          floor: float, clean: list[np.ndarray] | None = None, writer: WriterFactory | None = None,
                          engine_config: EngineConfig | None = None, progress: bool = True) -> ModelMetadata:
-    """The blur limit (:func:`set_blur_limit`) on ``sources``, then, when ``changes`` names any, the threshold
+    """The blur limit (:func:`set_blur_limit`) on ``sources``, the coded start (:func:`set_coded_start`) when
+    there is a ``writer``, then, when ``changes`` names any, the threshold
     under them (:func:`benign_threshold` at ``quantile``, never under ``floor``) on the whole of each clip;
     ``clean``: the clean scores already taken (None: scored there). In that order: a picture too soft to
     judge is held (a defocused tamper) under the changes too."""
     meta = set_blur_limit(model, sources, engine_config=engine_config, progress=progress)
+    if writer is not None:
+        meta = set_coded_start(model, sources, writer, engine_config=engine_config, progress=progress)
     if not changes:
         return meta
     footage = ((src.name, list(iter_clip_frames(src))) for src in sources)
@@ -178,6 +183,44 @@ def set_blur_limit(model: str | Path, sources: list[ClipSource], *, engine_confi
         rewrite_metadata(model, model, conditioning=conditioning.model_copy(update={"min_sharpness": None}))
     limit = blur_tolerance(model, sources, engine_config=engine_config, progress=progress)
     return rewrite_metadata(model, model, conditioning=conditioning.model_copy(update={"min_sharpness": limit}))
+
+
+def coded_start(model: str | Path, sources: list[ClipSource], writer: WriterFactory, *, max_frames: int | None = None,
+                engine_config: EngineConfig | None = None, progress: bool = True) -> CodedStart | None:
+    """The statistics a heavily coded stream starts from (:class:`~models.metadata.CodedStart`): each clip of
+    ``sources`` coded at the battery's lowest bitrate (H.264 CRF ``CODED_START_CRF``) and scored as the service
+    scores it, its components' mean and spread; the switch three quarters of the way from the clean clips'
+    highest first-window blockiness to the coded clips' lowest (Ped2: 1.22 and 1.60; CRF 35 reads 1.23-1.44,
+    and stays on the clean start). None when the two do not part (footage already coded that coarsely).
+    ``max_frames``: the first frames of each clip only (a fit's footage may be long)."""
+    engine = InferenceEngine(model, engine_config)
+    window = engine.meta.clip_len
+    clean, coded, components = [], [], []
+    try:
+        for src in tqdm(sources, desc="coded start", unit="clip", disable=not progress):
+            frames = list(islice(iter_clip_frames(src), max_frames))
+            recoded = list(perturb_clip(get_change("compression"), CODED_START_CRF, frames,
+                                        seed=zlib.crc32(f"coded-start:{src.name}".encode()), writer=writer))
+            clean.append(float(np.median([blockiness(f.pixels) for f in frames[:window]])))
+            coded.append(float(np.median([blockiness(f.pixels) for f in recoded[:window]])))
+            scored = score_frames(engine, src.name, recoded).components
+            if len(scored):
+                components.append(scored)
+    finally:
+        engine.close()
+    if not components or min(coded) <= max(clean):
+        return None
+    allc = np.concatenate(components)
+    return CodedStart(min_blockiness=round(max(clean) + 0.75 * (min(coded) - max(clean)), 4), crf=CODED_START_CRF,
+                      mean=allc.mean(0).tolist(), std=np.maximum(allc.std(0), 1e-6).tolist())
+
+
+def set_coded_start(model: str | Path, sources: list[ClipSource], writer: WriterFactory, *,
+                    max_frames: int | None = None, engine_config: EngineConfig | None = None,
+                    progress: bool = True) -> ModelMetadata:
+    """:func:`coded_start` written into ``model``'s metadata (in place; None there when it finds none)."""
+    start = coded_start(model, sources, writer, max_frames=max_frames, engine_config=engine_config, progress=progress)
+    return rewrite_metadata(model, model, coded_start=None if start is None else start.model_dump())
 
 
 def set_blur_limit_from_training(model: str | Path, *, writer: WriterFactory | None = None,

@@ -49,7 +49,7 @@ from amvad.runtime.scoring import gop_starts, training_scores
 from amvad.runtime.video import FRAME_EXTS, FRAME_FOLDER_FPS, VIDEO_EXTS, open_source, stream_fps
 from amvad.runtime.windows import scored_frames, window
 
-from .condition import benign_threshold, encodable, set_blur_limit
+from .condition import TOLERANCE_FRAMES, benign_threshold, encodable, set_blur_limit, set_coded_start
 from .config import (
     Augment,
     ConditioningConfig,
@@ -292,6 +292,9 @@ def fit(footage: list[str | Path], out: str | Path, *, minutes: float = 30.0, me
                                                                   "calibrated_under", "benign_threshold")}})
     # how soft a picture the model still judges, on the footage blurred (a softer one is a defocused tamper)
     result["min_sharpness"] = limit if benign else set_blur_limit(out, sources, progress=progress).conditioning.min_sharpness
+    if writer is not None:  # where a stream of this camera's low-bitrate sub-stream starts (metadata.CodedStart)
+        start = set_coded_start(out, sources, writer, max_frames=TOLERANCE_FRAMES, progress=progress).coded_start
+        result["coded_start"] = None if start is None else start.model_dump(exclude={"mean", "std"})
     write_atomic(out.with_suffix(".md"), model_card(result, registered_as))
     report({"stage": "done", "fraction": 1.0, "result": result})
     return result

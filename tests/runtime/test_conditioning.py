@@ -13,6 +13,7 @@ from amvad.models.metadata import Conditioning
 from amvad.runtime.conditioning import (
     Conditioner,
     PhaseCorrelation,
+    blockiness,
     colourfulness,
     decode_reference,
     encode_reference,
@@ -222,3 +223,28 @@ def test_a_still_cameras_sub_pixel_wobble_is_left_alone_and_a_shake_undone():
     assert still_factor(0.5, 0.0) > 0.98 and still_factor(0.0, -1.0) > 0.999999
     steps = [still_factor(r, 0.0) for r in np.linspace(0, 1, 101)]
     assert (np.diff(steps) >= 0).all() and np.diff(steps).max() < 0.05  # no step to switch across
+
+
+def camera_clip(n: int = 6, seed: int = 0) -> list[Frame]:
+    """A textured scene at a camera's size (240x320) drifting slowly, as RGB frames."""
+    img = cv2.resize(textured(seed), (320, 240), interpolation=cv2.INTER_CUBIC)
+    grey = [(np.clip(moved(img, 0.7 * i, 0.3 * i), 0, 1) * 255).astype(np.uint8) for i in range(n)]
+    return [Frame("cam", i, 1, i / 10, cv2.cvtColor(g, cv2.COLOR_GRAY2RGB)) for i, g in enumerate(grey)]
+
+
+def test_blockiness_reads_a_low_bitrate_codec_and_not_blur_noise_or_the_scene():
+    from amvad.service.h264 import H264Writer
+    from amvad.training.perturbations import get_change, perturb_clip
+
+    def median(frames):
+        return float(np.median([blockiness(f.pixels) for f in frames]))
+
+    for seed in (0, 1):
+        clip = camera_clip(seed=seed)
+        coded = {crf: median(perturb_clip(get_change("compression"), crf, clip, seed=1, writer=H264Writer))
+                 for crf in (28, 42)}
+        softened = [median(perturb_clip(get_change(name), m, clip, seed=1)) for name, m in (("blur", 3.0),
+                                                                                              ("noise", 8.0))]
+        assert median(clip) < 1.1 and max(softened) < 1.1, (median(clip), softened)
+        assert coded[42] > 1.25 and coded[42] > coded[28] + 0.2, coded
+    assert blockiness(np.zeros((8, 8), np.uint8)) == 1.0  # no grid line inside the frame

@@ -12,6 +12,7 @@ import pytest
 from amvad.runtime.conditioning import Conditioner
 from amvad.runtime.engine import EngineConfig, InferenceEngine
 from amvad.runtime.events import EventConfig
+from amvad.runtime.exported_model import read_metadata
 from amvad.runtime.preprocess import to_model_frame
 from amvad.runtime.scoring import StreamScorer
 from amvad.runtime.stream import Stream, results_in_order
@@ -20,6 +21,7 @@ from amvad.runtime.video import iter_frames, open_source
 from amvad.runtime.windows import scored_frames, window
 from amvad.service.metrics import Metrics
 from amvad.training.export import rewrite_metadata
+from tests.support.model_files import with_metadata
 from tests.support.synthetic import render_clip
 
 
@@ -226,3 +228,34 @@ def test_decode_stage_times_the_pyav_decode_of_each_frame(model, sample_mp4):
     get = metrics.registry.get_sample_value
     assert get("vad_stage_seconds_count", {"stage": "decode"}) == 30
     assert get("vad_stage_seconds_sum", {"stage": "decode"}) >= sum(f.decode_s for f in decoded)
+
+
+def test_a_heavily_coded_stream_starts_from_the_coded_footages_statistics(tiny_model, tmp_path):
+    from amvad.runtime.scoring import RunningStats
+    from amvad.service.h264 import H264Writer
+    from amvad.training.perturbations import get_change, perturb_clip
+    from tests.runtime.test_conditioning import camera_clip
+
+    # given a model whose coded start stands apart from its training statistics
+    trained = read_metadata(tiny_model).components
+    coded = {"min_blockiness": 1.25, "crf": 42.0, "mean": [3 * c.mean + 1 for c in trained],
+             "std": [2 * c.std for c in trained]}
+    engine = InferenceEngine(with_metadata(tiny_model, tmp_path / "coded.onnx", coded_start=coded),
+                             EngineConfig(device="cpu", flow_threads=1, model_threads=1))
+    try:
+        clean = camera_clip(8)
+        low_bitrate = list(perturb_clip(get_change("compression"), 42.0, clean, seed=1, writer=H264Writer))
+
+        def start(frames, **kwargs):
+            stream = Stream(engine, forget=0.0, **kwargs)  # forget 0: the statistics it started from stay
+            assert all(r.score is not None for _, r in list(results_in_order(stream, frames))[engine.meta.clip_len:])
+            return stream.scorer.stats.mean
+
+        # a clean picture starts from the training statistics, a low-bitrate one from the coded footage's
+        np.testing.assert_allclose(start(clean), [c.mean for c in trained])
+        np.testing.assert_allclose(start(low_bitrate), coded["mean"])
+        # and a stream resumed from a camera's own statistics keeps them
+        own = RunningStats(mean=np.full(len(trained), 0.5), var=np.ones(len(trained)))
+        np.testing.assert_allclose(start(low_bitrate, stats=own), 0.5)
+    finally:
+        engine.close()

@@ -144,6 +144,9 @@ def test_a_tiny_fit_writes_a_model_and_its_card(tmp_path, capsys, init, monkeypa
     assert "400 frames" in card and f"threshold {res['threshold']:.3f}" in card
     # how soft a picture it still judges, measured on the footage blurred, is in the model and on the card
     assert model.meta.conditioning.min_sharpness == res["min_sharpness"] and "| soft pictures |" in card
+    # where a low-bitrate stream of this camera starts, measured on the footage coded at CRF 42 (none where
+    # this small a picture shows no codec grid apart from the footage's own)
+    assert "coded_start" in res and (res["coded_start"] is None) == (model.meta.coded_start is None)
     # with --augment, noise and a codec's losses learned as normal: the training part again, changed
     learned = ["noise 3", "jpeg 25"] if augment else []
     assert res["augment"] == learned and model.meta.training["fit"]["augment"] == learned

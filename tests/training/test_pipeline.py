@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -191,7 +192,7 @@ def test_condition_on_adds_conditioning_to_the_same_graph(tiny_model, synthetic_
     # and how soft a picture it still judges was measured on that footage (the tiny model: maybe any)
     limit = meta.conditioning.min_sharpness
     assert limit is None or 0 < limit <= 0.5
-    same = {"conditioning", "components", "threshold", "training"}
+    same = {"conditioning", "components", "threshold", "training", "coded_start"}
     assert meta.model_dump(exclude=same) == before.model_dump(exclude=same)
     # without a model to add it to, it is refused
     assert main(["export", "--checkpoint", str(tmp_path / "x.pt"), "--out", str(out), "--condition-on",
@@ -312,3 +313,35 @@ def test_score_arg_rescores_the_same_weights_and_takes_the_statistics_again(tiny
     assert main(["export", "--onnx", str(tiny_model), "--out", str(tmp_path / "bad.onnx"),
                  "--score-arg", "speed_against=either"]) == 2
     assert "--condition-on" in capsys.readouterr().err
+
+
+def test_coded_start_on_adds_the_low_bitrate_footages_statistics_and_nothing_else(tiny_model, tmp_path):
+    from pydantic import ValidationError
+
+    from amvad.models.metadata import ModelMetadata
+    from tests.runtime.test_conditioning import camera_clip
+
+    # given footage at a camera's size (the synthetic dataset's 72x96 frames are too small for a codec's grid)
+    data = tmp_path / "data"
+    for k in range(2):
+        (data / "training" / "frames" / f"{k:02d}").mkdir(parents=True)
+        for f in camera_clip(8, seed=k):
+            cv2.imwrite(str(data / "training" / "frames" / f"{k:02d}" / f"{f.frame_id:03d}.png"), f.pixels)
+    out = tmp_path / "coded.onnx"
+    assert main(["export", "--onnx", str(tiny_model), "--out", str(out), "--coded-start-on", str(data)]) == 0
+    meta, before = read_metadata(out), read_metadata(tiny_model)
+    start = meta.coded_start
+    # the switch lies between the clean footage's blockiness (~1.0) and the coded footage's (~1.4)
+    assert start is not None and start.crf == 42.0 and 1.05 < start.min_blockiness < 1.4, start
+    assert len(start.mean) == len(start.std) == len(meta.components) and min(start.std) > 0
+    assert meta.model_dump(exclude={"coded_start"}) == before.model_dump(exclude={"coded_start"})
+    assert onnx.load(str(out)).graph == onnx.load(str(tiny_model)).graph
+    # one statistic per component, or the metadata is refused
+    with pytest.raises(ValidationError, match="coded_start"):
+        ModelMetadata.model_validate({**meta.model_dump(), "coded_start": {**start.model_dump(), "mean": [1.0],
+                                                                          "std": [1.0]}})
+    # with --condition-on (which takes it too), or without an exported model, the option is refused
+    assert main(["export", "--onnx", str(tiny_model), "--out", str(out), "--coded-start-on", str(data),
+                 "--condition-on", str(data)]) == 2
+    assert main(["export", "--checkpoint", str(tmp_path / "x.pt"), "--out", str(out), "--coded-start-on",
+                 str(data)]) == 2
