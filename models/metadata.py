@@ -62,9 +62,9 @@ class MotionSpeed(BaseModel):
 class CodedStart(BaseModel):
     """Where a stream whose picture is heavily coded (a low-bitrate sub-stream) starts its running
     statistics: those of the training footage coded that way, instead of the clean footage's. A fresh stream
-    starts from the model's statistics; a coded picture raises every prediction and flow error (``ped2`` at
-    H.264 CRF 42: 1.3-1.6x the mean, 8x the variance), so until it has learned its own it scores the codec
-    as an anomaly. Chosen once, at a stream's start, by the blockiness of its first frames
+    starts from the model's statistics; a coded picture raises every prediction and flow error (``ped2``'s
+    flow error at H.264 CRF 42: 1.3-1.6x the mean, 8x the variance), so until it has learned its own it
+    scores the codec as an anomaly. Chosen once, at a stream's start, by the blockiness of its first frames
     (``runtime.conditioning.blockiness``)."""
     model_config = ConfigDict(extra="forbid")
     min_blockiness: float = Field(gt=1, description="the median blockiness of a stream's first frames from which "

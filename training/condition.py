@@ -189,9 +189,10 @@ def coded_start(model: str | Path, sources: list[ClipSource], writer: WriterFact
                 engine_config: EngineConfig | None = None, progress: bool = True) -> CodedStart | None:
     """The statistics a heavily coded stream starts from (:class:`~models.metadata.CodedStart`): each clip of
     ``sources`` coded at the battery's lowest bitrate (H.264 CRF ``CODED_START_CRF``) and scored as the service
-    scores it, its components' mean and spread; the switch three quarters of the way from the clean clips'
-    highest first-window blockiness to the coded clips' lowest (Ped2: 1.22 and 1.60; CRF 35 reads 1.23-1.44,
-    and stays on the clean start). None when the two do not part (footage already coded that coarsely).
+    scores it, its components' mean and spread; the switch (:func:`blockiness_switch`) between the clean clips'
+    first-window blockiness and the coded clips' (Ped2: at most 1.22 and at least 1.60; CRF 35 reads 1.23-1.44,
+    and stays on the clean start). None when the two do not part (footage already coded that coarsely, or too
+    small a picture to show the grid).
     ``max_frames``: the first frames of each clip only (a fit's footage may be long)."""
     engine = InferenceEngine(model, engine_config)
     window = engine.meta.clip_len
@@ -208,11 +209,19 @@ def coded_start(model: str | Path, sources: list[ClipSource], writer: WriterFact
                 components.append(scored)
     finally:
         engine.close()
-    if not components or min(coded) <= max(clean):
+    switch = blockiness_switch(clean, coded)
+    if switch is None or not components:
         return None
     allc = np.concatenate(components)
-    return CodedStart(min_blockiness=round(max(clean) + 0.75 * (min(coded) - max(clean)), 4), crf=CODED_START_CRF,
-                      mean=allc.mean(0).tolist(), std=np.maximum(allc.std(0), 1e-6).tolist())
+    return CodedStart(min_blockiness=switch, crf=CODED_START_CRF, mean=allc.mean(0).tolist(),
+                      std=np.maximum(allc.std(0), 1e-6).tolist())
+
+
+def blockiness_switch(clean: list[float], coded: list[float]) -> float | None:
+    """Three quarters of the way from the clean clips' highest blockiness (or 1, what a picture without a
+    grid reads, if higher) to the coded clips' lowest; None when the coded clips do not read above both."""
+    floor = max(*clean, 1.0)
+    return None if min(coded) <= floor else round(floor + 0.75 * (min(coded) - floor), 4)
 
 
 def set_coded_start(model: str | Path, sources: list[ClipSource], writer: WriterFactory, *,

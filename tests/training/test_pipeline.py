@@ -319,6 +319,7 @@ def test_coded_start_on_adds_the_low_bitrate_footages_statistics_and_nothing_els
     from pydantic import ValidationError
 
     from amvad.models.metadata import ModelMetadata
+    from amvad.training.condition import blockiness_switch
     from tests.runtime.test_conditioning import camera_clip
 
     # given footage at a camera's size (the synthetic dataset's 72x96 frames are too small for a codec's grid)
@@ -336,6 +337,10 @@ def test_coded_start_on_adds_the_low_bitrate_footages_statistics_and_nothing_els
     assert len(start.mean) == len(start.std) == len(meta.components) and min(start.std) > 0
     assert meta.model_dump(exclude={"coded_start"}) == before.model_dump(exclude={"coded_start"})
     assert onnx.load(str(out)).graph == onnx.load(str(tiny_model)).graph
+    # the switch: 3/4 of the way up from the clean footage (or from 1, a picture without a grid), else none
+    assert blockiness_switch([1.15, 1.22], [1.60, 1.81]) == round(1.22 + 0.75 * 0.38, 4)
+    assert blockiness_switch([0.70, 0.75], [1.40]) == 1.3  # footage too small to show its own grid reads under 1
+    assert blockiness_switch([0.70, 0.75], [0.90, 0.95]) is None and blockiness_switch([1.2], [1.2, 1.5]) is None
     # one statistic per component, or the metadata is refused
     with pytest.raises(ValidationError, match="coded_start"):
         ModelMetadata.model_validate({**meta.model_dump(), "coded_start": {**start.model_dump(), "mean": [1.0],
