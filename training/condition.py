@@ -194,23 +194,29 @@ def coded_start(model: str | Path, sources: list[ClipSource], writer: WriterFact
     and stays on the clean start). None when the two do not part (footage already coded that coarsely, or too
     small a picture to show the grid).
     ``max_frames``: the first frames of each clip only (a fit's footage may be long)."""
+    def recoded(src: ClipSource, frames: int | None) -> list[Frame]:
+        clip = list(islice(iter_clip_frames(src), frames))
+        return list(perturb_clip(get_change("compression"), CODED_START_CRF, clip,
+                                 seed=zlib.crc32(f"coded-start:{src.name}".encode()), writer=writer))
+
+    def first_window(frames: Iterable[Frame]) -> float:
+        return float(np.median([blockiness(f.pixels) for f in islice(frames, window)]))
+
+    # first the switch, from each clip's first window (coded as part of the whole clip, as a stream's start
+    # is: coded alone a clip's first frames come out blockier); the clips are scored only when there is one
+    window = read_metadata(resolve_model(model)).clip_len
+    switch = blockiness_switch([first_window(iter_clip_frames(src)) for src in sources],
+                               [first_window(recoded(src, max_frames)) for src in sources])
+    if switch is None:
+        return None
     engine = InferenceEngine(model, engine_config)
-    window = engine.meta.clip_len
-    clean, coded, components = [], [], []
     try:
-        for src in tqdm(sources, desc="coded start", unit="clip", disable=not progress):
-            frames = list(islice(iter_clip_frames(src), max_frames))
-            recoded = list(perturb_clip(get_change("compression"), CODED_START_CRF, frames,
-                                        seed=zlib.crc32(f"coded-start:{src.name}".encode()), writer=writer))
-            clean.append(float(np.median([blockiness(f.pixels) for f in frames[:window]])))
-            coded.append(float(np.median([blockiness(f.pixels) for f in recoded[:window]])))
-            scored = score_frames(engine, src.name, recoded).components
-            if len(scored):
-                components.append(scored)
+        scored = [score_frames(engine, src.name, recoded(src, max_frames)).components
+                  for src in tqdm(sources, desc="coded start", unit="clip", disable=not progress)]
     finally:
         engine.close()
-    switch = blockiness_switch(clean, coded)
-    if switch is None or not components:
+    components = [c for c in scored if len(c)]
+    if not components:
         return None
     allc = np.concatenate(components)
     return CodedStart(min_blockiness=switch, crf=CODED_START_CRF, mean=allc.mean(0).tolist(),
