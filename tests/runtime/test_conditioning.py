@@ -30,22 +30,9 @@ from amvad.runtime.preprocess import to_model_frame
 from amvad.runtime.stream import Stream, results_in_order
 from amvad.runtime.types import Frame
 from tests.support.model_files import with_metadata
+from tests.support.scenes import camera_view, moved, textured
 
 H, W = 96, 128
-
-
-def textured(seed: int = 0) -> np.ndarray:
-    """A grey scene (H, W) in [0, 1] with structure at several scales, like a street seen from a pole."""
-    rng = np.random.default_rng(seed)
-    fine = cv2.GaussianBlur(rng.random((H, W)).astype(np.float32), (0, 0), 1.5)
-    coarse = cv2.resize(rng.random((H // 8, W // 8)).astype(np.float32), (W, H), interpolation=cv2.INTER_CUBIC)
-    img = 0.5 * fine + 0.5 * coarse
-    return ((img - img.min()) / (img.max() - img.min()) * 0.7 + 0.15).astype(np.float32)
-
-
-def moved(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
-    m = np.float32([[1, 0, dx], [0, 1, dy]])
-    return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
 
 
 @pytest.fixture(scope="module")
@@ -225,13 +212,6 @@ def test_a_still_cameras_sub_pixel_wobble_is_left_alone_and_a_shake_undone():
     assert (np.diff(steps) >= 0).all() and np.diff(steps).max() < 0.05  # no step to switch across
 
 
-def camera_clip(n: int = 6, seed: int = 0) -> list[Frame]:
-    """A textured scene at a camera's size (240x320) drifting slowly, as RGB frames."""
-    img = cv2.resize(textured(seed), (320, 240), interpolation=cv2.INTER_CUBIC)
-    grey = [(np.clip(moved(img, 0.7 * i, 0.3 * i), 0, 1) * 255).astype(np.uint8) for i in range(n)]
-    return [Frame("cam", i, 1, i / 10, cv2.cvtColor(g, cv2.COLOR_GRAY2RGB)) for i, g in enumerate(grey)]
-
-
 def test_blockiness_reads_a_low_bitrate_codec_and_not_blur_noise_or_the_scene():
     from amvad.service.h264 import H264Writer
     from amvad.training.perturbations import get_change, perturb_clip
@@ -240,7 +220,7 @@ def test_blockiness_reads_a_low_bitrate_codec_and_not_blur_noise_or_the_scene():
         return float(np.median([blockiness(f.pixels) for f in frames]))
 
     for seed in (0, 1):
-        clip = camera_clip(seed=seed)
+        clip = camera_view(seed=seed)
         coded = {crf: median(perturb_clip(get_change("compression"), crf, clip, seed=1, writer=H264Writer))
                  for crf in (28, 42)}
         softened = [median(perturb_clip(get_change(name), m, clip, seed=1)) for name, m in (("blur", 3.0),

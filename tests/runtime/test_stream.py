@@ -234,7 +234,7 @@ def test_a_heavily_coded_stream_starts_from_the_coded_footages_statistics(tiny_m
     from amvad.runtime.scoring import RunningStats
     from amvad.service.h264 import H264Writer
     from amvad.training.perturbations import get_change, perturb_clip
-    from tests.runtime.test_conditioning import camera_clip
+    from tests.support.scenes import camera_view
 
     # given a model whose coded start stands apart from its training statistics
     trained = read_metadata(tiny_model).components
@@ -243,7 +243,7 @@ def test_a_heavily_coded_stream_starts_from_the_coded_footages_statistics(tiny_m
     engine = InferenceEngine(with_metadata(tiny_model, tmp_path / "coded.onnx", coded_start=coded),
                              EngineConfig(device="cpu", flow_threads=1, model_threads=1))
     try:
-        clean = camera_clip(8)
+        clean = camera_view(8)
         low_bitrate = list(perturb_clip(get_change("compression"), 42.0, clean, seed=1, writer=H264Writer))
 
         def start(frames, **kwargs):

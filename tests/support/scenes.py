@@ -7,6 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from amvad.runtime.types import Frame
 from amvad.training.perturbations import low_light
 
 SCENE_SIZE = (96, 144)  # (H, W) of the frames on disk; the tiny models see them at 32x48
@@ -100,3 +101,26 @@ def write_rgb_folder(folder, frames: list[np.ndarray]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i, f in enumerate(frames):
         cv2.imwrite(str(folder / f"{i:03d}.jpg"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+
+
+def textured(seed: int = 0, size: tuple[int, int] = (96, 128)) -> np.ndarray:
+    """A grey scene (H, W) in [0, 1] with structure at several scales, like a street seen from a pole."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    fine = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 1.5)
+    coarse = cv2.resize(rng.random((h // 8, w // 8)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    img = 0.5 * fine + 0.5 * coarse
+    return ((img - img.min()) / (img.max() - img.min()) * 0.7 + 0.15).astype(np.float32)
+
+
+def moved(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    m = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+
+
+def camera_view(n: int = 6, seed: int = 0) -> list[Frame]:
+    """``n`` RGB frames of a textured scene at a camera's size (240x320) drifting slowly: large enough to show
+    a codec's 16 px grid (runtime.conditioning.blockiness), which the tiny test views are not."""
+    img = cv2.resize(textured(seed), (320, 240), interpolation=cv2.INTER_CUBIC)
+    grey = [(np.clip(moved(img, 0.7 * i, 0.3 * i), 0, 1) * 255).astype(np.uint8) for i in range(n)]
+    return [Frame("cam", i, 1, i / 10, cv2.cvtColor(g, cv2.COLOR_GRAY2RGB)) for i, g in enumerate(grey)]

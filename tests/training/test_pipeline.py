@@ -320,13 +320,13 @@ def test_coded_start_on_adds_the_low_bitrate_footages_statistics_and_nothing_els
 
     from amvad.models.metadata import ModelMetadata
     from amvad.training.condition import blockiness_switch
-    from tests.runtime.test_conditioning import camera_clip
+    from tests.support.scenes import camera_view
 
     # given footage at a camera's size (the synthetic dataset's 72x96 frames are too small for a codec's grid)
     data = tmp_path / "data"
     for k in range(2):
         (data / "training" / "frames" / f"{k:02d}").mkdir(parents=True)
-        for f in camera_clip(8, seed=k):
+        for f in camera_view(8, seed=k):
             cv2.imwrite(str(data / "training" / "frames" / f"{k:02d}" / f"{f.frame_id:03d}.png"), f.pixels)
     out = tmp_path / "coded.onnx"
     assert main(["export", "--onnx", str(tiny_model), "--out", str(out), "--coded-start-on", str(data)]) == 0
