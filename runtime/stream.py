@@ -200,7 +200,7 @@ class Stream:
     def _choose_start(self) -> None:
         """Before the first score: a heavily coded picture starts from the coded footage's statistics."""
         coded, blocks, self._blocks = self.model.meta.coded_start, self._blocks, None
-        if blocks and self.scorer.stats.count == 0 and float(np.median(blocks)) >= coded.min_blockiness:
+        if blocks and float(np.median(blocks)) >= coded.min_blockiness:
             self.scorer.stats = RunningStats(mean=np.asarray(coded.mean, np.float64),
                                              var=np.square(np.asarray(coded.std, np.float64)))
 

@@ -192,35 +192,35 @@ def coded_start(model: str | Path, sources: list[ClipSource], writer: WriterFact
     scores it, its components' mean and spread; the switch (:func:`blockiness_switch`) between the clean clips'
     first-window blockiness and the coded clips' (Ped2: at most 1.22 and at least 1.60; CRF 35 reads 1.23-1.44,
     and stays on the clean start). None when the two do not part (footage already coded that coarsely, or too
-    small a picture to show the grid).
-    ``max_frames``: the first frames of each clip only (a fit's footage may be long)."""
-    def recoded(src: ClipSource, frames: int | None) -> list[Frame]:
-        clip = list(islice(iter_clip_frames(src), frames))
-        return list(perturb_clip(get_change("compression"), CODED_START_CRF, clip,
-                                 seed=zlib.crc32(f"coded-start:{src.name}".encode()), writer=writer))
-
-    def first_window(frames: Iterable[Frame]) -> float:
-        return float(np.median([blockiness(f.pixels) for f in islice(frames, window)]))
-
-    # first the switch, from each clip's first window (coded as part of the whole clip, as a stream's start
-    # is: coded alone a clip's first frames come out blockier); the clips are scored only when there is one
+    small a picture to show the grid: found at the first clip that shows it, before the rest are coded).
+    Each clip's first window is measured as part of the whole clip coded, as a stream's start is (coded alone,
+    a clip's first frames come out blockier). ``max_frames``: the first frames of each clip only (a fit's
+    footage may be long)."""
     window = read_metadata(resolve_model(model)).clip_len
-    switch = blockiness_switch([first_window(iter_clip_frames(src)) for src in sources],
-                               [first_window(recoded(src, max_frames)) for src in sources])
-    if switch is None:
-        return None
+
+    def first_window(frames: list[Frame]) -> float:
+        return float(np.median([blockiness(f.pixels) for f in frames[:window]]))
+
+    clean, coded, components = [], [], []
     engine = InferenceEngine(model, engine_config)
     try:
-        scored = [score_frames(engine, src.name, recoded(src, max_frames)).components
-                  for src in tqdm(sources, desc="coded start", unit="clip", disable=not progress)]
+        for src in tqdm(sources, desc="coded start", unit="clip", disable=not progress):
+            frames = list(islice(iter_clip_frames(src), max_frames))
+            recoded = list(perturb_clip(get_change("compression"), CODED_START_CRF, frames,
+                                        seed=zlib.crc32(f"coded-start:{src.name}".encode()), writer=writer))
+            clean.append(first_window(frames))
+            coded.append(first_window(recoded))
+            if blockiness_switch(clean, coded) is None:
+                return None  # the coded footage no longer stands apart: no clip is worth scoring
+            components.append(score_frames(engine, src.name, recoded).components)
     finally:
         engine.close()
-    components = [c for c in scored if len(c)]
+    components = [c for c in components if len(c)]
     if not components:
         return None
     allc = np.concatenate(components)
-    return CodedStart(min_blockiness=switch, crf=CODED_START_CRF, mean=allc.mean(0).tolist(),
-                      std=np.maximum(allc.std(0), 1e-6).tolist())
+    return CodedStart(min_blockiness=blockiness_switch(clean, coded), crf=CODED_START_CRF,
+                      mean=allc.mean(0).tolist(), std=np.maximum(allc.std(0), 1e-6).tolist())
 
 
 def blockiness_switch(clean: list[float], coded: list[float]) -> float | None:
